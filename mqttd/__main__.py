@@ -1,0 +1,5 @@
+import sys
+
+from mqttd.cli import main
+
+sys.exit(main())

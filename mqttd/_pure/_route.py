@@ -1,0 +1,310 @@
+"""The PUBLISH fan-out path (pure-Python twin of ``mqttd/_route.pyx``).
+
+A PUBLISH goes from the reader to every subscriber's output buffer through three objects:
+
+- :class:`Message` is created once per published message. It encodes its PUBLISH bytes lazily,
+  once per wire variant (protocol 3.1.1 or 5, QoS 0 or >0, retain flag), and every subscriber whose
+  copy is identical shares those bytes. For QoS 1/2 only the packet id differs between
+  subscribers, so the packet is written as ``first byte + head + packet id + tail`` into the
+  subscriber's buffer, with ``head`` and ``tail`` shared.
+- :class:`Outlet` is a session's delivery end: its output buffer, its packet ids and the QoS 1/2
+  messages in flight. It outlives a network connection (a persistent session keeps its outlet).
+- :class:`Flusher` coalesces writes: an outlet that gets data is marked once, and one callback per
+  event-loop iteration hands each marked outlet's whole buffer to its transport in one write.
+
+:func:`deliver` merges the subscriber dicts a topic matched (``SubscriptionTree.collect``) and
+sends one copy per outlet at the highest granted QoS [MQTT-3.3.5-1].
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+# Subscription option bits (MQTT 5 §3.8.3.1); 3.1.1 clients only ever set the QoS bits.
+OPT_QOS = 0x03
+OPT_NO_LOCAL = 0x04
+OPT_RETAIN_AS_PUBLISHED = 0x08
+
+# Inflight entry states for outgoing QoS 1/2 messages.
+AWAIT_PUBACK = 1  # QoS 1, PUBLISH sent
+AWAIT_PUBREC = 2  # QoS 2, PUBLISH sent
+AWAIT_PUBCOMP = 3  # QoS 2, PUBREL sent
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+class Message:
+    """One published application message, shared by every subscriber it goes to."""
+
+    __slots__ = (
+        "topic",
+        "payload",
+        "qos",
+        "retain",
+        "properties",
+        "props_block",
+        "_topic_b",
+        "_q0",
+        "_head",
+        "_tail",
+        "origin",
+        "expires_at",
+    )
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        properties: dict | None = None,
+        props_block: bytes = b"\x00",
+        origin: Any = None,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        #: MQTT 5 properties as published (dict), and the encoded block forwarded to v5 clients
+        self.properties = properties if properties is not None else {}
+        self.props_block = props_block
+        self.origin = origin
+        self.expires_at = 0.0
+        self._topic_b = topic.encode("utf-8")
+        self._q0: dict[tuple[int, int], bytes] = {}
+        self._head: list[bytes | None] = [None, None]
+        self._tail: list[bytes | None] = [None, None]
+
+    def _parts(self, v5: int) -> tuple[bytes, bytes]:
+        head = self._head[v5]
+        if head is None:
+            tail = (self.props_block if v5 else b"") + self.payload
+            remaining = 2 + len(self._topic_b) + 2 + len(tail)
+            head = _varint(remaining) + len(self._topic_b).to_bytes(2, "big") + self._topic_b
+            self._head[v5] = head
+            self._tail[v5] = tail
+        return head, self._tail[v5]  # type: ignore[return-value]
+
+    def encode_qos0(self, version: int, retain: bool) -> bytes:
+        """The whole QoS 0 PUBLISH for a protocol level, cached."""
+        key = (1 if version == 5 else 0, 1 if retain else 0)
+        data = self._q0.get(key)
+        if data is None:
+            tail = (self.props_block if key[0] else b"") + self.payload
+            remaining = 2 + len(self._topic_b) + len(tail)
+            data = (
+                bytes((0x30 | key[1],))
+                + _varint(remaining)
+                + len(self._topic_b).to_bytes(2, "big")
+                + self._topic_b
+                + tail
+            )
+            self._q0[key] = data
+        return data
+
+    def write_qos(
+        self, buf: bytearray, version: int, qos: int, retain: bool, dup: bool, packet_id: int
+    ) -> None:
+        """Append a QoS 1/2 PUBLISH with this packet id to ``buf``."""
+        head, tail = self._parts(1 if version == 5 else 0)
+        buf.append(0x30 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0))
+        buf += head
+        buf.append(packet_id >> 8)
+        buf.append(packet_id & 0xFF)
+        buf += tail
+
+
+class Flusher:
+    """Coalesces each outlet's writes into one ``transport.write`` per event-loop iteration."""
+
+    __slots__ = ("loop", "dirty", "scheduled")
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.dirty: list[Outlet] = []
+        self.scheduled = False
+
+    def mark(self, outlet: Outlet) -> None:
+        self.dirty.append(outlet)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        dirty = self.dirty
+        self.dirty = []
+        for outlet in dirty:
+            outlet.flush()
+
+
+class Outlet:
+    """A session's delivery end: output buffer, packet ids and outgoing QoS 1/2 in flight."""
+
+    def __init__(
+        self,
+        flusher: Flusher,
+        version: int = 4,
+        inflight_max: int = 65535,
+        max_queued: int = 1000,
+        max_buffer: int = 8 * 1024 * 1024,
+    ) -> None:
+        self.flusher = flusher
+        self.transport: Any = None  # None while the session is offline
+        self.version = version
+        self.buf = bytearray()
+        self.pending = False
+        self.paused = False  # the transport asked us to stop writing (pause_writing)
+        #: packet id -> [Message, qos, retain, state] for QoS 1/2 messages sent, not yet acked
+        self.inflight: dict[int, list] = {}
+        self.inflight_max = inflight_max
+        #: QoS 1/2 messages waiting for room in the inflight window, or for the client to return
+        self.queue: deque = deque()
+        self.max_queued = max_queued
+        self.max_buffer = max_buffer
+        self.next_pid = 1
+        self.dropped = 0  # messages dropped: QoS 0 to a slow/offline client, or queue full
+        self.sent = 0  # PUBLISH packets written
+        self.session: Any = None  # the broker's Session that owns this outlet
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the next coalesced write (acks, control packets)."""
+        if self.transport is None:
+            return
+        self.buf += data
+        if not self.pending:
+            self.pending = True
+            self.flusher.mark(self)
+
+    def flush(self) -> None:
+        """Hand the whole buffer to the transport in one write."""
+        self.pending = False
+        if self.buf and self.transport is not None and not self.paused:
+            data = self.buf
+            # A fresh buffer: the transport may keep a reference to the one it was given.
+            self.buf = bytearray()
+            self.transport.write(data)
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.buf and not self.pending:
+            self.pending = True
+            self.flusher.mark(self)
+
+    def _mark(self) -> None:
+        if not self.pending:
+            self.pending = True
+            self.flusher.mark(self)
+
+    # -- publishing ------------------------------------------------------------------------------
+    def send(self, msg: Message, qos: int, retain: bool) -> None:
+        """Deliver one message to this session at the given (already downgraded) QoS."""
+        if qos == 0:
+            if self.transport is None or (self.paused and len(self.buf) >= self.max_buffer):
+                self.dropped += 1
+                return
+            self.buf += msg.encode_qos0(self.version, retain)
+            self.sent += 1
+            self._mark()
+            return
+        if self.transport is None or len(self.inflight) >= self.inflight_max:
+            if len(self.queue) >= self.max_queued:
+                self.dropped += 1
+                return
+            self.queue.append((msg, qos, retain))
+            return
+        self._send_inflight(msg, qos, retain)
+
+    def _send_inflight(self, msg: Message, qos: int, retain: bool) -> None:
+        pid = self.alloc_packet_id()
+        self.inflight[pid] = [msg, qos, retain, AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC]
+        msg.write_qos(self.buf, self.version, qos, retain, False, pid)
+        self.sent += 1
+        self._mark()
+
+    def alloc_packet_id(self) -> int:
+        """A packet id not in use by a message in flight [MQTT-2.2.1-4]."""
+        pid = self.next_pid
+        inflight = self.inflight
+        for _ in range(65536):
+            if pid not in inflight:
+                break
+            pid = pid + 1 if pid < 65535 else 1
+        else:
+            raise RuntimeError("no free packet identifier")
+        self.next_pid = pid + 1 if pid < 65535 else 1
+        return pid
+
+    def drain_queue(self) -> None:
+        """Send queued QoS 1/2 messages while the inflight window has room."""
+        queue = self.queue
+        while queue and self.transport is not None and len(self.inflight) < self.inflight_max:
+            msg, qos, retain = queue.popleft()
+            self._send_inflight(msg, qos, retain)
+
+    def resend_inflight(self) -> None:
+        """After a reconnect: resend unacknowledged PUBLISH with DUP, and PUBREL, in order."""
+        for pid, entry in self.inflight.items():
+            msg, qos, retain, state = entry
+            if state == AWAIT_PUBCOMP:
+                self.buf += b"\x62\x02" + pid.to_bytes(2, "big")
+            else:
+                msg.write_qos(self.buf, self.version, qos, retain, True, pid)
+        if self.buf:
+            self._mark()
+
+
+def deliver(nodes: list[dict], msg: Message, origin: Outlet | None) -> int:
+    """Send ``msg`` to the subscribers in ``nodes`` (from ``SubscriptionTree.collect``).
+
+    Keys of the dicts are outlets (or shared-subscription groups, which pick one member); values
+    are subscription option bytes. A client with several matching subscriptions gets one copy at
+    the highest QoS granted among them [MQTT-3.3.5-1]. Returns the number of copies sent.
+    """
+    if not nodes:
+        return 0
+    if len(nodes) == 1:
+        targets: dict = nodes[0]
+    else:
+        targets = {}
+        for node in nodes:
+            for key, opts in node.items():
+                prev = targets.get(key)
+                if prev is None:
+                    targets[key] = opts
+                else:
+                    # Highest QoS wins; Retain As Published if any matching subscription asked.
+                    q = max(prev & OPT_QOS, opts & OPT_QOS)
+                    targets[key] = (
+                        q | ((prev | opts) & OPT_RETAIN_AS_PUBLISHED) | (prev & opts & OPT_NO_LOCAL)
+                    )
+    pub_qos = msg.qos
+    count = 0
+    for key, opts in targets.items():
+        if type(key) is not Outlet:
+            picked = key.pick(msg, origin)
+            if picked is None:
+                continue
+            key, opts = picked
+        elif opts & OPT_NO_LOCAL and key is origin:
+            # No Local: not to the connection that published it [MQTT-3.8.3-3]
+            continue
+        qos = opts & OPT_QOS
+        if pub_qos < qos:
+            qos = pub_qos
+        # Live messages go out with RETAIN=0 unless Retain As Published [MQTT-3.3.1-12/13]
+        key.send(msg, qos, msg.retain and bool(opts & OPT_RETAIN_AS_PUBLISHED))
+        count += 1
+    return count

@@ -1,0 +1,309 @@
+"""The broker: sessions, subscriptions, retained messages and routing, for one node.
+
+This layer knows MQTT semantics but no bytes: packets arrive decoded from
+:mod:`mqttd.protocol`, and messages leave through :mod:`mqttd._route` (compiled, or its pure twin),
+which writes them into each session's output buffer. Routing is in-process: this is the embedded
+default that needs no Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mqttd._speedups import codec, match, route
+
+if TYPE_CHECKING:
+    from mqttd.protocol import Connection
+
+log = logging.getLogger("mqttd")
+
+MAX_PACKET_SIZE_LIMIT = 268_435_460  # 1 + 4 + 268,435,455: the largest packet MQTT can frame
+
+Message = route.Message
+Outlet = route.Outlet
+
+
+@dataclass
+class BrokerConfig:
+    """What a broker is told at start; every field has the embedded default."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    #: largest packet accepted, whole (fixed header included); enforced from the fixed header
+    max_packet_size: int = 1024 * 1024
+    #: outgoing QoS 1/2 messages in flight per client (lowered by an MQTT 5 Receive Maximum)
+    max_inflight: int = 65535
+    #: inbound QoS 2 messages awaiting PUBREL per client; announced as our Receive Maximum
+    receive_maximum: int = 65535
+    #: QoS 1/2 messages queued per session while offline or while the window is full
+    max_queued_messages: int = 1000
+    #: bytes buffered for a client that does not read before its QoS 0 messages are dropped
+    max_buffer: int = 8 * 1024 * 1024
+    retain_available: bool = True
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, not {self.port}")
+        if not 16 <= self.max_packet_size <= MAX_PACKET_SIZE_LIMIT:
+            raise ValueError(
+                f"max packet size must be 16..{MAX_PACKET_SIZE_LIMIT} bytes, not {self.max_packet_size}"
+            )
+        if not 1 <= self.receive_maximum <= 65535:
+            raise ValueError("receive maximum must be 1..65535")
+
+
+class SharedGroup:
+    """Subscribers of one ``$share/{name}/{filter}``: each message goes to one of them."""
+
+    __slots__ = ("name", "filter", "members", "_next")
+
+    def __init__(self, name: str, filter: str) -> None:
+        self.name = name
+        self.filter = filter
+        self.members: dict[Any, int] = {}  # Outlet -> options
+        self._next = 0
+
+    def pick(self, msg: Any, origin: Any) -> tuple[Any, int] | None:
+        """Round robin over the members, preferring ones that are connected."""
+        members = list(self.members.items())
+        n = len(members)
+        for i in range(n):
+            outlet, opts = members[(self._next + i) % n]
+            if outlet.transport is not None:
+                self._next = (self._next + i + 1) % n
+                return outlet, opts
+        if members:
+            # Nobody online: queue on the next member (QoS 1/2 waits for its session).
+            outlet, opts = members[self._next % n]
+            self._next = (self._next + 1) % n
+            return outlet, opts
+        return None
+
+
+class Session:
+    """State that belongs to a client id and may outlive its network connection."""
+
+    def __init__(self, client_id: str, outlet: Any) -> None:
+        self.client_id = client_id
+        self.outlet = outlet
+        outlet.session = self
+        #: filter as subscribed (``$share/...`` included) -> subscription options byte
+        self.subscriptions: dict[str, int] = {}
+        #: inbound QoS 2 packet ids delivered and awaiting PUBREL [MQTT-4.3.3-10]
+        self.awaiting_rel: set[int] = set()
+        self.connection: Connection | None = None
+        #: seconds the session lives after disconnect; 0 ends it with the connection,
+        #: 0xFFFFFFFF never expires (MQTT 5 Session Expiry Interval; 3.1.1 clean session = 0)
+        self.expiry_interval = 0
+        self.expiry_handle: asyncio.TimerHandle | None = None
+
+
+class Broker:
+    """One mqttd node with in-process routing."""
+
+    def __init__(self, config: BrokerConfig | None = None) -> None:
+        self.config = config or BrokerConfig()
+        self.config.validate()
+        self.sessions: dict[str, Session] = {}
+        self.tree = match.SubscriptionTree()
+        self.retained: dict[str, Any] = {}
+        self.shared: dict[tuple[str, str], SharedGroup] = {}
+        self.connections: set[Connection] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.flusher: Any = None
+        self.started_at = time.time()
+        self.stats = {
+            "messages_received": 0,
+            "messages_sent": 0,
+            "bytes_received": 0,
+            "connections_total": 0,
+        }
+        #: Hooks on the PUBLISH path, for the library layer: an authorization check that runs
+        #: before routing (returns a reason code; < 0x80 allows) and observers run after it.
+        self.authorize_publish: Callable[[Any, Any], int] | None = None
+        self.publish_observers: list[Callable[[Any, Any], None]] = []
+        self._next_assigned = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        from mqttd.protocol import Connection
+
+        self.loop = asyncio.get_running_loop()
+        self.flusher = route.Flusher(self.loop)
+        cfg = self.config
+        self.server = await self.loop.create_server(
+            lambda: Connection(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
+        )
+        self.started_at = time.time()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        if self.server is None:
+            return []
+        out = []
+        for s in self.server.sockets:
+            name = s.getsockname()
+            out.append((name[0], name[1]))
+        return out
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.close()
+        if self.server is not None:
+            await self.server.wait_closed()
+            self.server = None
+        for session in self.sessions.values():
+            if session.expiry_handle is not None:
+                session.expiry_handle.cancel()
+
+    # -- sessions --------------------------------------------------------------------------------
+    def assign_client_id(self) -> str:
+        self._next_assigned += 1
+        return f"mqttd-{socket.gethostname()[:16]}-{id(self) & 0xFFFF:04x}-{self._next_assigned}"
+
+    def open_session(
+        self, conn: Connection, client_id: str, clean_start: bool, version: int
+    ) -> tuple[Session, bool]:
+        """Attach ``conn`` to the session of ``client_id``; returns (session, session_present).
+
+        An existing connection with the same client id is taken over: it is closed
+        [MQTT-3.1.4-3] (MQTT 5: DISCONNECT 0x8E first), and its will, if any, is published.
+        """
+        old = self.sessions.get(client_id)
+        if old is not None and old.connection is not None:
+            old.connection.taken_over()
+        if old is not None and old.expiry_handle is not None:
+            old.expiry_handle.cancel()
+            old.expiry_handle = None
+        if old is not None and clean_start:
+            self.end_session(old)
+            old = None
+        if old is None:
+            outlet = route.Outlet(
+                self.flusher,
+                version,
+                self.config.max_inflight,
+                self.config.max_queued_messages,
+                self.config.max_buffer,
+            )
+            session = Session(client_id, outlet)
+            self.sessions[client_id] = session
+            present = False
+        else:
+            session = old
+            present = True
+        session.connection = conn
+        session.outlet.version = version
+        return session, present
+
+    def detach(self, session: Session, conn: Connection) -> None:
+        """The connection of ``session`` ended; keep the session or end it."""
+        if session.connection is not conn:
+            return  # already taken over by a newer connection
+        session.connection = None
+        session.outlet.transport = None
+        session.outlet.buf = bytearray()
+        session.outlet.paused = False
+        if session.expiry_interval == 0:
+            self.end_session(session)
+        elif session.expiry_interval < 0xFFFFFFFF and self.loop is not None:
+            session.expiry_handle = self.loop.call_later(
+                session.expiry_interval, self._expire, session
+            )
+
+    def _expire(self, session: Session) -> None:
+        session.expiry_handle = None
+        if session.connection is None and self.sessions.get(session.client_id) is session:
+            self.end_session(session)
+
+    def end_session(self, session: Session) -> None:
+        for filt in list(session.subscriptions):
+            self.unsubscribe(session, filt)
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        session.outlet.queue.clear()
+        session.outlet.inflight.clear()
+
+    # -- subscriptions ---------------------------------------------------------------------------
+    def subscribe(self, session: Session, filt: str, options: int) -> bool:
+        """Add or replace a subscription [MQTT-3.8.4-3]; True when it is new."""
+        shared = match.parse_shared(filt)
+        outlet = session.outlet
+        if shared is not None:
+            name, inner = shared
+            group = self.shared.get(shared)
+            if group is None:
+                group = self.shared[shared] = SharedGroup(name, inner)
+                self.tree.add(inner, group, 0)
+            new = outlet not in group.members
+            group.members[outlet] = options
+        else:
+            new = self.tree.add(filt, outlet, options)
+        session.subscriptions[filt] = options
+        return new
+
+    def unsubscribe(self, session: Session, filt: str) -> bool:
+        if session.subscriptions.pop(filt, None) is None:
+            return False
+        shared = match.parse_shared(filt)
+        if shared is not None:
+            group = self.shared.get(shared)
+            if group is not None:
+                group.members.pop(session.outlet, None)
+                if not group.members:
+                    del self.shared[shared]
+                    self.tree.remove(group.filter, group)
+        else:
+            self.tree.remove(filt, session.outlet)
+        return True
+
+    def retained_matching(self, filt: str) -> Iterator[Any]:
+        topic_matches = match.topic_matches
+        for topic, msg in list(self.retained.items()):
+            if topic_matches(filt, topic):
+                yield msg
+
+    # -- publishing ------------------------------------------------------------------------------
+    def publish(self, msg: Any, origin: Any = None) -> int:
+        """Route one message to every matching subscriber on this node; keep it if retained."""
+        if msg.retain:
+            if msg.payload:
+                self.retained[msg.topic] = msg
+            else:
+                # An empty retained payload clears the topic [MQTT-3.3.1-6][MQTT-3.3.1-7]
+                self.retained.pop(msg.topic, None)
+        nodes = self.tree.collect(msg.topic)
+        return route.deliver(nodes, msg, origin) if nodes else 0
+
+    def make_message(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: dict | None,
+        origin: Any = None,
+    ) -> Any:
+        """A Message with the MQTT 5 properties that are forwarded to subscribers."""
+        block = b"\x00"
+        props = properties or {}
+        if props:
+            fwd = {k: v for k, v in props.items() if k not in _NOT_FORWARDED}
+            if fwd:
+                block = codec.encode_properties(fwd)
+            props = fwd
+        return route.Message(topic, payload, qos, retain, props, block, origin)
+
+
+# Topic Alias is per network connection (MQTT 5 §3.3.2.3.4) and Subscription Identifiers are per
+# subscription (§3.3.4): neither is forwarded as the publisher sent it.
+_NOT_FORWARDED = frozenset({0x23, 0x0B})

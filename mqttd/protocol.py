@@ -1,0 +1,456 @@
+"""One client connection: an asyncio ``Protocol`` that feeds bytes to the codec and dispatches.
+
+``data_received`` only feeds the :class:`Reader` and dispatches each packet through one table
+from packet type to handler (one table before CONNECT, one after). Everything the connection
+sends goes through its session's :class:`Outlet`, whose writes are coalesced once per event-loop
+iteration. The broker's semantics (sessions, subscriptions, routing) live in :mod:`mqttd.broker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from mqttd._speedups import codec, match, route
+from mqttd.constants import (
+    AUTHENTICATION_METHOD,
+    MAXIMUM_PACKET_SIZE,
+    RECEIVE_MAXIMUM,
+    SESSION_EXPIRY_INTERVAL,
+    SUBSCRIPTION_IDENTIFIER,
+    TOPIC_ALIAS,
+)
+from mqttd.errors import PacketError
+
+if TYPE_CHECKING:
+    from mqttd.broker import Broker, Session
+
+log = logging.getLogger("mqttd")
+
+PUBACK, PUBREC, PUBREL, PUBCOMP = 4, 5, 6, 7
+PINGRESP = codec.encode_pingresp()
+
+# MQTT 5 reason codes used here (§2.4)
+RC_NORMAL = 0x00
+RC_DISCONNECT_WITH_WILL = 0x04
+RC_NO_SUBSCRIPTION_EXISTED = 0x11
+RC_UNSPECIFIED = 0x80
+RC_MALFORMED = 0x81
+RC_PROTOCOL_ERROR = 0x82
+RC_CLIENT_ID_NOT_VALID = 0x85
+RC_BAD_AUTH_METHOD = 0x8C
+RC_KEEPALIVE_TIMEOUT = 0x8D
+RC_SESSION_TAKEN_OVER = 0x8E
+RC_TOPIC_FILTER_INVALID = 0x8F
+RC_TOPIC_NAME_INVALID = 0x90
+RC_PACKET_ID_NOT_FOUND = 0x92
+RC_RECEIVE_MAXIMUM_EXCEEDED = 0x93
+RC_TOPIC_ALIAS_INVALID = 0x94
+RC_SUB_IDS_NOT_SUPPORTED = 0xA1
+
+# CONNACK return codes of MQTT 3.1 / 3.1.1 (§3.2.2.3) for the MQTT 5 reasons we refuse with.
+_V3_CONNACK = {0x84: 0x01, 0x85: 0x02, 0x88: 0x03, 0x86: 0x04, 0x87: 0x05, 0x8C: 0x05}
+
+#: seconds a new connection has to send its CONNECT
+CONNECT_TIMEOUT = 10.0
+
+
+class Connection(asyncio.Protocol):
+    """The server side of one network connection."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.loop = broker.loop
+        self.reader = codec.Reader(broker.config.max_packet_size)
+        self.transport: Any = None
+        self.session: Session | None = None
+        self.outlet: Any = None
+        self.version = 0
+        self.client_id = ""
+        self.username: str | None = None
+        self.peer: Any = None
+        self.will: Any = None
+        self.keepalive = 0
+        self.last_rx = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.closing = False
+        self.handlers = _PRE_CONNECT
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        self.broker.connections.add(self)
+        self.broker.stats["connections_total"] += 1
+        self.last_rx = self.loop.time()
+        # [MQTT-3.1.4-1]-adjacent: a peer that never sends CONNECT is not kept forever.
+        self.timer = self.loop.call_later(CONNECT_TIMEOUT, self._connect_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = self.loop.time()
+        self.broker.stats["bytes_received"] += len(data)
+        try:
+            packets = self.reader.feed(data)
+            error = None
+        except PacketError as exc:
+            packets = exc.packets
+            error = exc
+        for packet in packets:
+            if self.closing:
+                return
+            self.handlers[packet.packet_type](self, packet)
+        if error is not None and not self.closing:
+            self.protocol_error(error.reason_code, str(error))
+
+    def pause_writing(self) -> None:
+        if self.outlet is not None:
+            self.outlet.paused = True
+
+    def resume_writing(self) -> None:
+        if self.outlet is not None:
+            self.outlet.resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.broker.connections.discard(self)
+        session = self.session
+        if session is not None:
+            self.broker.detach(session, self)
+            self.session = None
+        if self.will is not None:
+            # The connection ended without a DISCONNECT that discards the will [MQTT-3.1.2-8]
+            will, self.will = self.will, None
+            self.broker.publish(will)
+
+    # -- closing ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Flush what is queued for this client, then close the network connection."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.outlet is not None and self.outlet.transport is self.transport:
+            self.outlet.paused = False
+            self.outlet.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def protocol_error(self, reason_code: int, why: str) -> None:
+        """Close the connection for a protocol violation, telling an MQTT 5 client why."""
+        log.info(
+            "closing %s (%s): %s [reason 0x%02X]",
+            self.client_id or self.peer,
+            self.version,
+            why,
+            reason_code,
+        )
+        if self.session is None:
+            if reason_code == 0x84:
+                # Unsupported protocol level: CONNACK 0x01 in 3.1.1 form, then close [MQTT-3.1.2-2]
+                self.transport.write(b"\x20\x02\x00\x01")
+            elif self.version == 5 and reason_code >= 0x80:
+                self.transport.write(codec.encode_connack(False, reason_code, 5))
+        elif self.version == 5:
+            self.outlet.write(codec.encode_disconnect(reason_code, 5))
+        self.close()
+
+    def refuse(self, reason_code: int) -> None:
+        """Answer CONNECT with a refusal and close [MQTT-3.2.2-6]."""
+        if self.version == 5:
+            data = codec.encode_connack(False, reason_code, 5)
+        else:
+            data = codec.encode_connack(False, _V3_CONNACK.get(reason_code, 0x03), self.version)
+        self.transport.write(data)
+        self.will = None
+        self.close()
+
+    def taken_over(self) -> None:
+        """Another connection took this client id over [MQTT-3.1.4-3]."""
+        if self.version == 5 and self.outlet is not None:
+            self.outlet.write(codec.encode_disconnect(RC_SESSION_TAKEN_OVER, 5))
+        self.close()
+        # The session now belongs to the new connection: only the will remains ours.
+        self.session = None
+
+    def _connect_timeout(self) -> None:
+        self.timer = None
+        if self.session is None and not self.closing:
+            log.info("closing %s: no CONNECT within %.0f s", self.peer, CONNECT_TIMEOUT)
+            self.close()
+
+    def _keepalive_check(self) -> None:
+        limit = self.keepalive * 1.5
+        idle = self.loop.time() - self.last_rx
+        if idle >= limit:
+            # Nothing for 1.5 x keepalive: close as if the network failed [MQTT-3.1.2-24]
+            self.timer = None
+            log.info("closing %s: keepalive %d s expired", self.client_id, self.keepalive)
+            if self.version == 5:
+                self.outlet.write(codec.encode_disconnect(RC_KEEPALIVE_TIMEOUT, 5))
+            self.close()
+        else:
+            self.timer = self.loop.call_later(limit - idle, self._keepalive_check)
+
+    # -- packet handlers -------------------------------------------------------------------------
+    def on_connect(self, p: Any) -> None:
+        broker = self.broker
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        v = self.version = p.protocol_level
+        props = p.properties
+        receive_max = 65535
+        session_expiry = 0
+        if v == 5:
+            if AUTHENTICATION_METHOD in props:
+                # No enhanced authentication method is configured (MQTT 5 §4.12)
+                return self.refuse(RC_BAD_AUTH_METHOD)
+            receive_max = props.get(RECEIVE_MAXIMUM, 65535)
+            if receive_max == 0 or props.get(MAXIMUM_PACKET_SIZE, 1) == 0:
+                # Receive Maximum / Maximum Packet Size of 0 is a Protocol Error (§3.1.2.11)
+                return self.protocol_error(RC_PROTOCOL_ERROR, "zero receive/packet maximum")
+            session_expiry = props.get(SESSION_EXPIRY_INTERVAL, 0)
+        elif not p.clean_start:
+            session_expiry = 0xFFFFFFFF  # 3.1.1 persistent session: lives until clean start
+
+        client_id = p.client_id
+        assigned = False
+        if not client_id:
+            if v == 3 or (v == 4 and not p.clean_start):
+                # 3.1.1: empty id needs CleanSession=1 [MQTT-3.1.3-8]; 3.1: id of 1..23 chars
+                return self.refuse(RC_CLIENT_ID_NOT_VALID)
+            client_id = broker.assign_client_id()
+            assigned = True
+        elif v == 3 and len(client_id) > 23:
+            return self.refuse(RC_CLIENT_ID_NOT_VALID)
+
+        will = p.will
+        if will is not None:
+            if not match.validate_topic(will.topic):
+                return self.protocol_error(RC_TOPIC_NAME_INVALID, "invalid will topic")
+            self.will = broker.make_message(
+                will.topic, will.payload, will.qos, will.retain, will.properties
+            )
+        self.client_id = client_id
+        self.username = p.username
+        self.keepalive = p.keepalive
+
+        session, present = broker.open_session(self, client_id, p.clean_start, v)
+        session.expiry_interval = session_expiry
+        self.session = session
+        outlet = self.outlet = session.outlet
+        outlet.transport = self.transport
+        outlet.paused = False
+        outlet.inflight_max = min(broker.config.max_inflight, receive_max)
+        self.handlers = _CONNECTED
+
+        ack_props = None
+        if v == 5:
+            ack_props = {
+                MAXIMUM_PACKET_SIZE: broker.config.max_packet_size,
+                0x29: 0,
+            }  # Subscription Identifier Available: not yet
+            if broker.config.receive_maximum < 65535:
+                ack_props[RECEIVE_MAXIMUM] = broker.config.receive_maximum
+            if not broker.config.retain_available:
+                ack_props[0x25] = 0
+            if assigned:
+                ack_props[0x12] = client_id  # Assigned Client Identifier
+        outlet.write(codec.encode_connack(present, 0, v, ack_props))
+        if self.keepalive:
+            self.timer = self.loop.call_later(self.keepalive * 1.5, self._keepalive_check)
+        if present:
+            # Resume: unacknowledged messages again, with DUP, in order, then the queue
+            outlet.resend_inflight()
+            outlet.drain_queue()
+        log.debug(
+            "connected %s (level %d, clean=%s, present=%s)", client_id, v, p.clean_start, present
+        )
+
+    def on_second_connect(self, p: Any) -> None:
+        # A second CONNECT is a Protocol Violation [MQTT-3.1.0-2]
+        self.protocol_error(RC_PROTOCOL_ERROR, "second CONNECT")
+
+    def on_not_connected(self, p: Any) -> None:
+        # The first packet from a client must be CONNECT [MQTT-3.1.0-1]
+        log.info("closing %s: first packet is type %d, not CONNECT", self.peer, p.packet_type)
+        self.close()
+
+    def on_unexpected(self, p: Any) -> None:
+        # A packet only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP), or AUTH with no
+        # authentication method in use (MQTT 5 §4.12): a Protocol Error.
+        self.protocol_error(RC_PROTOCOL_ERROR, f"unexpected packet type {p.packet_type}")
+
+    def on_publish(self, p: Any) -> None:
+        broker = self.broker
+        topic = p.topic
+        v = self.version
+        props = p.properties
+        if props and TOPIC_ALIAS in props:
+            # We announce Topic Alias Maximum 0: any alias is invalid [MQTT-3.3.2-9]
+            return self.protocol_error(RC_TOPIC_ALIAS_INVALID, "topic alias not allowed")
+        if not match.validate_topic(topic):
+            # Topic names must not contain wildcards [MQTT-3.3.2-2] nor be empty [MQTT-4.7.3-1]
+            return self.protocol_error(RC_TOPIC_NAME_INVALID, f"invalid topic name {topic!r}")
+        qos = p.qos
+        session = self.session
+        if qos == 2:
+            pid = p.packet_id
+            if pid in session.awaiting_rel:  # type: ignore[union-attr]
+                # A repeat before PUBREL is not delivered again [MQTT-4.3.3-10]
+                self.outlet.write(codec.encode_ack(PUBREC, pid, v))
+                return
+            if len(session.awaiting_rel) >= broker.config.receive_maximum:  # type: ignore[union-attr]
+                return self.protocol_error(RC_RECEIVE_MAXIMUM_EXCEEDED, "receive maximum")
+        if p.retain and not broker.config.retain_available:
+            return self.protocol_error(0x9A, "retain not supported")
+        if props:
+            msg = broker.make_message(topic, p.payload, qos, p.retain, props)
+        else:
+            msg = route.Message(topic, p.payload, qos, p.retain)
+        broker.stats["messages_received"] += 1
+        rc = 0
+        if broker.authorize_publish is not None:
+            rc = broker.authorize_publish(self, msg)
+        if rc < 0x80:
+            broker.publish(msg, self.outlet)
+            for observer in broker.publish_observers:
+                observer(self, msg)
+        if qos == 1:
+            self.outlet.write(codec.encode_ack(PUBACK, p.packet_id, v, rc if v == 5 else 0))
+        elif qos == 2:
+            if rc < 0x80:
+                session.awaiting_rel.add(p.packet_id)  # type: ignore[union-attr]
+            self.outlet.write(codec.encode_ack(PUBREC, p.packet_id, v, rc if v == 5 else 0))
+
+    def on_puback(self, p: Any) -> None:
+        outlet = self.outlet
+        entry = outlet.inflight.get(p.packet_id)
+        if entry is not None and entry[3] == route.AWAIT_PUBACK:
+            del outlet.inflight[p.packet_id]
+            outlet.drain_queue()
+
+    def on_pubrec(self, p: Any) -> None:
+        outlet = self.outlet
+        pid = p.packet_id
+        entry = outlet.inflight.get(pid)
+        if entry is None or entry[3] == route.AWAIT_PUBACK:
+            if self.version == 5:
+                outlet.write(codec.encode_ack(PUBREL, pid, 5, RC_PACKET_ID_NOT_FOUND))
+            return
+        if p.reason_code >= 0x80:
+            # MQTT 5: a failed PUBREC ends the exchange (§4.3.3)
+            del outlet.inflight[pid]
+            outlet.drain_queue()
+            return
+        entry[3] = route.AWAIT_PUBCOMP
+        entry[0] = None  # the message is delivered; keep only the packet id [MQTT-4.3.3-4]
+        outlet.write(codec.encode_ack(PUBREL, pid, self.version))
+
+    def on_pubrel(self, p: Any) -> None:
+        pid = p.packet_id
+        session = self.session
+        if pid in session.awaiting_rel:  # type: ignore[union-attr]
+            session.awaiting_rel.discard(pid)  # type: ignore[union-attr]
+            rc = 0
+        else:
+            rc = RC_PACKET_ID_NOT_FOUND if self.version == 5 else 0
+        self.outlet.write(codec.encode_ack(PUBCOMP, pid, self.version, rc))
+
+    def on_pubcomp(self, p: Any) -> None:
+        outlet = self.outlet
+        entry = outlet.inflight.get(p.packet_id)
+        if entry is not None and entry[3] == route.AWAIT_PUBCOMP:
+            del outlet.inflight[p.packet_id]
+            outlet.drain_queue()
+
+    def on_subscribe(self, p: Any) -> None:
+        broker = self.broker
+        session = self.session
+        v = self.version
+        if v == 5 and SUBSCRIPTION_IDENTIFIER in p.properties:
+            # We announce Subscription Identifier Available = 0 (§3.8.2.1.2)
+            return self.protocol_error(RC_SUB_IDS_NOT_SUPPORTED, "subscription identifiers")
+        codes = []
+        retained: list[tuple[Any, int]] = []
+        for filt, opts in p.subscriptions:
+            if not match.validate_filter(filt):
+                codes.append(RC_TOPIC_FILTER_INVALID if v == 5 else 0x80)
+                continue
+            shared = match.parse_shared(filt)
+            if shared is not None and opts & route.OPT_NO_LOCAL:
+                # No Local on a Shared Subscription is a Protocol Error [MQTT-3.8.3-4]
+                return self.protocol_error(RC_PROTOCOL_ERROR, "No Local on a shared subscription")
+            granted = opts & 0x03
+            new = broker.subscribe(session, filt, opts)  # type: ignore[arg-type]
+            codes.append(granted)
+            retain_handling = (opts >> 4) & 0x03
+            # Retained messages for a new subscription (Retain Handling 0, or 1 when new); none
+            # for shared subscriptions (MQTT 5 §4.8.2)
+            if shared is None and (retain_handling == 0 or (retain_handling == 1 and new)):
+                for msg in broker.retained_matching(filt):
+                    retained.append((msg, granted))
+        self.outlet.write(codec.encode_suback(p.packet_id, codes, v))
+        outlet = self.outlet
+        for msg, granted in retained:
+            # Sent with RETAIN=1 to a new subscription [MQTT-3.3.1-8]
+            outlet.send(msg, min(msg.qos, granted), True)
+
+    def on_unsubscribe(self, p: Any) -> None:
+        codes = []
+        for filt in p.filters:
+            existed = self.broker.unsubscribe(self.session, filt)  # type: ignore[arg-type]
+            codes.append(RC_NORMAL if existed else RC_NO_SUBSCRIPTION_EXISTED)
+        # UNSUBACK, even when nothing was subscribed [MQTT-3.10.4-5]
+        self.outlet.write(codec.encode_unsuback(p.packet_id, codes, self.version))
+
+    def on_pingreq(self, p: Any) -> None:
+        self.outlet.write(PINGRESP)  # [MQTT-3.12.4-1]
+
+    def on_disconnect(self, p: Any) -> None:
+        if self.version == 5:
+            expiry = p.properties.get(SESSION_EXPIRY_INTERVAL)
+            session = self.session
+            if expiry is not None and session is not None:
+                if session.expiry_interval == 0 and expiry != 0:
+                    # Non-zero expiry after connecting with zero is a Protocol Error [MQTT-3.14.2-2]
+                    return self.protocol_error(RC_PROTOCOL_ERROR, "session expiry raised")
+                session.expiry_interval = expiry
+            if p.reason_code == RC_DISCONNECT_WITH_WILL:
+                self.close()  # the will stays and is published in connection_lost
+                return
+        # A normal DISCONNECT discards the will [MQTT-3.1.2-10][MQTT-3.14.4-3]
+        self.will = None
+        self.close()
+
+
+def _table(connected: bool) -> tuple:
+    c = Connection
+    unexpected = c.on_unexpected
+    if not connected:
+        return (c.on_not_connected, c.on_connect) + (c.on_not_connected,) * 14
+    return (
+        unexpected,  # 0 reserved (the reader refuses it)
+        c.on_second_connect,  # 1 CONNECT
+        unexpected,  # 2 CONNACK
+        c.on_publish,  # 3
+        c.on_puback,  # 4
+        c.on_pubrec,  # 5
+        c.on_pubrel,  # 6
+        c.on_pubcomp,  # 7
+        c.on_subscribe,  # 8
+        unexpected,  # 9 SUBACK
+        c.on_unsubscribe,  # 10
+        unexpected,  # 11 UNSUBACK
+        c.on_pingreq,  # 12
+        unexpected,  # 13 PINGRESP
+        c.on_disconnect,  # 14
+        unexpected,  # 15 AUTH
+    )
+
+
+_PRE_CONNECT = _table(False)
+_CONNECTED = _table(True)
