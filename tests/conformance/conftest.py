@@ -1,0 +1,32 @@
+"""Fixtures for the raw-byte conformance tests (the brokers come from tests/conftest.py)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+
+import pytest
+
+# mqtt_raw lives next to the tests; make it importable whatever pytest's import mode is.
+sys.path.insert(0, os.path.dirname(__file__))
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def uid(request: pytest.FixtureRequest) -> str:
+    """A short string unique to this test run, for client ids and topics on a shared broker."""
+    return f"t{os.getpid() % 10000}-{next(_counter)}"
+
+
+@pytest.fixture(scope="module")
+def srv(shared_broker) -> tuple[str, int]:
+    """Address of a broker shared by the whole module (tests use distinct ids/topics)."""
+    return (shared_broker.host, shared_broker.port)
+
+
+@pytest.fixture
+def fresh(broker) -> tuple[str, int]:
+    """Address of a broker started for this test only."""
+    return (broker.host, broker.port)

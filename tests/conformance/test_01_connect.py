@@ -1,0 +1,233 @@
+"""CONNECT / CONNACK at protocol levels 3 (MQIsdp), 4 and 5, sessions, client id takeover,
+and the CONNECT-specific protocol violations. Raw bytes over TCP (see mqtt_raw.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from mqtt_raw import (
+    ASSIGNED_CLIENT_IDENTIFIER,
+    CONNACK,
+    PUBLISH,
+    SESSION_EXPIRY_INTERVAL,
+    SUBACK,
+    Client,
+    assert_closed,
+    assert_serves,
+    connect,
+    connected,
+    parse_connack,
+    parse_publish,
+    parse_suback,
+    prop,
+    props,
+    publish,
+    subscribe,
+)
+
+LEVELS = [3, 4, 5]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_connect_connack_accepted(srv, uid, level):
+    """A valid CONNECT gets CONNACK 0 as the first packet [MQTT-3.2.0-1]; with a clean session
+    Session Present is 0 [MQTT-3.2.2-1]/[MQTT-3.2.2-2 (v5)]."""
+    with Client(srv, level) as c:
+        c.send(connect(f"c{level}-{uid}", level=level))
+        p = c.expect(CONNACK)
+        sp, rc, _ = parse_connack(p, level)
+        assert rc == 0
+        assert sp is False
+        if level < 5:
+            assert p.body == b"\x00\x00"
+        c.ping()
+        c.disconnect()
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_connect_with_username_password(srv, uid, level):
+    """Username and password fields are parsed (anonymous/any credentials accepted here)."""
+    with Client(srv, level) as c:
+        c.connect(f"up{level}-{uid}", username="user", password=b"secret\x00\xff")
+        c.ping()
+
+
+def test_v5_connack_properties_parse(srv, uid):
+    """The MQTT 5 CONNACK carries a well-formed property block [MQTT 5 §3.2.2.3]."""
+    with Client(srv, 5) as c:
+        _, rc, properties = c.connect(f"props-{uid}")
+        assert rc == 0
+        for values in properties.values():
+            assert values  # decode_props already checked types and lengths
+
+
+def test_v311_empty_client_id_clean_session_accepted(srv):
+    """A zero-byte client id with CleanSession=1 is accepted [MQTT-3.1.3-6/7]."""
+    with Client(srv, 4) as c:
+        c.connect("")
+        c.ping()
+
+
+def test_v311_empty_client_id_without_clean_session_rejected(srv):
+    """A zero-byte client id with CleanSession=0 gets CONNACK 0x02 and the connection is closed
+    [MQTT-3.1.3-8]."""
+    with Client(srv, 4) as c:
+        c.send(connect("", level=4, clean=False))
+        _, rc, _ = parse_connack(c.expect(CONNACK), 4)
+        assert rc == 0x02
+        assert_closed(c)
+    assert_serves(srv)
+
+
+def test_v5_empty_client_id_gets_assigned_identifier(srv):
+    """MQTT 5: a zero-length client id gets an Assigned Client Identifier [MQTT-3.2.2-16]."""
+    with Client(srv, 5) as c:
+        _, rc, properties = c.connect("")
+        assert rc == 0
+        assigned = properties.get(ASSIGNED_CLIENT_IDENTIFIER)
+        assert assigned and isinstance(assigned[0], str) and assigned[0]
+
+
+@pytest.mark.parametrize("level", [4, 5])
+def test_client_id_takeover_closes_old_connection(srv, uid, level):
+    """A second CONNECT with the same client id makes the server close the existing connection
+    [MQTT-3.1.4-2] (MQTT 5 may send DISCONNECT 0x8E Session taken over first)."""
+    cid = f"takeover{level}-{uid}"
+    first = connected(srv, cid, level)
+    second = connected(srv, cid, level)
+    try:
+        assert_closed(first, (0x8E,))
+        second.ping()  # the new connection is the one that lives
+    finally:
+        first.close()
+        second.close()
+
+
+def test_v311_session_present(srv, uid):
+    """CleanSession=0 resumes a stored session: Session Present 1 [MQTT-3.2.2-2]; CleanSession=1
+    discards it: Session Present 0 [MQTT-3.2.2-1]."""
+    cid = f"persist-{uid}"
+    with connected(srv, cid, 4, clean=False) as c:
+        c.subscribe(f"persist/{uid}", 1)
+        c.disconnect()
+    with Client(srv, 4) as c:
+        sp, _, _ = c.connect(cid, clean=False)
+        assert sp is True
+        c.disconnect()
+    with Client(srv, 4) as c:
+        sp, _, _ = c.connect(cid, clean=True)
+        assert sp is False
+        c.disconnect()
+    with Client(srv, 4) as c:
+        sp, _, _ = c.connect(cid, clean=False)
+        assert sp is False  # the clean session above ended the stored one [MQTT-3.1.2-6]
+        c.disconnect()
+
+
+def test_v5_session_expiry_and_session_present(srv, uid):
+    """MQTT 5: a session with Session Expiry Interval > 0 survives the connection; Clean Start
+    0 then gives Session Present 1 [MQTT-3.2.2-3]. With interval 0 (absent) the session ends
+    with the connection, so Session Present is 0 [MQTT-3.1.2-23 note]."""
+    cid = f"expiry-{uid}"
+    keep = props(prop(SESSION_EXPIRY_INTERVAL, 60))
+    with connected(srv, cid, 5, clean=True, properties=keep) as c:
+        c.subscribe(f"expiry/{uid}", 1)
+        c.disconnect()
+    with Client(srv, 5) as c:
+        sp, _, _ = c.connect(cid, clean=False, properties=keep)
+        assert sp is True
+        c.disconnect()
+    # Now end it: interval 0 (default) on this connection means it ends at disconnect.
+    with Client(srv, 5) as c:
+        sp, _, _ = c.connect(cid, clean=True)
+        assert sp is False
+        c.disconnect()
+    with Client(srv, 5) as c:
+        sp, _, _ = c.connect(cid, clean=False)
+        assert sp is False
+        c.disconnect()
+
+
+@pytest.mark.parametrize("level", [4, 5])
+def test_packets_pipelined_after_connect(srv, uid, level):
+    """A client may send packets right after CONNECT without waiting for CONNACK; CONNECT,
+    SUBSCRIBE and PUBLISH in one TCP write are all processed in order (3.1.1 and MQTT 5 §3.1.4:
+    "Clients are allowed to send further Control Packets immediately after sending a CONNECT")."""
+    topic = f"pipe{level}/{uid}"
+    with Client(srv, level) as c:
+        c.send(
+            connect(f"pipe{level}-{uid}", level=level)
+            + subscribe(7, [(topic, 0)], level=level)
+            + publish(topic, b"hello", level=level)
+        )
+        assert parse_connack(c.expect(CONNACK), level)[1] == 0
+        pid, codes = parse_suback(c.expect(SUBACK), level)
+        assert (pid, codes) == (7, [0])
+        m = parse_publish(c.expect(PUBLISH), level)
+        assert (m.topic, m.payload) == (topic, b"hello")
+
+
+def test_connect_split_into_single_bytes(srv, uid):
+    """The broker reassembles a CONNECT that arrives one byte per TCP segment."""
+    data = connect(f"split-{uid}", level=4)
+    with Client(srv, 4) as c:
+        for i in range(len(data)):
+            c.send(data[i : i + 1])
+            time.sleep(0.002)
+        assert parse_connack(c.expect(CONNACK), 4)[1] == 0
+
+
+# --- CONNECT-specific protocol violations (each: connection closed, broker still serves) -------
+
+
+@pytest.mark.parametrize("level", [4, 5])
+def test_connect_reserved_flag_set(srv, uid, level):
+    """The reserved Connect Flags bit 0 must be 0; otherwise the server closes [MQTT-3.1.2-3]."""
+    with Client(srv, level) as c:
+        c.send(connect(f"rsv-{uid}", level=level, flags=0x03))
+        _assert_connect_rejected(c, level)
+    assert_serves(srv, level)
+
+
+@pytest.mark.parametrize(
+    "flags,rule",
+    [
+        (0x02 | 0x08, "will QoS 1 without will flag [MQTT-3.1.2-13]"),
+        (0x02 | 0x20, "will retain without will flag [MQTT-3.1.2-15]"),
+        (0x02 | 0x04 | 0x18, "will QoS 3 [MQTT-3.1.2-14]"),
+    ],
+)
+@pytest.mark.parametrize("level", [4, 5])
+def test_connect_bad_will_flags(srv, uid, level, flags, rule):
+    """Inconsistent will flags are a protocol violation: the connection is closed."""
+    will = flags & 0x04
+    data = connect(
+        f"wf-{uid}",
+        level=level,
+        flags=flags,
+        will_topic=f"will/{uid}" if will else None,
+        will_payload=b"x",
+    )
+    with Client(srv, level) as c:
+        c.send(data)
+        _assert_connect_rejected(c, level)
+    assert_serves(srv, level)
+
+
+def test_v311_password_without_username(srv, uid):
+    """3.1.1: password flag set with username flag 0 is a protocol violation [MQTT-3.1.2-22]."""
+    with Client(srv, 4) as c:
+        c.send(connect(f"pw-{uid}", level=4, password=b"pw"))
+        _assert_connect_rejected(c, 4)
+    assert_serves(srv)
+
+
+def _assert_connect_rejected(c: Client, level: int) -> None:
+    """After a bad CONNECT the server closes; it MAY send a CONNACK with an error code first
+    (MQTT 5 §4.13.1 / 3.1.1 §4.8) but never a CONNACK 0."""
+    got = c.wait_closed()
+    for p in got:
+        assert p.type == CONNACK, f"unexpected {p!r} before close"
+        _, rc, _ = parse_connack(p, level)
+        assert rc != 0, "a rejected CONNECT must not get CONNACK 0"
