@@ -1,0 +1,337 @@
+# cython: language_level=3
+"""The PUBLISH fan-out path, compiled (twin of ``mqttd/_pure/_route.py``; see its docstring).
+
+Per message: one :class:`Message`; per subscriber: appends to its :class:`Outlet`'s bytearray,
+with no Python object created for a QoS 0 copy. Writes are coalesced by the :class:`Flusher`.
+"""
+
+from collections import deque
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcpy
+
+OPT_QOS = 0x03
+OPT_NO_LOCAL = 0x04
+OPT_RETAIN_AS_PUBLISHED = 0x08
+
+AWAIT_PUBACK = 1
+AWAIT_PUBREC = 2
+AWAIT_PUBCOMP = 3
+
+cdef int C_AWAIT_PUBACK = 1
+cdef int C_AWAIT_PUBREC = 2
+cdef int C_AWAIT_PUBCOMP = 3
+
+
+cdef bytes _varint(Py_ssize_t n):
+    cdef unsigned char out[4]
+    cdef int i = 0
+    while True:
+        out[i] = n & 0x7F
+        n >>= 7
+        if n:
+            out[i] |= 0x80
+            i += 1
+        else:
+            return out[:i + 1]
+
+
+cdef inline int _append(bytearray buf, const char* data, Py_ssize_t n) except -1:
+    cdef Py_ssize_t size = PyByteArray_GET_SIZE(buf)
+    PyByteArray_Resize(buf, size + n)
+    memcpy(PyByteArray_AS_STRING(buf) + size, data, n)
+    return 0
+
+
+cdef inline int _append_bytes(bytearray buf, bytes data) except -1:
+    return _append(buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
+
+cdef class Message:
+    """One published application message, shared by every subscriber it goes to."""
+
+    cdef public str topic
+    cdef public bytes payload
+    cdef public int qos
+    cdef public bint retain
+    cdef public dict properties
+    cdef public bytes props_block
+    cdef public object origin
+    cdef public double expires_at
+    cdef bytes _topic_b
+    # Cached encodings: whole QoS 0 packets per (v5, retain), and head/tail of QoS 1/2 ones.
+    cdef bytes _q0_4, _q0_4r, _q0_5, _q0_5r
+    cdef bytes _head4, _head5, _tail4, _tail5
+
+    def __init__(self, str topic, payload, int qos=0, retain=False, properties=None,
+                 bytes props_block=b"\x00", origin=None):
+        self.topic = topic
+        self.payload = bytes(payload)
+        self.qos = qos
+        self.retain = bool(retain)
+        self.properties = properties if properties is not None else {}
+        self.props_block = props_block
+        self.origin = origin
+        self.expires_at = 0.0
+        self._topic_b = topic.encode("utf-8")
+
+    cdef void _parts(self, int v5):
+        cdef bytes tail = (self.props_block + self.payload) if v5 else self.payload
+        remaining = 2 + len(self._topic_b) + 2 + len(tail)
+        cdef bytes head = (_varint(remaining) + len(self._topic_b).to_bytes(2, "big")
+                           + self._topic_b)
+        if v5:
+            self._head5 = head
+            self._tail5 = tail
+        else:
+            self._head4 = head
+            self._tail4 = tail
+
+    cpdef bytes encode_qos0(self, int version, bint retain):
+        """The whole QoS 0 PUBLISH for a protocol level, cached."""
+        cdef int v5 = 1 if version == 5 else 0
+        cdef bytes data
+        if v5:
+            data = self._q0_5r if retain else self._q0_5
+        else:
+            data = self._q0_4r if retain else self._q0_4
+        cdef bytes tail
+        if data is None:
+            tail = (self.props_block + self.payload) if v5 else self.payload
+            remaining = 2 + len(self._topic_b) + len(tail)
+            data = (bytes((0x30 | (1 if retain else 0),)) + _varint(remaining)
+                    + len(self._topic_b).to_bytes(2, "big") + self._topic_b + tail)
+            if v5:
+                if retain:
+                    self._q0_5r = data
+                else:
+                    self._q0_5 = data
+            elif retain:
+                self._q0_4r = data
+            else:
+                self._q0_4 = data
+        return data
+
+    cpdef write_qos(self, bytearray buf, int version, int qos, bint retain, bint dup,
+                    int packet_id):
+        """Append a QoS 1/2 PUBLISH with this packet id to ``buf``."""
+        cdef int v5 = 1 if version == 5 else 0
+        if (self._head5 if v5 else self._head4) is None:
+            self._parts(v5)
+        cdef bytes head = self._head5 if v5 else self._head4
+        cdef bytes tail = self._tail5 if v5 else self._tail4
+        cdef unsigned char b[3]
+        b[0] = 0x30 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
+        _append(buf, <const char*>b, 1)
+        _append_bytes(buf, head)
+        b[1] = (packet_id >> 8) & 0xFF
+        b[2] = packet_id & 0xFF
+        _append(buf, <const char*>b + 1, 2)
+        _append_bytes(buf, tail)
+
+
+cdef class Flusher:
+    """Coalesces each outlet's writes into one ``transport.write`` per event-loop iteration."""
+
+    cdef public object loop
+    cdef public list dirty
+    cdef public bint scheduled
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.dirty = []
+        self.scheduled = False
+
+    cpdef mark(self, Outlet outlet):
+        self.dirty.append(outlet)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self):
+        self.scheduled = False
+        cdef list dirty = self.dirty
+        self.dirty = []
+        cdef Outlet outlet
+        for outlet in dirty:
+            outlet.flush()
+
+
+cdef class Outlet:
+    """A session's delivery end: output buffer, packet ids and outgoing QoS 1/2 in flight."""
+
+    cdef public Flusher flusher
+    cdef public object transport
+    cdef public int version
+    cdef public bytearray buf
+    cdef public bint pending
+    cdef public bint paused
+    cdef public dict inflight
+    cdef public int inflight_max
+    cdef public object queue
+    cdef public int max_queued
+    cdef public Py_ssize_t max_buffer
+    cdef public int next_pid
+    cdef public long long dropped
+    cdef public long long sent
+    cdef public object session
+    cdef object __weakref__
+
+    def __init__(self, Flusher flusher, int version=4, int inflight_max=65535,
+                 int max_queued=1000, Py_ssize_t max_buffer=8 * 1024 * 1024):
+        self.flusher = flusher
+        self.transport = None
+        self.version = version
+        self.buf = bytearray()
+        self.pending = False
+        self.paused = False
+        self.inflight = {}
+        self.inflight_max = inflight_max
+        self.queue = deque()
+        self.max_queued = max_queued
+        self.max_buffer = max_buffer
+        self.next_pid = 1
+        self.dropped = 0
+        self.sent = 0
+        self.session = None
+
+    cdef inline void _mark(self):
+        if not self.pending:
+            self.pending = True
+            self.flusher.mark(self)
+
+    cpdef write(self, bytes data):
+        """Queue bytes for the next coalesced write (acks, control packets)."""
+        if self.transport is None:
+            return
+        _append_bytes(self.buf, data)
+        self._mark()
+
+    cpdef flush(self):
+        """Hand the whole buffer to the transport in one write."""
+        self.pending = False
+        cdef bytearray data
+        if PyByteArray_GET_SIZE(self.buf) and self.transport is not None and not self.paused:
+            data = self.buf
+            # A fresh buffer: the transport may keep a reference to the one it was given.
+            self.buf = bytearray()
+            self.transport.write(data)
+
+    def resume(self):
+        self.paused = False
+        if PyByteArray_GET_SIZE(self.buf):
+            self._mark()
+
+    cpdef send(self, Message msg, int qos, bint retain):
+        """Deliver one message to this session at the given (already downgraded) QoS."""
+        if qos == 0:
+            if self.transport is None or (
+                    self.paused and PyByteArray_GET_SIZE(self.buf) >= self.max_buffer):
+                self.dropped += 1
+                return
+            _append_bytes(self.buf, msg.encode_qos0(self.version, retain))
+            self.sent += 1
+            self._mark()
+            return
+        if self.transport is None or len(self.inflight) >= self.inflight_max:
+            if len(self.queue) >= self.max_queued:
+                self.dropped += 1
+                return
+            self.queue.append((msg, qos, retain))
+            return
+        self._send_inflight(msg, qos, retain)
+
+    cdef _send_inflight(self, Message msg, int qos, bint retain):
+        cdef int pid = self.alloc_packet_id()
+        self.inflight[pid] = [msg, qos, retain, C_AWAIT_PUBACK if qos == 1 else C_AWAIT_PUBREC]
+        msg.write_qos(self.buf, self.version, qos, retain, False, pid)
+        self.sent += 1
+        self._mark()
+
+    cpdef int alloc_packet_id(self) except -1:
+        """A packet id not in use by a message in flight [MQTT-2.2.1-4]."""
+        cdef int pid = self.next_pid
+        cdef int i
+        cdef dict inflight = self.inflight
+        for i in range(65536):
+            if pid not in inflight:
+                break
+            pid = pid + 1 if pid < 65535 else 1
+        else:
+            raise RuntimeError("no free packet identifier")
+        self.next_pid = pid + 1 if pid < 65535 else 1
+        return pid
+
+    def drain_queue(self):
+        """Send queued QoS 1/2 messages while the inflight window has room."""
+        queue = self.queue
+        while queue and self.transport is not None and len(self.inflight) < self.inflight_max:
+            msg, qos, retain = queue.popleft()
+            self._send_inflight(msg, qos, retain)
+
+    def resend_inflight(self):
+        """After a reconnect: resend unacknowledged PUBLISH with DUP, and PUBREL, in order."""
+        cdef Message msg
+        for pid, entry in self.inflight.items():
+            msg, qos, retain, state = entry
+            if state == C_AWAIT_PUBCOMP:
+                self.buf += b"\x62\x02" + pid.to_bytes(2, "big")
+            else:
+                msg.write_qos(self.buf, self.version, qos, retain, True, pid)
+        if self.buf:
+            self._mark()
+
+
+def deliver(list nodes, Message msg, origin):
+    """Send ``msg`` to the subscribers in ``nodes`` (from ``SubscriptionTree.collect``).
+
+    Keys of the dicts are outlets (or shared-subscription groups, which pick one member); values
+    are subscription option bytes. A client with several matching subscriptions gets one copy at
+    the highest QoS granted among them [MQTT-3.3.5-1]. Returns the number of copies sent.
+    """
+    cdef dict targets
+    cdef dict node
+    cdef int opts, prev_opts, q, qos
+    cdef int pub_qos = msg.qos
+    cdef int count = 0
+    cdef Outlet outlet
+    if not nodes:
+        return 0
+    if len(nodes) == 1:
+        targets = <dict>nodes[0]
+    else:
+        targets = {}
+        for node in nodes:
+            for key, value in node.items():
+                prev = targets.get(key)
+                if prev is None:
+                    targets[key] = value
+                else:
+                    prev_opts = prev
+                    opts = value
+                    # Highest QoS wins; Retain As Published if any matching subscription asked.
+                    q = max(prev_opts & 0x03, opts & 0x03)
+                    targets[key] = (q | ((prev_opts | opts) & 0x08)
+                                    | (prev_opts & opts & 0x04))
+    for key, value in targets.items():
+        if type(key) is not Outlet:
+            picked = key.pick(msg, origin)
+            if picked is None:
+                continue
+            key, value = picked
+            outlet = <Outlet>key
+            opts = value
+        else:
+            outlet = <Outlet>key
+            opts = value
+            if opts & 0x04 and outlet is origin:
+                # No Local: not to the connection that published it [MQTT-3.8.3-3]
+                continue
+        qos = opts & 0x03
+        if pub_qos < qos:
+            qos = pub_qos
+        # Live messages go out with RETAIN=0 unless Retain As Published [MQTT-3.3.1-12/13]
+        outlet.send(msg, qos, msg.retain and (opts & 0x08) != 0)
+        count += 1
+    return count

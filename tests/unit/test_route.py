@@ -1,0 +1,253 @@
+"""The fan-out path (mqttd._route), compiled and pure twins, checked against the codec's reader.
+
+Outlets are given a recording transport: this level has no sockets (the conformance and interop
+tests cover the network). Each test runs on both twins.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mqttd._pure import _codec as pure_codec
+from mqttd._pure import _route as pure_route
+
+try:
+    from mqttd import _route as compiled_route
+except ImportError:  # pragma: no cover - reported by test_compiled_route_loaded
+    compiled_route = None
+
+TWINS = [pytest.param(pure_route, id="pure")]
+if compiled_route is not None:
+    TWINS.append(pytest.param(compiled_route, id="compiled"))
+
+
+def test_compiled_route_loaded() -> None:
+    if os.environ.get("MQTTD_NO_EXTENSIONS") == "1":
+        pytest.skip("MQTTD_NO_EXTENSIONS=1 asked for the pure twins")
+    assert compiled_route is not None, "mqttd._route was not compiled (pip install -e .)"
+
+
+class Loop:
+    """Runs call_soon callbacks when asked: one 'iteration' of an event loop."""
+
+    def __init__(self) -> None:
+        self.ready: list = []
+
+    def call_soon(self, cb, *args):
+        self.ready.append((cb, args))
+
+    def run_once(self) -> None:
+        ready, self.ready = self.ready, []
+        for cb, args in ready:
+            cb(*args)
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data) -> None:
+        self.writes.append(bytes(data))
+
+
+def make(route, version: int = 4, **kw):
+    loop = Loop()
+    flusher = route.Flusher(loop)
+    outlet = route.Outlet(flusher, version, **kw)
+    outlet.transport = Transport()
+    return loop, flusher, outlet
+
+
+def decode(data: bytes, level: int) -> list:
+    return pure_codec.Reader(protocol_level=level).feed(data)
+
+
+@pytest.mark.parametrize("route", TWINS)
+@pytest.mark.parametrize("level", [3, 4, 5])
+@settings(max_examples=60, deadline=None)
+@given(
+    topic=st.text(
+        st.characters(blacklist_characters="\x00+#", blacklist_categories=("Cs",)),
+        min_size=1,
+        max_size=40,
+    ),
+    payload=st.binary(max_size=300),
+    qos=st.integers(0, 2),
+    retain=st.booleans(),
+)
+def test_encoded_publish_decodes(route, level, topic, payload, qos, retain) -> None:
+    props = {0x03: "text/plain", 0x26: [("k", "v")]} if level == 5 else {}
+    block = pure_codec.encode_properties(props) if level == 5 else b"\x00"
+    msg = route.Message(topic, payload, qos, retain, props, block)
+    buf = bytearray()
+    if qos == 0:
+        buf += msg.encode_qos0(level, retain)
+    else:
+        msg.write_qos(buf, level, qos, retain, True, 4242)
+    (pkt,) = decode(bytes(buf), level)
+    assert (pkt.topic, pkt.payload, pkt.qos, pkt.retain) == (topic, payload, qos, retain)
+    assert pkt.dup == (qos > 0)
+    assert pkt.packet_id == (4242 if qos else 0)
+    assert pkt.properties == props
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_one_write_per_outlet_per_iteration(route) -> None:
+    loop, _, outlet = make(route)
+    msg = route.Message("t", b"p")
+    for _ in range(100):
+        outlet.send(msg, 0, False)
+    outlet.write(b"\xd0\x00")
+    assert outlet.transport.writes == []
+    loop.run_once()
+    assert len(outlet.transport.writes) == 1
+    pkts = decode(outlet.transport.writes[0], 4)
+    assert len(pkts) == 101 and pkts[-1].packet_type == 13
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_shared_encoding_for_identical_copies(route) -> None:
+    msg = route.Message("a/b", b"x" * 64)
+    assert msg.encode_qos0(4, False) is msg.encode_qos0(4, False)
+    assert msg.encode_qos0(3, False) == msg.encode_qos0(4, False)
+    assert msg.encode_qos0(5, False) != msg.encode_qos0(4, False)
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_deliver_one_copy_at_highest_qos(route) -> None:
+    """[MQTT-3.3.5-1]: overlapping subscriptions give one copy at the highest granted QoS."""
+    loop, flusher, a = make(route)
+    b = route.Outlet(flusher, 5)
+    b.transport = Transport()
+    nodes = [{a: 0, b: 1}, {a: 2}, {b: 0}]
+    msg = route.Message("x/y", b"hi", 2)
+    assert route.deliver(nodes, msg, None) == 2
+    loop.run_once()
+    (pa,) = decode(a.transport.writes[0], 4)
+    (pb,) = decode(b.transport.writes[0], 5)
+    assert (pa.qos, pb.qos) == (2, 1)
+    assert a.inflight[pa.packet_id][1] == 2 and b.inflight[pb.packet_id][1] == 1
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_qos_downgraded_to_published(route) -> None:
+    loop, _, a = make(route)
+    route.deliver([{a: 2}], route.Message("t", b"", 1), None)
+    loop.run_once()
+    (p,) = decode(a.transport.writes[0], 4)
+    assert p.qos == 1
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_no_local_and_retain_as_published(route) -> None:
+    loop, flusher, a = make(route, 5)
+    b = route.Outlet(flusher, 5)
+    b.transport = Transport()
+    msg = route.Message("t", b"v", 0, True)
+    # a: No Local, and it is the origin; b: Retain As Published
+    assert route.deliver([{a: 0x04, b: 0x08}], msg, a) == 1
+    loop.run_once()
+    assert a.transport.writes == []
+    (p,) = decode(b.transport.writes[0], 5)
+    assert p.retain is True
+    # without RAP a live message goes out with RETAIN=0 [MQTT-3.3.1-12]
+    route.deliver([{b: 0}], msg, None)
+    loop.run_once()
+    (p,) = decode(b.transport.writes[1], 5)
+    assert p.retain is False
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_inflight_window_queue_and_packet_ids(route) -> None:
+    loop, _, a = make(route, inflight_max=2, max_queued=2)
+    msgs = [route.Message("t", bytes([i]), 1) for i in range(5)]
+    for m in msgs:
+        a.send(m, 1, False)
+    loop.run_once()
+    pkts = decode(a.transport.writes[0], 4)
+    assert [p.payload for p in pkts] == [b"\x00", b"\x01"]
+    assert len(a.queue) == 2 and a.dropped == 1
+    ids = [p.packet_id for p in pkts]
+    assert len(set(ids)) == 2 and 0 not in ids
+    del a.inflight[ids[0]]
+    a.drain_queue()
+    loop.run_once()
+    (p,) = decode(a.transport.writes[1], 4)
+    assert p.payload == b"\x02" and p.packet_id in a.inflight and p.packet_id != ids[1]
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_packet_ids_skip_those_in_flight(route) -> None:
+    _, _, a = make(route)
+    a.inflight[1] = [None, 1, False, 1]
+    a.inflight[2] = [None, 1, False, 1]
+    assert a.alloc_packet_id() == 3
+    a.next_pid = 65535
+    assert a.alloc_packet_id() == 65535
+    assert a.alloc_packet_id() == 3  # wraps past 0 and skips 1, 2
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_offline_outlet_queues_qos1_drops_qos0(route) -> None:
+    loop, _, a = make(route)
+    a.transport = None
+    a.send(route.Message("t", b"0"), 0, False)
+    a.send(route.Message("t", b"1", 1), 1, False)
+    assert a.dropped == 1 and len(a.queue) == 1
+    a.transport = Transport()
+    a.drain_queue()
+    loop.run_once()
+    (p,) = decode(a.transport.writes[0], 4)
+    assert p.payload == b"1" and not p.dup
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_resend_inflight_sets_dup_and_pubrel(route) -> None:
+    loop, _, a = make(route)
+    a.send(route.Message("t", b"1", 1), 1, False)
+    a.send(route.Message("t", b"2", 2), 2, False)
+    loop.run_once()
+    first = decode(a.transport.writes[0], 4)
+    # the QoS 2 one got its PUBREC: now awaiting PUBCOMP
+    a.inflight[first[1].packet_id][3] = route.AWAIT_PUBCOMP
+    a.resend_inflight()
+    loop.run_once()
+    again = decode(a.transport.writes[1], 4)
+    assert again[0].packet_type == 3 and again[0].dup and again[0].packet_id == first[0].packet_id
+    assert again[1].packet_type == 6 and again[1].packet_id == first[1].packet_id
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_paused_outlet_drops_qos0_past_its_buffer(route) -> None:
+    loop, _, a = make(route, max_buffer=100)
+    a.paused = True
+    msg = route.Message("t", b"x" * 40)
+    for _ in range(10):
+        a.send(msg, 0, False)
+    loop.run_once()
+    assert a.transport.writes == []
+    assert a.dropped == 7  # three 44-byte packets fit below 100 bytes, then drops
+    a.resume()
+    loop.run_once()
+    assert len(decode(a.transport.writes[0], 4)) == 3
+
+
+class Group:
+    def __init__(self, member, opts) -> None:
+        self.member, self.opts = member, opts
+
+    def pick(self, msg, origin):
+        return self.member, self.opts
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_shared_group_key_picks_member(route) -> None:
+    loop, _, a = make(route)
+    assert route.deliver([{Group(a, 1): 0}], route.Message("t", b"s", 1), None) == 1
+    loop.run_once()
+    (p,) = decode(a.transport.writes[0], 4)
+    assert p.qos == 1
