@@ -448,6 +448,7 @@ class Client:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.closed = False
+        self.stash: list[Packet] = []
 
     # transport -------------------------------------------------------------------------------
 
@@ -488,19 +489,30 @@ class Client:
             self._fill(deadline)
 
     def expect(self, ptype: int, timeout: float = RECV_TIMEOUT) -> Packet:
-        try:
-            p = self.recv(timeout)
-        except TimeoutError:
-            raise AssertionError(f"no {NAMES[ptype]} within {timeout}s") from None
-        except Closed as e:
-            raise AssertionError(
-                f"connection closed ({e}) while waiting for {NAMES[ptype]}"
-            ) from None
-        assert p.type == ptype, f"expected {NAMES[ptype]}, got {p!r}"
-        return p
+        """The next packet, which must be of type ``ptype``. While waiting for an ack, PUBLISH
+        packets (which the broker may interleave freely) are set aside, in order, for the next
+        ``expect(PUBLISH)``; any other packet type is a failure."""
+        if ptype == PUBLISH and self.stash:
+            return self.stash.pop(0)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                p = self.recv(max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                raise AssertionError(f"no {NAMES[ptype]} within {timeout}s") from None
+            except Closed as e:
+                raise AssertionError(
+                    f"connection closed ({e}) while waiting for {NAMES[ptype]}"
+                ) from None
+            if p.type == PUBLISH and ptype != PUBLISH:
+                self.stash.append(p)
+                continue
+            assert p.type == ptype, f"expected {NAMES[ptype]}, got {p!r}"
+            return p
 
     def expect_quiet(self, timeout: float = QUIET_TIMEOUT) -> None:
         """Assert that nothing arrives (and the connection stays open) for ``timeout``."""
+        assert not self.stash, f"unexpected PUBLISH {self.stash[0]!r}"
         try:
             p = self.recv(timeout)
         except TimeoutError:
