@@ -1,0 +1,97 @@
+"""The ``mqttd`` command: version line, clear one-line errors, clean stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import start_broker
+
+MQTTD = [sys.executable, "-m", "mqttd"]
+
+
+def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run([*MQTTD, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_version_names_the_implementation() -> None:
+    out = run("--version")
+    assert out.returncode == 0
+    assert out.stdout.startswith("mqttd 0.")
+    if os.environ.get("MQTTD_NO_EXTENSIONS") == "1":
+        assert "pure Python" in out.stdout
+    else:
+        assert "compiled extensions" in out.stdout, out.stdout + out.stderr
+
+
+def test_forced_pure_says_so() -> None:
+    env = dict(os.environ, MQTTD_NO_EXTENSIONS="1")
+    out = subprocess.run([*MQTTD, "--version"], capture_output=True, text=True, env=env, timeout=20)
+    assert "pure Python (MQTTD_NO_EXTENSIONS=1)" in out.stdout
+
+
+def test_console_script_installed() -> None:
+    exe = shutil.which("mqttd")
+    if exe is None:
+        pytest.skip("the mqttd console script is not on PATH (not installed with pip)")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and out.stdout.startswith("mqttd ")
+
+
+def test_port_in_use_is_one_clear_line() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = run("--port", str(port))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["--max-packet-size", "300000000"], "max packet size"),
+        (["--max-packet-size", "2"], "max packet size"),
+        (["--port", "70000"], "port must be"),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(args: list[str], text: str) -> None:
+    out = run(*args)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], out.stderr
+
+
+def test_ctrl_c_stops_cleanly() -> None:
+    b = start_broker()
+    c = b.connect()
+    c.sendall(bytes.fromhex("100c00044d5154540402003c0000"))  # CONNECT 3.1.1, empty client id
+    assert c.recv(4) == b"\x20\x02\x00\x00"
+    b.proc.send_signal(signal.SIGINT)
+    assert b.proc.wait(10) == 0
+    c.settimeout(5)
+    assert c.recv(10) == b""  # the client's connection was closed, not left hanging
+    c.close()
+
+
+def test_start_up_line_says_how_to_accept_remote_clients() -> None:
+    proc = subprocess.Popen(
+        [*MQTTD, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if "listening on" in line:
+                break
+        assert "listening on 127.0.0.1:" in line and "--host 0.0.0.0" in line
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
