@@ -190,6 +190,7 @@ class SubscriptionTree:
         _check_str(filter, "filter")
         if not _plain_filter_ok(filter):
             raise ValueError(f"invalid topic filter {filter!r}")
+        hash(key)  # an unhashable key fails here, before any node is made for it
         node = self._root
         for level in filter.split("/"):
             if level == "+":
@@ -305,6 +306,8 @@ class SubscriptionTree:
         them across a change of the tree. A key appears in several dicts when its subscriptions
         overlap. ``topic`` must be a valid topic name (see ``validate_topic``); order unspecified.
         """
+        if not isinstance(topic, str):
+            raise TypeError(f"topic must be str, not {type(topic).__name__}")
         out: list[dict] = []
         levels = topic.split("/")
         n = len(levels)
@@ -365,18 +368,23 @@ class SubscriptionTree:
     def filters(self) -> Iterator[str]:
         """The filters with at least one subscriber (a snapshot; order unspecified)."""
         found: list[str] = []
-        stack: list[tuple[_Node, tuple[str, ...]]] = [(self._root, ())]
+        path: list[str] = []  # the levels leading to the node being visited
+        stack: list[tuple[_Node, int, str]] = [(self._root, 0, "")]
         while stack:
-            node, path = stack.pop()
+            node, depth, level = stack.pop()
+            if depth:
+                del path[depth - 1 :]
+                path.append(level)
             if node.subs is not None:
                 found.append("/".join(path))
+            depth += 1
             if node.hash is not None:
-                stack.append((node.hash, (*path, "#")))
+                stack.append((node.hash, depth, "#"))
             if node.plus is not None:
-                stack.append((node.plus, (*path, "+")))
+                stack.append((node.plus, depth, "+"))
             if node.children is not None:
                 for level, child in node.children.items():
-                    stack.append((child, (*path, level)))
+                    stack.append((child, depth, level))
         return iter(found)
 
     def __repr__(self) -> str:

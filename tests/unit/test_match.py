@@ -328,6 +328,10 @@ def test_tree_keys_of_any_hashable_type(m: ModuleType) -> None:
     assert tree.match("a") == {k1: ["v1"], k2: ["v2"]}
     with pytest.raises(TypeError):
         tree.add("a", [], 1)  # unhashable
+    with pytest.raises(TypeError):
+        tree.add("b/#", {}, 1)  # and nothing is left behind for it
+    assert len(tree) == 2 and tree.filter_count() == 1 and tree.node_count() == 1
+    assert list(tree.filters()) == ["a"]
 
 
 def test_tree_collect_returns_the_stored_dicts(m: ModuleType) -> None:
@@ -467,6 +471,7 @@ def test_tree_deep_filters(m: ModuleType) -> None:
     assert m.validate_topic(topic)
     assert tree.match(topic) == {"deep": [1], "slashes": [2]}
     assert m.topic_matches(flt, topic) is True
+    assert sorted(tree.filters()) == sorted([flt, topic])
     assert tree.remove(flt, "deep") and tree.remove("/" * (depth - 1), "slashes")
     assert tree.node_count() == 0
 
