@@ -30,3 +30,9 @@ def srv(shared_broker) -> tuple[str, int]:
 def fresh(broker) -> tuple[str, int]:
     """Address of a broker started for this test only."""
     return (broker.host, broker.port)
+
+
+@pytest.fixture(scope="session")
+def mosquitto_mode() -> bool:
+    """True when validating the tests against Mosquitto (MQTTD_TEST_BROKER=mosquitto)."""
+    return os.environ.get("MQTTD_TEST_BROKER", "").strip().lower() == "mosquitto"
