@@ -133,8 +133,6 @@ class _Pub:
         )
         self.size = self.tmpl.size
         self.batch_pkts = max(1, plan.batch_bytes // self.size)
-        if spec.qos:
-            self.batch_pkts = min(self.batch_pkts, plan.inflight)
         self.buf = bytearray(self.batch_pkts * self.size + 4096)
         self.view = memoryview(self.buf)
         self.start = self.end = 0  # unsent bytes are buf[start:end]
@@ -226,7 +224,7 @@ class _Pub:
 class _Sub:
     __slots__ = (
         "spec", "sock", "counter", "rbuf", "have", "out", "window", "events", "error",
-        "next_ping", "last_progress", "last_read",
+        "next_ping", "last_progress", "last_read", "lowat",
     )  # fmt: skip
 
     def __init__(self, spec: SubSpec, sock: socket.socket, plan: WorkerPlan) -> None:
@@ -242,6 +240,7 @@ class _Sub:
         self.next_ping = 0.0
         self.last_progress = 0.0
         self.last_read = 0.0
+        self.lowat = False
 
 
 def _set_events(sel: selectors.BaseSelector, obj: Any, events: int) -> None:
@@ -268,14 +267,26 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
     subs: list[_Sub] = []
     pubs: list[_Pub] = []
     for s in plan.subs:
-        sock = mqtt.connect(plan.host, plan.port, s.client_id, lvl, rcvbuf=plan.rcvbuf)
+        sock, _ = mqtt.connect(plan.host, plan.port, s.client_id, lvl, rcvbuf=plan.rcvbuf)
         mqtt.subscribe(sock, s.filters, s.qos, lvl)
-        if plan.rcvlowat > 1 and hasattr(socket, "SO_RCVLOWAT"):
+        sub = _Sub(s, sock, plan)
+        # Not for QoS 1/2: the broker stops after its in-flight window (e.g. 20 messages) until
+        # we acknowledge, so waiting for 32 KiB would throttle it to one window per read tick.
+        if s.qos == 0 and plan.rcvlowat > 1 and hasattr(socket, "SO_RCVLOWAT"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, plan.rcvlowat)
-        subs.append(_Sub(s, sock, plan))
+            sub.lowat = True
+        subs.append(sub)
     for p in plan.pubs:
-        sock = mqtt.connect(plan.host, plan.port, p.client_id, lvl, sndbuf=plan.sndbuf)
-        pubs.append(_Pub(p, sock, plan))
+        sock, props = mqtt.connect(plan.host, plan.port, p.client_id, lvl, sndbuf=plan.sndbuf)
+        if p.qos > props.get(mqtt.MAXIMUM_QOS, 2):
+            raise mqtt.BenchError(f"broker's Maximum QoS is {props[mqtt.MAXIMUM_QOS]}")
+        pub = _Pub(p, sock, plan)
+        # Never more unacknowledged QoS 1/2 PUBLISH packets than the server's Receive Maximum
+        # [MQTT-3.3.4-7]; the rest of the window is our own --inflight.
+        pub.inflight = min(plan.inflight, props.get(mqtt.RECEIVE_MAXIMUM, 65535))
+        if pub.size > props.get(mqtt.MAXIMUM_PACKET_SIZE, 1 << 28):
+            raise mqtt.BenchError("PUBLISH exceeds the broker's Maximum Packet Size")
+        pubs.append(pub)
     sel = selectors.DefaultSelector()
     for o in (*subs, *pubs):
         o.sock.setblocking(False)
@@ -296,6 +307,7 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
     drain_deadline = 0.0
     live_pubs = list(pubs)
     paced = any(p.rate > 0 for p in pubs)
+    lowat_subs = any(s.lowat for s in subs)
 
     now = time.monotonic()
     if t0 > now:
@@ -349,7 +361,7 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
         if snap_e and now > drain_deadline:
             break
         for s in subs:
-            if not s.error and now - s.last_read >= plan.read_tick:
+            if s.lowat and not s.error and now - s.last_read >= plan.read_tick:
                 _read_sub(s)  # below SO_RCVLOWAT: still collect what is there
                 if s.counter.out_pending:
                     s.out += s.counter.take_out()
@@ -368,7 +380,7 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
                 w = p.next_wake(t0)
                 if w and w < nxt:
                     nxt = w
-        if subs:
+        if lowat_subs:
             nxt = min(nxt, now + plan.read_tick)
         timeout = min(max(nxt - now, 0.0), 0.05)
         for key, ev in sel.select(timeout):

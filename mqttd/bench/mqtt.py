@@ -151,6 +151,51 @@ def _recv_packet(sock: socket.socket, deadline: float) -> tuple[int, bytes]:
     return first, read(rl) if rl else b""
 
 
+# CONNACK property id -> kind, to walk the property block [MQTT 5 §3.2.2.3].
+_PROP_KIND = {
+    0x11: 4, 0x21: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x12: "s", 0x22: 2, 0x1F: "s", 0x26: "p",
+    0x28: 1, 0x29: 1, 0x2A: 1, 0x13: 2, 0x1A: "s", 0x1C: "s", 0x15: "s", 0x16: "s",
+}  # fmt: skip
+
+
+def _varint_at(buf: bytes, pos: int) -> tuple[int, int]:
+    n = mult = 0
+    while True:
+        c = buf[pos]
+        pos += 1
+        n |= (c & 0x7F) << mult
+        if not c & 0x80:
+            return n, pos
+        mult += 7
+        if mult > 21:
+            raise BenchError("malformed variable byte integer from broker")
+
+
+def parse_connack_properties(body: bytes) -> dict[int, int]:
+    """The integer properties of an MQTT 5 CONNACK body (strings and pairs are skipped)."""
+    plen, pos = _varint_at(body, 2)
+    end = pos + plen
+    props: dict[int, int] = {}
+    while pos < end:
+        pid = body[pos]
+        pos += 1
+        kind = _PROP_KIND.get(pid)
+        if kind is None:
+            raise BenchError(f"unknown CONNACK property {pid:#x}")
+        if isinstance(kind, int):
+            props[pid] = int.from_bytes(body[pos : pos + kind], "big")
+            pos += kind
+        else:
+            for _ in range(2 if kind == "p" else 1):
+                pos += 2 + int.from_bytes(body[pos : pos + 2], "big")
+    return props
+
+
+RECEIVE_MAXIMUM = 0x21
+MAXIMUM_QOS = 0x24
+MAXIMUM_PACKET_SIZE = 0x27
+
+
 def connect(
     host: str,
     port: int,
@@ -160,8 +205,9 @@ def connect(
     sndbuf: int = 0,
     rcvbuf: int = 0,
     timeout: float = 10.0,
-) -> socket.socket:
-    """Open a TCP connection and complete CONNECT/CONNACK; returns the blocking socket."""
+) -> tuple[socket.socket, dict[int, int]]:
+    """Open a TCP connection and complete CONNECT/CONNACK; returns the blocking socket and the
+    CONNACK's integer properties (always empty before MQTT 5)."""
     if protocol_level not in PROTOCOL_LEVELS:
         raise ValueError("protocol level must be 4 (MQTT 3.1.1) or 5 (MQTT 5.0)")
     sock = socket.create_connection((host, port), timeout=timeout)
@@ -177,10 +223,11 @@ def connect(
             raise BenchError(f"expected CONNACK, got packet type {first >> 4}")
         if body[1] != 0:
             raise BenchError(f"broker refused CONNECT of {client_id!r}: return code {body[1]:#x}")
+        props = parse_connack_properties(body) if protocol_level >= 5 else {}
     except BaseException:
         sock.close()
         raise
-    return sock
+    return sock, props
 
 
 def subscribe(
