@@ -36,3 +36,25 @@ def fresh(broker) -> tuple[str, int]:
 def mosquitto_mode() -> bool:
     """True when validating the tests against Mosquitto (MQTTD_TEST_BROKER=mosquitto)."""
     return os.environ.get("MQTTD_TEST_BROKER", "").strip().lower() == "mosquitto"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "v4_only: malformed-packet case that applies to 3.1.1 only")
+    config.addinivalue_line(
+        "markers",
+        "mosquitto_deviation_at(levels, reason): like mosquitto_deviation, only for the given "
+        "values of the test's `level` parameter",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _skip_level_specific_deviation(request: pytest.FixtureRequest, mosquitto_mode: bool) -> None:
+    marker = request.node.get_closest_marker("mosquitto_deviation_at")
+    if marker is None or not mosquitto_mode:
+        return
+    if os.environ.get("MQTTD_TEST_CHECK_DEVIATIONS") == "1":
+        return
+    levels, reason = marker.args
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("level") in levels:
+        pytest.skip(f"Mosquitto deviates from the spec here: {reason}")
