@@ -1164,7 +1164,7 @@ def decode_varint(buf, Py_ssize_t pos=0):
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
         if pos < 0:
-            pos = 0 if view.len == 0 else pos % view.len
+            raise ValueError("negative position")
         newpos = _read_varint(<const unsigned char*>view.buf, pos, view.len, &value)
     finally:
         PyBuffer_Release(&view)

@@ -331,6 +331,8 @@ def _past_end(what: str) -> PacketError:
 
 def decode_varint(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
     """Decode a Variable Byte Integer at ``pos``; return (value, position after it)."""
+    if pos < 0:
+        raise ValueError("negative position")
     return _read_varint(buf, pos, len(buf))
 
 
