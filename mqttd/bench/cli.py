@@ -49,6 +49,9 @@ def _common_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=65536, help="bytes per publisher send")
     g.add_argument("--sndbuf", type=int, default=131072, help="publisher SO_SNDBUF, bytes")
     g.add_argument("--inflight", type=int, default=1000, help="QoS>0 unacked window per pub")
+    g.add_argument(
+        "--rcvlowat", type=int, default=32768, help="QoS 0 subscriber SO_RCVLOWAT (1 = off)"
+    )
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print JSON instead of text")
     g.add_argument("--quiet-publishers", action="store_true", help="no per-publisher table")
@@ -108,6 +111,7 @@ def _options(
         batch_bytes=args.batch,
         sndbuf=args.sndbuf,
         inflight=args.inflight,
+        rcvlowat=args.rcvlowat,
         broker_pid=pid,
         label=label,
     )

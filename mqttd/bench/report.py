@@ -44,6 +44,11 @@ def format_run(r: RunResult, per_publisher: bool = True) -> str:
         f"  CPU generator {_cpu(r.gen_cpu_util, r.gen_cpu_us_per_msg)} ({r.procs} proc,"
         f" {r.generator_impl})   broker {_cpu(r.broker_cpu_util, r.broker_cpu_us_per_msg)}"
     )
+    if r.host_busy_cores is not None:
+        lines.append(
+            f"  host {r.host_busy_cores:.2f} of {r.host_cores} cores busy"
+            f" (softirq {r.host_softirq_cores or 0:.2f}: loopback TCP work charged to no process)"
+        )
     if per_publisher and r.streams:
         lines.append("  publisher   published    received        lost   reordered")
         for s in r.streams:
@@ -82,6 +87,8 @@ class Comparison:
             "lost_total",
             "gen_cpu_us_per_msg",
             "broker_cpu_us_per_msg",
+            "broker_cpu_util",
+            "host_busy_cores",
         )
         return {
             "a": {"label": self.label_a, "runs": [r.to_dict() for r in self.a]},
@@ -123,6 +130,7 @@ def format_comparison(cmp: Comparison) -> str:
         ("generator CPU us/msg", "gen_cpu_us_per_msg", lambda x: f"{x:.2f}"),
         ("broker CPU us/msg", "broker_cpu_us_per_msg", lambda x: f"{x:.2f}"),
         ("broker CPU cores", "broker_cpu_util", lambda x: f"{x:.2f}"),
+        ("host busy cores (all processes)", "host_busy_cores", lambda x: f"{x:.2f}"),
     ]
     la, lb = f"A: {cmp.label_a}", f"B: {cmp.label_b}"
     w = max(len(la), len(lb), 24)

@@ -42,9 +42,18 @@ class Options:
     batch_bytes: int = 65536
     sndbuf: int = 131072
     inflight: int = 1000
+    rcvlowat: int = 32768
     broker_pid: int | None = None
     label: str = ""
     ready_timeout: float = 30.0
+
+
+@dataclass
+class Sample:
+    t: float
+    gen: float | None
+    broker: float | None
+    host: tuple[int, int, int] | None
 
 
 @dataclass
@@ -89,6 +98,11 @@ class RunResult:
     broker_cpu_us_per_msg: float | None = None
     gen_cpu_util: float | None = None  # cores busy (1.0 = one core)
     broker_cpu_util: float | None = None
+    # Whole machine over the window, from /proc/stat (Linux): cores busy in any way, of which
+    # softirq (loopback TCP delivery is largely done there and charged to no process).
+    host_busy_cores: float | None = None
+    host_softirq_cores: float | None = None
+    host_cores: int = 0
     streams: list[Stream] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -108,6 +122,19 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def host_cpu_ticks() -> tuple[int, int, int] | None:
+    """(total, idle + iowait, softirq) clock ticks summed over all CPUs, from /proc/stat."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    v = [int(x) for x in first[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already
+    # inside user, so it is left out of the total.
+    return sum(v[:8]), v[3] + v[4], v[6]
+
+
 def _place(scn: Scenario, opt: Options) -> list[WorkerPlan]:
     def plan(pubs: list[PubSpec], subs: list[SubSpec]) -> WorkerPlan:
         return WorkerPlan(
@@ -122,6 +149,7 @@ def _place(scn: Scenario, opt: Options) -> list[WorkerPlan]:
             batch_bytes=opt.batch_bytes,
             sndbuf=opt.sndbuf,
             inflight=opt.inflight,
+            rcvlowat=opt.rcvlowat,
         )
 
     if opt.procs <= 1:
@@ -190,11 +218,12 @@ def _drive(
     t_w = t0 + opt.warmup
     t_e = t_w + opt.duration
 
-    def sample() -> tuple[float, float | None, float | None]:
+    def sample() -> Sample:
         now = time.monotonic()
         gen = [proc_cpu_seconds(p) for p in pids]
         brk = proc_cpu_seconds(opt.broker_pid) if opt.broker_pid else None
-        return now, (None if None in gen else sum(g for g in gen if g is not None)), brk
+        gsum = None if None in gen else sum(g for g in gen if g is not None)
+        return Sample(now, gsum, brk, host_cpu_ticks())
 
     time.sleep(max(0.0, t_w - time.monotonic()))
     s_w = sample()
@@ -252,8 +281,8 @@ def _assemble(
     pubs: list[PubResult],
     subs: list[SubResult],
     errors: list[str],
-    s_w: tuple[float, float | None, float | None],
-    s_e: tuple[float, float | None, float | None],
+    s_w: Sample,
+    s_e: Sample,
 ) -> RunResult:
     qos = scn.pubs[0].qos if scn.pubs else 0
     res = RunResult(
@@ -266,7 +295,7 @@ def _assemble(
         subscribers=len(scn.subs),
         payload=scn.pubs[0].payload if scn.pubs else 0,
         warmup=opt.warmup,
-        window_s=s_e[0] - s_w[0],
+        window_s=s_e.t - s_w.t,
         procs=len(_place(scn, opt)),
         generator_impl=hotloop.describe(),
     )
@@ -298,14 +327,22 @@ def _assemble(
     errors.extend(f"publisher {p.index}: {p.error}" for p in pubs if p.error)
     res.errors = errors
     window = res.window_s
-    if s_w[1] is not None and s_e[1] is not None:
-        res.gen_cpu_s = s_e[1] - s_w[1]
+    if s_w.gen is not None and s_e.gen is not None:
+        res.gen_cpu_s = s_e.gen - s_w.gen
         res.gen_cpu_util = res.gen_cpu_s / window if window > 0 else None
         if res.delivered:
             res.gen_cpu_us_per_msg = res.gen_cpu_s / res.delivered * 1e6
-    if s_w[2] is not None and s_e[2] is not None:
-        res.broker_cpu_s = s_e[2] - s_w[2]
+    if s_w.broker is not None and s_e.broker is not None:
+        res.broker_cpu_s = s_e.broker - s_w.broker
         res.broker_cpu_util = res.broker_cpu_s / window if window > 0 else None
         if res.delivered:
             res.broker_cpu_us_per_msg = res.broker_cpu_s / res.delivered * 1e6
+    if s_w.host and s_e.host and window > 0:
+        total = s_e.host[0] - s_w.host[0]
+        res.host_cores = os.cpu_count() or 1
+        if total > 0:
+            # ticks -> cores: the total over all CPUs spans window * ncpu.
+            per_core = total / res.host_cores
+            res.host_busy_cores = (total - (s_e.host[1] - s_w.host[1])) / per_core
+            res.host_softirq_cores = (s_e.host[2] - s_w.host[2]) / per_core
     return res
