@@ -45,7 +45,12 @@ def _common_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("timing and load")
     g.add_argument("--duration", type=float, default=5.0, help="measured window, s")
     g.add_argument("--warmup", type=float, default=1.0, help="s before the window opens")
-    g.add_argument("--procs", type=int, default=1, help="worker processes (see README)")
+    g.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="1: all clients in one process (default, lightest); N: subscribers + N-1 publisher processes",
+    )
     g.add_argument("--batch", type=int, default=65536, help="bytes per publisher send")
     g.add_argument("--sndbuf", type=int, default=131072, help="publisher SO_SNDBUF, bytes")
     g.add_argument("--inflight", type=int, default=1000, help="QoS>0 unacked window per pub")
