@@ -128,7 +128,7 @@ def test_v311_session_present(srv, uid):
 def test_v5_session_expiry_and_session_present(srv, uid):
     """MQTT 5: a session with Session Expiry Interval > 0 survives the connection; Clean Start
     0 then gives Session Present 1 [MQTT-3.2.2-3]. With interval 0 (absent) the session ends
-    with the connection, so Session Present is 0 [MQTT-3.1.2-23 note]."""
+    with the connection (MQTT 5 §3.1.2.11.2), so Session Present is 0."""
     cid = f"expiry-{uid}"
     keep = props(prop(SESSION_EXPIRY_INTERVAL, 60))
     with connected(srv, cid, 5, clean=True, properties=keep) as c:

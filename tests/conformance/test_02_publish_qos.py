@@ -70,7 +70,7 @@ def test_qos1_flow_both_directions(srv, uid, level):
 @pytest.mark.parametrize("level", LEVELS)
 def test_qos2_flow_both_directions(srv, uid, level):
     """Publisher: PUBLISH -> PUBREC, PUBREL (flags 0b0010) -> PUBCOMP, all with the PUBLISH's
-    packet id [MQTT-4.3.3-?, 2.3.1-6]. Subscriber: PUBLISH QoS 2 -> PUBREC -> broker PUBREL
+    packet id [MQTT-2.3.1-6, 3.1.1 MQTT-4.3.3-1/2]. Subscriber: PUBLISH QoS 2 -> PUBREC -> broker PUBREL
     (flags 0b0010 [MQTT-3.6.1-1]) -> PUBCOMP."""
     topic = f"q2/{uid}"
     with connected(srv, f"s-{uid}", level) as sub, connected(srv, f"p-{uid}", level) as pub:
@@ -149,7 +149,7 @@ def test_inflight_packet_ids_are_distinct(srv, uid):
 
 def test_qos2_duplicate_publish_delivered_once(srv, uid):
     """A QoS 2 PUBLISH re-sent with DUP=1 and the same packet id before PUBREL is not delivered
-    again: exactly once [MQTT-4.3.3-? method B / 4.3.3 "MUST NOT cause duplicate messages to be
+    again: exactly once [MQTT-4.3.3-10 (MQTT 5) / 3.1.1 MQTT-4.3.3-2: "MUST NOT cause duplicate messages to be
     delivered to any onward recipients"]; each copy gets a PUBREC."""
     topic = f"dup2/{uid}"
     with connected(srv, f"s-{uid}", 4) as sub, connected(srv, f"p-{uid}", 4) as pub:
@@ -168,7 +168,7 @@ def test_qos2_duplicate_publish_delivered_once(srv, uid):
 @pytest.mark.parametrize("level", LEVELS)
 def test_pubrel_unknown_packet_id_gets_pubcomp(srv, uid, level):
     """A PUBREL for a packet id with no stored state still gets a PUBCOMP with that id
-    [MQTT-4.3.3-? / 3.1.1 §4.3.3 receiver "MUST respond to a PUBREL packet by sending a PUBCOMP";
+    [MQTT-4.3.3-11 (MQTT 5) / 3.1.1 MQTT-4.3.3-2: "MUST respond to a PUBREL packet by sending a PUBCOMP";
     MQTT 5 may use reason code 0x92 Packet Identifier not found]."""
     with connected(srv, f"p-{uid}", level) as pub:
         pub.send(pubrel(4242))

@@ -317,7 +317,7 @@ def test_v5_auth_without_method(srv, uid):
 def test_oversize_packet_rejected_from_fixed_header(srv, uid, level):
     """A PUBLISH announcing 268,435,455 bytes (more than the broker's maximum packet size) is
     rejected as soon as the fixed header is read: the connection closes without the broker
-    waiting for the body (MQTT 5: DISCONNECT 0x95 Packet too large [MQTT-3.2.2-? / 4.13])."""
+    waiting for the body (MQTT 5: DISCONNECT 0x95 Packet too large MQTT 5 §3.2.2.3.6, §4.13)."""
     c = Client(srv, level)
     c.connect(f"big-{uid}")
     c.send(b"\x30\xff\xff\xff\x7f" + mstr(b"big/topic"))
