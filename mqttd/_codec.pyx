@@ -15,7 +15,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndS
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport PyObject, Py_DECREF
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 from mqttd import constants as _C
 from mqttd.errors import PacketError
@@ -25,6 +25,9 @@ cdef extern from "Python.h":
     PyObject* _decode_utf8 "PyUnicode_DecodeUTF8"(const char* s, Py_ssize_t n, const char* errors)
     const char* _as_utf8 "PyUnicode_AsUTF8AndSize"(object s, Py_ssize_t* n) except NULL
     void PyErr_Clear()
+    bint PyUnicode_IS_COMPACT_ASCII(object s)
+    Py_ssize_t PyUnicode_GET_LENGTH(object s)
+    void* PyUnicode_DATA(object s)
 
 __all__ = [
     "Ack",
@@ -272,7 +275,16 @@ cdef class ConnAck:
 
 
 @cython.freelist(256)
+@cython.no_gc
 cdef class Publish:
+    """A PUBLISH packet.
+
+    Not tracked by the cyclic garbage collector (``no_gc``): a Reader creates these by the
+    thousand and tracking them triggered gen-0 collections that cost as much as decoding. Its
+    fields hold a str, bytes and a property dict of plain values, so it cannot be part of a cycle
+    unless something that refers back to the packet is stored in one of them: don't.
+    """
+
     cdef public object topic
     cdef public object payload
     cdef public int qos
@@ -322,8 +334,12 @@ cdef class Publish:
 
 
 @cython.freelist(64)
+@cython.no_gc
 cdef class Ack:
-    """PUBACK, PUBREC, PUBREL and PUBCOMP (``packet_type`` says which)."""
+    """PUBACK, PUBREC, PUBREL and PUBCOMP (``packet_type`` says which).
+
+    Not tracked by the cyclic garbage collector, like Publish (ints and a property dict only).
+    """
 
     cdef public int packet_type
     cdef public int packet_id
@@ -746,7 +762,7 @@ cdef inline int _check_end(Py_ssize_t pos, Py_ssize_t end, str what) except -1:
 
 
 cdef inline Publish _d_publish(
-    const unsigned char* p, Py_ssize_t pos, Py_ssize_t end, int flags, int level
+    Reader reader, const unsigned char* p, Py_ssize_t pos, Py_ssize_t end, int flags, int level
 ):
     cdef Py_ssize_t n
     cdef int qos = (flags >> 1) & 3
@@ -758,7 +774,16 @@ cdef inline Publish _d_publish(
     pos += 2
     if pos + n > end:
         _past_end("topic name")
-    topic = _str_at(p + pos, n, "topic name")
+    # A connection tends to publish to the same topic again and again: when the bytes equal the
+    # last (ASCII) topic this Reader decoded, reuse that str (immutable) instead of decoding.
+    topic = reader._last_topic
+    if not (
+        PyUnicode_GET_LENGTH(topic) == n
+        and memcmp(PyUnicode_DATA(topic), p + pos, <size_t>n) == 0
+    ):
+        topic = _str_at(p + pos, n, "topic name")
+        if PyUnicode_IS_COMPACT_ASCII(topic):
+            reader._last_topic = topic
     pos += n
     if qos:
         if pos + 2 > end:
@@ -1029,13 +1054,19 @@ cdef class Reader:
     cdef bytearray _buf
     cdef Py_ssize_t _need  # size of the buffered packet once its fixed header is complete
     cdef int _error  # reason code of the error that made the reader unusable; 0 when none
+    cdef str _last_topic  # last ASCII PUBLISH topic decoded (see _d_publish)
+
+    def __cinit__(self):
+        # C-level state is set here so that no way of creating a Reader can skip it
+        self._buf = bytearray()
+        self._need = 0
+        self._error = 0
+        self._last_topic = "\x00"  # matches no valid topic [MQTT-1.5.4-2]
+        self.max_packet_size = 1048576
 
     def __init__(self, Py_ssize_t max_packet_size=1048576, int protocol_level=0):
         self.max_packet_size = max_packet_size
         self.protocol_level = protocol_level
-        self._buf = bytearray()
-        self._need = 0
-        self._error = 0
 
     @property
     def buffered(self):
@@ -1093,7 +1124,7 @@ cdef class Reader:
             if level == 0:
                 level = 4
             if ptype == T_PUBLISH:
-                out.append(_d_publish(p, i, end, b0 & 0x0F, level))
+                out.append(_d_publish(self, p, i, end, b0 & 0x0F, level))
             else:
                 pkt = _decode_other(p, i, end, ptype, level)
                 if ptype == T_CONNECT:

@@ -434,6 +434,19 @@ def test_subscription_identifier_repeats_in_publish(codec: ModuleType):
     assert p.properties == {C.SUBSCRIPTION_IDENTIFIER: [1, 129]} and p.payload == b"x"
 
 
+def test_repeated_and_changing_topics(codec: ModuleType):
+    # The compiled Reader reuses the previous topic str when the bytes repeat: check that it
+    # never hands back a stale topic, across feeds and for non-ASCII topics.
+    topics = ["a/b", "a/b", "a/c", "a/c/", "é", "é", "", "", "a/b", "b/a", "a/b"]
+    wire = [codec.encode_publish(t, t.encode()) for t in topics]
+    r = codec.Reader()
+    got = r.feed(b"".join(wire[:5])) + r.feed(b"".join(wire[5:]))
+    assert [(p.topic, p.payload) for p in got] == [(t, t.encode()) for t in topics]
+    with pytest.raises(PacketError) as ei:
+        r.feed(h("3005 0003 610062"))  # "a\x00b": same length as "a/b", still refused
+    assert ei.value.reason_code == 0x81
+
+
 def test_user_properties_keep_wire_order(codec: ModuleType):
     props = {C.USER_PROPERTY: [("k", "2"), ("a", "1"), ("k", "1")], C.CONTENT_TYPE: "t"}
     wire = codec.encode_publish("t", b"", protocol_level=5, properties=props)
