@@ -286,3 +286,46 @@ def test_v5_offline_messages_queued_with_session_expiry(srv, uid):
         m = sub2.recv_publish()
         assert (m.payload, m.qos) == (b"queued", 1)
         sub2.disconnect()
+
+
+@pytest.mark.mosquitto_deviation(
+    "observed with Mosquitto 2.0.11: after one PUBACK it sends two queued messages, leaving 3 "
+    "unacknowledged with Receive Maximum 2"
+)
+def test_v5_client_receive_maximum_respected(srv, uid):
+    """MQTT 5: the server sends no more unacknowledged QoS 1/2 PUBLISHes than the client's
+    Receive Maximum [MQTT-3.3.4-9]; an ack frees a slot."""
+    from mqtt_raw import prop, props
+
+    topic = f"recvmax/{uid}"
+    with connected(srv, f"s-{uid}", 5, properties=props(prop(0x21, 2))) as sub:
+        sub.subscribe(topic, 1)
+        with connected(srv, f"p-{uid}", 5) as pub:
+            for i in range(5):
+                pub.publish(topic, b"%d" % i, qos=1, pid=i + 1)
+        first = [sub.recv_publish(ack=False) for _ in range(2)]
+        sub.expect_quiet(0.4)  # a third would exceed Receive Maximum 2
+        sub.send(puback(first[0].pid))
+        third = sub.recv_publish(ack=False)
+        assert third.payload == b"2"
+        sub.expect_quiet(0.3)
+        for m in (first[1], third):
+            sub.send(puback(m.pid))
+        rest = [sub.recv_publish().payload for _ in range(2)]
+        assert rest == [b"3", b"4"]
+
+
+def test_v5_client_maximum_packet_size_respected(srv, uid):
+    """MQTT 5: the server must not send a packet larger than the client's Maximum Packet Size;
+    such a message is discarded for that client [MQTT-3.1.2-24/25], others still arrive."""
+    from mqtt_raw import prop, props
+
+    topic = f"maxpkt/{uid}"
+    with connected(srv, f"s-{uid}", 5, properties=props(prop(0x27, 128))) as sub:
+        sub.subscribe(topic, 1)
+        with connected(srv, f"p-{uid}", 5) as pub:
+            pub.publish(topic, b"x" * 500, qos=1, pid=1)
+            pub.publish(topic, b"small", qos=1, pid=2)
+        m = sub.recv_publish()
+        assert m.payload == b"small"
+        sub.expect_quiet()
