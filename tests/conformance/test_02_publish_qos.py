@@ -329,3 +329,40 @@ def test_v5_client_maximum_packet_size_respected(srv, uid):
         m = sub.recv_publish()
         assert m.payload == b"small"
         sub.expect_quiet()
+
+
+def test_v5_message_expiry(srv, uid):
+    """MQTT 5 Message Expiry Interval: a queued or retained message whose interval has passed is
+    not delivered [MQTT-3.3.2-5]; one still valid is forwarded with the interval reduced by the
+    time it waited [MQTT-3.3.2-6]. Offline queue and retained store are checked after one wait."""
+    import time
+
+    from mqtt_raw import SESSION_EXPIRY_INTERVAL, prop, props
+
+    topic = f"expire/{uid}"
+    cid = f"s-{uid}"
+    keep = props(prop(SESSION_EXPIRY_INTERVAL, 30))
+    with connected(srv, cid, 5, properties=keep) as sub:
+        sub.subscribe(topic, 1)
+        sub.disconnect()
+    with connected(srv, f"p-{uid}", 5) as pub:
+        pub.publish(topic, b"short", qos=1, pid=1, properties=props(prop(0x02, 1)))
+        pub.publish(topic, b"long", qos=1, pid=2, properties=props(prop(0x02, 60)))
+        pub.publish(
+            f"{topic}/ret", b"gone", qos=1, pid=3, retain=True, properties=props(prop(0x02, 1))
+        )
+    time.sleep(2.1)
+    with Client(srv, 5) as sub2:
+        sp, _, _ = sub2.connect(cid, clean=False, properties=keep)
+        assert sp is True
+        m = sub2.recv_publish()
+        assert m.payload == b"long", "the expired message was delivered"
+        remaining = m.properties.get(0x02)
+        assert remaining and 55 <= remaining[0] <= 59, f"expiry forwarded as {remaining}"
+        sub2.expect_quiet()
+        sub2.subscribe(f"{topic}/ret", 1, pid=2)
+        sub2.expect_quiet()  # the expired retained message is gone
+        sub2.disconnect(0)
+    with Client(srv, 5) as cleanup:
+        cleanup.connect(cid, clean=True)
+        cleanup.disconnect()
