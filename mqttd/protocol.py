@@ -54,6 +54,8 @@ _V3_CONNACK = {0x84: 0x01, 0x85: 0x02, 0x88: 0x03, 0x86: 0x04, 0x87: 0x05, 0x8C:
 
 #: seconds a new connection has to send its CONNECT
 CONNECT_TIMEOUT = 10.0
+#: a read at least this big makes the connection wait one loop iteration before the next read
+FAIR_READ = 16 * 1024
 
 
 class Connection(asyncio.Protocol):
@@ -102,6 +104,16 @@ class Connection(asyncio.Protocol):
             self.handlers[packet.packet_type](self, packet)
         if error is not None and not self.closing:
             self.protocol_error(error.reason_code, str(error))
+        elif len(data) >= FAIR_READ and not self.closing:
+            # A big read means more is waiting. Yield to the loop before reading this client
+            # again: uvloop would otherwise keep reading (up to 32 reads per wake-up) and starve
+            # the writes to subscribers, which only happen between loop iterations.
+            self.transport.pause_reading()
+            self.loop.call_soon(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        if not self.closing:
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         if self.outlet is not None:
