@@ -88,6 +88,17 @@ cdef class Message:
             self._head4 = head
             self._tail4 = tail
 
+    cpdef Py_ssize_t size(self, int version, int qos) except -1:
+        """Bytes of this PUBLISH on the wire for a protocol level and QoS."""
+        if qos == 0:
+            return len(self.encode_qos0(version, False))
+        cdef int v5 = 1 if version == 5 else 0
+        if (self._head5 if v5 else self._head4) is None:
+            self._parts(v5)
+        if v5:
+            return 3 + len(self._head5) + len(self._tail5)
+        return 3 + len(self._head4) + len(self._tail4)
+
     cpdef bytes encode_qos0(self, int version, bint retain):
         """The whole QoS 0 PUBLISH for a protocol level, cached."""
         cdef int v5 = 1 if version == 5 else 0
@@ -172,10 +183,12 @@ cdef class Outlet:
     cdef public object queue
     cdef public int max_queued
     cdef public Py_ssize_t max_buffer
+    cdef public Py_ssize_t max_packet
     cdef public int next_pid
     cdef public long long dropped
     cdef public long long sent
     cdef public object session
+    cdef public object refresh
     cdef object __weakref__
 
     def __init__(self, Flusher flusher, int version=4, int inflight_max=65535,
@@ -191,10 +204,12 @@ cdef class Outlet:
         self.queue = deque()
         self.max_queued = max_queued
         self.max_buffer = max_buffer
+        self.max_packet = 0
         self.next_pid = 1
         self.dropped = 0
         self.sent = 0
         self.session = None
+        self.refresh = None
 
     cdef inline void _mark(self):
         if not self.pending:
@@ -225,6 +240,10 @@ cdef class Outlet:
 
     cpdef send(self, Message msg, int qos, bint retain):
         """Deliver one message to this session at the given (already downgraded) QoS."""
+        if self.max_packet and msg.size(self.version, qos) > self.max_packet:
+            # Too big for this client: discarded as if sent [MQTT-3.1.2-25]
+            self.dropped += 1
+            return
         if qos == 0:
             if self.transport is None or (
                     self.paused and PyByteArray_GET_SIZE(self.buf) >= self.max_buffer):
@@ -268,6 +287,12 @@ cdef class Outlet:
         queue = self.queue
         while queue and self.transport is not None and len(self.inflight) < self.inflight_max:
             msg, qos, retain = queue.popleft()
+            if msg.expires_at and self.refresh is not None:
+                # Expired while queued: not delivered [MQTT-3.3.2-5]; else the interval that
+                # is left goes out [MQTT-3.3.2-6]
+                msg = self.refresh(msg)
+                if msg is None:
+                    continue
             self._send_inflight(msg, qos, retain)
 
     def resend_inflight(self):

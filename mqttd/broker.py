@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -102,6 +103,9 @@ class Session:
         #: 0xFFFFFFFF never expires (MQTT 5 Session Expiry Interval; 3.1.1 clean session = 0)
         self.expiry_interval = 0
         self.expiry_handle: asyncio.TimerHandle | None = None
+        #: a will waiting for its MQTT 5 Will Delay Interval, and its timer
+        self.will: Any = None
+        self.will_handle: asyncio.TimerHandle | None = None
 
 
 class Broker:
@@ -181,9 +185,13 @@ class Broker:
         old = self.sessions.get(client_id)
         if old is not None and old.connection is not None:
             old.connection.taken_over()
-        if old is not None and old.expiry_handle is not None:
-            old.expiry_handle.cancel()
-            old.expiry_handle = None
+            old.connection = None  # its connection_lost now sees a takeover
+        if old is not None:
+            if old.expiry_handle is not None:
+                old.expiry_handle.cancel()
+                old.expiry_handle = None
+            # Back before its Will Delay Interval passed: no will [MQTT-3.1.3-9]
+            self._cancel_will(old)
         if old is not None and clean_start:
             self.end_session(old)
             old = None
@@ -195,6 +203,7 @@ class Broker:
                 self.config.max_queued_messages,
                 self.config.max_buffer,
             )
+            outlet.refresh = self.refresh_expiry
             session = Session(client_id, outlet)
             self.sessions[client_id] = session
             present = False
@@ -205,14 +214,32 @@ class Broker:
         session.outlet.version = version
         return session, present
 
-    def detach(self, session: Session, conn: Connection) -> None:
-        """The connection of ``session`` ended; keep the session or end it."""
+    def detach(
+        self, session: Session, conn: Connection, will: Any = None, will_delay: int = 0
+    ) -> None:
+        """The connection of ``session`` ended; publish its will, keep the session or end it.
+
+        The will is published at once, or after its MQTT 5 Will Delay Interval, or when the
+        session ends, whichever comes first (MQTT 5 §3.1.3.2.2).
+        """
         if session.connection is not conn:
-            return  # already taken over by a newer connection
+            # Taken over: the new connection is already there, so a delayed will is never
+            # published [MQTT-3.1.3-9]; an undelayed one is.
+            if will is not None and will_delay == 0:
+                self.publish(will)
+            return
         session.connection = None
         session.outlet.transport = None
         session.outlet.buf = bytearray()
         session.outlet.paused = False
+        if will is not None:
+            if will_delay == 0 or session.expiry_interval == 0:
+                self.publish(will)
+            elif self.loop is not None:
+                session.will = will
+                session.will_handle = self.loop.call_later(
+                    min(will_delay, session.expiry_interval), self._fire_will, session
+                )
         if session.expiry_interval == 0:
             self.end_session(session)
         elif session.expiry_interval < 0xFFFFFFFF and self.loop is not None:
@@ -220,12 +247,29 @@ class Broker:
                 session.expiry_interval, self._expire, session
             )
 
+    def _fire_will(self, session: Session) -> None:
+        session.will_handle = None
+        will, session.will = session.will, None
+        if will is not None:
+            self.publish(will)
+
+    def _cancel_will(self, session: Session) -> None:
+        if session.will_handle is not None:
+            session.will_handle.cancel()
+            session.will_handle = None
+        session.will = None
+
     def _expire(self, session: Session) -> None:
         session.expiry_handle = None
         if session.connection is None and self.sessions.get(session.client_id) is session:
             self.end_session(session)
 
     def end_session(self, session: Session) -> None:
+        if session.will is not None:
+            # The session ends before the will's delay: the will goes now (MQTT 5 §3.1.3.2.2)
+            will = session.will
+            self._cancel_will(session)
+            self.publish(will)
         for filt in list(session.subscriptions):
             self.unsubscribe(session, filt)
         if self.sessions.get(session.client_id) is session:
@@ -270,7 +314,40 @@ class Broker:
         topic_matches = match.topic_matches
         for topic, msg in list(self.retained.items()):
             if topic_matches(filt, topic):
+                if msg.expires_at:
+                    fresh = self.refresh_expiry(msg)
+                    if fresh is None:
+                        # Expired: no longer retained [MQTT-3.3.2-5]
+                        del self.retained[topic]
+                        continue
+                    msg = fresh
                 yield msg
+
+    def refresh_expiry(self, msg: Any) -> Any:
+        """``msg`` with its Message Expiry Interval reduced by the time it waited, or None.
+
+        A message whose interval has passed is not delivered [MQTT-3.3.2-5]; one that waited goes
+        out with the interval that is left [MQTT-3.3.2-6].
+        """
+        left = msg.expires_at - time.monotonic()
+        if left <= 0:
+            return None
+        seconds = math.ceil(left)
+        if seconds == msg.properties.get(MESSAGE_EXPIRY_INTERVAL):
+            return msg
+        props = dict(msg.properties)
+        props[MESSAGE_EXPIRY_INTERVAL] = seconds
+        fresh = route.Message(
+            msg.topic,
+            msg.payload,
+            msg.qos,
+            msg.retain,
+            props,
+            codec.encode_properties(props),
+            msg.origin,
+        )
+        fresh.expires_at = msg.expires_at
+        return fresh
 
     # -- publishing ------------------------------------------------------------------------------
     def publish(self, msg: Any, origin: Any = None) -> int:
@@ -301,9 +378,15 @@ class Broker:
             if fwd:
                 block = codec.encode_properties(fwd)
             props = fwd
-        return route.Message(topic, payload, qos, retain, props, block, origin)
+        msg = route.Message(topic, payload, qos, retain, props, block, origin)
+        expiry = props.get(MESSAGE_EXPIRY_INTERVAL)
+        if expiry is not None:
+            msg.expires_at = time.monotonic() + expiry
+        return msg
 
 
 # Topic Alias is per network connection (MQTT 5 §3.3.2.3.4) and Subscription Identifiers are per
 # subscription (§3.3.4): neither is forwarded as the publisher sent it.
-_NOT_FORWARDED = frozenset({0x23, 0x0B})
+# The Will Delay Interval is the will's own, not a PUBLISH property.
+_NOT_FORWARDED = frozenset({0x23, 0x0B, 0x18})
+MESSAGE_EXPIRY_INTERVAL = 0x02

@@ -20,6 +20,7 @@ from mqttd.constants import (
     SESSION_EXPIRY_INTERVAL,
     SUBSCRIPTION_IDENTIFIER,
     TOPIC_ALIAS,
+    WILL_DELAY_INTERVAL,
 )
 from mqttd.errors import PacketError
 
@@ -73,6 +74,7 @@ class Connection(asyncio.Protocol):
         self.username: str | None = None
         self.peer: Any = None
         self.will: Any = None
+        self.will_delay = 0
         self.keepalive = 0
         self.last_rx = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -129,13 +131,14 @@ class Connection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.broker.connections.discard(self)
+        # A will still here means the connection ended without a DISCONNECT that discards it
+        # [MQTT-3.1.2-8]; the broker publishes it (after its delay, if any).
+        will, self.will = self.will, None
         session = self.session
         if session is not None:
-            self.broker.detach(session, self)
+            self.broker.detach(session, self, will, self.will_delay)
             self.session = None
-        if self.will is not None:
-            # The connection ended without a DISCONNECT that discards the will [MQTT-3.1.2-8]
-            will, self.will = self.will, None
+        elif will is not None:
             self.broker.publish(will)
 
     # -- closing ---------------------------------------------------------------------------------
@@ -184,8 +187,6 @@ class Connection(asyncio.Protocol):
         if self.version == 5 and self.outlet is not None:
             self.outlet.write(codec.encode_disconnect(RC_SESSION_TAKEN_OVER, 5))
         self.close()
-        # The session now belongs to the new connection: only the will remains ours.
-        self.session = None
 
     def _connect_timeout(self) -> None:
         self.timer = None
@@ -246,6 +247,7 @@ class Connection(asyncio.Protocol):
             self.will = broker.make_message(
                 will.topic, will.payload, will.qos, will.retain, will.properties
             )
+            self.will_delay = will.properties.get(WILL_DELAY_INTERVAL, 0) if v == 5 else 0
         self.client_id = client_id
         self.username = p.username
         self.keepalive = p.keepalive
@@ -257,6 +259,7 @@ class Connection(asyncio.Protocol):
         outlet.transport = self.transport
         outlet.paused = False
         outlet.inflight_max = min(broker.config.max_inflight, receive_max)
+        outlet.max_packet = props.get(MAXIMUM_PACKET_SIZE, 0) if v == 5 else 0
         self.handlers = _CONNECTED
 
         ack_props = None
@@ -301,6 +304,9 @@ class Connection(asyncio.Protocol):
         topic = p.topic
         v = self.version
         props = p.properties
+        if props and SUBSCRIPTION_IDENTIFIER in props:
+            # A client's PUBLISH must not carry a Subscription Identifier [MQTT-3.3.4-6]
+            return self.protocol_error(RC_PROTOCOL_ERROR, "subscription identifier in PUBLISH")
         if props and TOPIC_ALIAS in props:
             # We announce Topic Alias Maximum 0: any alias is invalid [MQTT-3.3.2-9]
             return self.protocol_error(RC_TOPIC_ALIAS_INVALID, "topic alias not allowed")
@@ -414,6 +420,12 @@ class Connection(asyncio.Protocol):
     def on_unsubscribe(self, p: Any) -> None:
         codes = []
         for filt in p.filters:
+            if not match.validate_filter(filt):
+                if self.version < 5:
+                    # 3.1.1's UNSUBACK has no codes to refuse with: close (§4.8)
+                    return self.protocol_error(RC_PROTOCOL_ERROR, f"invalid filter {filt!r}")
+                codes.append(RC_TOPIC_FILTER_INVALID)
+                continue
             existed = self.broker.unsubscribe(self.session, filt)  # type: ignore[arg-type]
             codes.append(RC_NORMAL if existed else RC_NO_SUBSCRIPTION_EXISTED)
         # UNSUBACK, even when nothing was subscribed [MQTT-3.10.4-5]

@@ -96,6 +96,13 @@ class Message:
             self._tail[v5] = tail
         return head, self._tail[v5]  # type: ignore[return-value]
 
+    def size(self, version: int, qos: int) -> int:
+        """Bytes of this PUBLISH on the wire for a protocol level and QoS."""
+        if qos == 0:
+            return len(self.encode_qos0(version, False))
+        head, tail = self._parts(1 if version == 5 else 0)
+        return 1 + len(head) + 2 + len(tail)
+
     def encode_qos0(self, version: int, retain: bool) -> bytes:
         """The whole QoS 0 PUBLISH for a protocol level, cached."""
         key = (1 if version == 5 else 0, 1 if retain else 0)
@@ -173,10 +180,15 @@ class Outlet:
         self.queue: deque = deque()
         self.max_queued = max_queued
         self.max_buffer = max_buffer
+        #: the client's MQTT 5 Maximum Packet Size (0: no limit of its own)
+        self.max_packet = 0
         self.next_pid = 1
         self.dropped = 0  # messages dropped: QoS 0 to a slow/offline client, or queue full
         self.sent = 0  # PUBLISH packets written
         self.session: Any = None  # the broker's Session that owns this outlet
+        #: the broker's check of Message Expiry for queued messages: returns the message to
+        #: send (with the interval left) or None when it expired
+        self.refresh: Any = None
 
     # -- writing ---------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -211,6 +223,10 @@ class Outlet:
     # -- publishing ------------------------------------------------------------------------------
     def send(self, msg: Message, qos: int, retain: bool) -> None:
         """Deliver one message to this session at the given (already downgraded) QoS."""
+        if self.max_packet and msg.size(self.version, qos) > self.max_packet:
+            # Too big for this client: discarded as if sent [MQTT-3.1.2-25]
+            self.dropped += 1
+            return
         if qos == 0:
             if self.transport is None or (self.paused and len(self.buf) >= self.max_buffer):
                 self.dropped += 1
@@ -252,6 +268,12 @@ class Outlet:
         queue = self.queue
         while queue and self.transport is not None and len(self.inflight) < self.inflight_max:
             msg, qos, retain = queue.popleft()
+            if msg.expires_at and self.refresh is not None:
+                # Expired while queued: not delivered [MQTT-3.3.2-5]; else the interval that
+                # is left goes out [MQTT-3.3.2-6]
+                msg = self.refresh(msg)
+                if msg is None:
+                    continue
             self._send_inflight(msg, qos, retain)
 
     def resend_inflight(self) -> None:

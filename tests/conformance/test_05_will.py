@@ -123,10 +123,22 @@ def test_v311_will_on_session_takeover(srv, uid):
 
 def test_v5_will_delay_interval(srv, uid):
     """MQTT 5 Will Delay Interval: the will is published only after the delay [MQTT-3.1.3-9]."""
+    from mqtt_raw import SESSION_EXPIRY_INTERVAL
+
     topic = f"willdelay/{uid}"
+    # The session must outlive the delay: with Session Expiry 0 it ends with the connection and
+    # the will goes at once ("whichever happens first", MQTT 5 §3.1.3.2.2).
+    keep = props(prop(SESSION_EXPIRY_INTERVAL, 30))
     with connected(srv, f"s-{uid}", 5) as sub:
         sub.subscribe(topic, 1)
-        w = will_client(srv, f"w{uid}", topic, 5, will_props=props(prop(WILL_DELAY_INTERVAL, 1)))
+        w = will_client(
+            srv,
+            f"w{uid}",
+            topic,
+            5,
+            properties=keep,
+            will_props=props(prop(WILL_DELAY_INTERVAL, 1)),
+        )
         t0 = time.monotonic()
         w.kill()
         m = sub.recv_publish(timeout=4.0)
