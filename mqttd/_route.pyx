@@ -148,11 +148,18 @@ cdef class Flusher:
     cdef public object loop
     cdef public list dirty
     cdef public bint scheduled
+    # Broker-wide totals ($SYS): bytes written, PUBLISH packets sent, messages dropped
+    cdef public long long bytes_sent
+    cdef public long long messages_sent
+    cdef public long long messages_dropped
 
     def __init__(self, loop):
         self.loop = loop
         self.dirty = []
         self.scheduled = False
+        self.bytes_sent = 0
+        self.messages_sent = 0
+        self.messages_dropped = 0
 
     cpdef mark(self, Outlet outlet):
         self.dirty.append(outlet)
@@ -231,6 +238,7 @@ cdef class Outlet:
             data = self.buf
             # A fresh buffer: the transport may keep a reference to the one it was given.
             self.buf = bytearray()
+            self.flusher.bytes_sent += PyByteArray_GET_SIZE(data)
             self.transport.write(data)
 
     def resume(self):
@@ -238,24 +246,29 @@ cdef class Outlet:
         if PyByteArray_GET_SIZE(self.buf):
             self._mark()
 
+    cdef inline void _drop(self):
+        self.dropped += 1
+        self.flusher.messages_dropped += 1
+
     cpdef send(self, Message msg, int qos, bint retain):
         """Deliver one message to this session at the given (already downgraded) QoS."""
         if self.max_packet and msg.size(self.version, qos) > self.max_packet:
             # Too big for this client: discarded as if sent [MQTT-3.1.2-25]
-            self.dropped += 1
+            self._drop()
             return
         if qos == 0:
             if self.transport is None or (
                     self.paused and PyByteArray_GET_SIZE(self.buf) >= self.max_buffer):
-                self.dropped += 1
+                self._drop()
                 return
             _append_bytes(self.buf, msg.encode_qos0(self.version, retain))
             self.sent += 1
+            self.flusher.messages_sent += 1
             self._mark()
             return
         if self.transport is None or len(self.inflight) >= self.inflight_max:
             if len(self.queue) >= self.max_queued:
-                self.dropped += 1
+                self._drop()
                 return
             self.queue.append((msg, qos, retain))
             return
@@ -266,6 +279,7 @@ cdef class Outlet:
         self.inflight[pid] = [msg, qos, retain, C_AWAIT_PUBACK if qos == 1 else C_AWAIT_PUBREC]
         msg.write_qos(self.buf, self.version, qos, retain, False, pid)
         self.sent += 1
+        self.flusher.messages_sent += 1
         self._mark()
 
     cpdef int alloc_packet_id(self) except -1:

@@ -47,6 +47,15 @@ class BrokerConfig:
     #: bytes buffered for a client that does not read before its QoS 0 messages are dropped
     max_buffer: int = 8 * 1024 * 1024
     retain_available: bool = True
+    #: topic aliases a client may use towards us (MQTT 5 Topic Alias Maximum; 0 refuses them)
+    topic_alias_maximum: int = 10
+    #: longest keepalive granted, in seconds (0: whatever the client asks); a longer or zero
+    #: request gets this value, told to MQTT 5 clients as Server Keep Alive
+    max_keepalive: int = 0
+    #: seconds between $SYS/broker/... updates (0: no $SYS topics)
+    sys_interval: float = 10.0
+    #: MQTT 5 Response Information sent to clients that request it (None: not offered)
+    response_information: str | None = None
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -56,7 +65,19 @@ class BrokerConfig:
                 f"max packet size must be 16..{MAX_PACKET_SIZE_LIMIT} bytes, not {self.max_packet_size}"
             )
         if not 1 <= self.receive_maximum <= 65535:
-            raise ValueError("receive maximum must be 1..65535")
+            raise ValueError(f"receive maximum must be 1..65535, not {self.receive_maximum}")
+        if not 1 <= self.max_inflight <= 65535:
+            raise ValueError(f"max inflight must be 1..65535, not {self.max_inflight}")
+        if not 0 <= self.topic_alias_maximum <= 65535:
+            raise ValueError(
+                f"topic alias maximum must be 0..65535, not {self.topic_alias_maximum}"
+            )
+        if not 0 <= self.max_keepalive <= 65535:
+            raise ValueError(f"max keepalive must be 0..65535 seconds, not {self.max_keepalive}")
+        if self.max_queued_messages < 0:
+            raise ValueError("max queued messages must be 0 or more")
+        if self.sys_interval < 0:
+            raise ValueError("sys interval must be 0 (off) or more seconds")
 
 
 class SharedGroup:

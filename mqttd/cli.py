@@ -41,6 +41,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest packet accepted (default 1048576, at most 268435460)",
     )
     p.add_argument(
+        "--max-queued-messages",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="QoS 1/2 messages queued per offline or busy session (default 1000)",
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=65535,
+        metavar="N",
+        help="QoS 1/2 messages in flight to each client (default 65535; an MQTT 5 "
+        "client's Receive Maximum lowers it)",
+    )
+    p.add_argument(
+        "--receive-maximum",
+        type=int,
+        default=65535,
+        metavar="N",
+        help="QoS 2 messages a client may have awaiting PUBREL (default 65535)",
+    )
+    p.add_argument(
+        "--topic-alias-maximum",
+        type=int,
+        default=10,
+        metavar="N",
+        help="topic aliases an MQTT 5 client may use (default 10; 0 refuses them)",
+    )
+    p.add_argument(
+        "--max-keepalive",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="longest keepalive granted (default 0: as the client asks)",
+    )
+    p.add_argument(
+        "--sys-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between $SYS/broker updates (default 10; 0 turns them off)",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -69,7 +112,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from mqttd.broker import Broker, BrokerConfig
 
-    config = BrokerConfig(host=args.host, port=args.port, max_packet_size=args.max_packet_size)
+    config = BrokerConfig(
+        host=args.host,
+        port=args.port,
+        max_packet_size=args.max_packet_size,
+        max_queued_messages=args.max_queued_messages,
+        max_inflight=args.max_inflight,
+        receive_maximum=args.receive_maximum,
+        topic_alias_maximum=args.topic_alias_maximum,
+        max_keepalive=args.max_keepalive,
+        sys_interval=args.sys_interval,
+    )
     try:
         config.validate()
     except ValueError as exc:

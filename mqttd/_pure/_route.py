@@ -135,12 +135,16 @@ class Message:
 class Flusher:
     """Coalesces each outlet's writes into one ``transport.write`` per event-loop iteration."""
 
-    __slots__ = ("loop", "dirty", "scheduled")
+    __slots__ = ("loop", "dirty", "scheduled", "bytes_sent", "messages_sent", "messages_dropped")
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop
         self.dirty: list[Outlet] = []
         self.scheduled = False
+        # Broker-wide totals ($SYS): bytes written, PUBLISH packets sent, messages dropped
+        self.bytes_sent = 0
+        self.messages_sent = 0
+        self.messages_dropped = 0
 
     def mark(self, outlet: Outlet) -> None:
         self.dirty.append(outlet)
@@ -207,6 +211,7 @@ class Outlet:
             data = self.buf
             # A fresh buffer: the transport may keep a reference to the one it was given.
             self.buf = bytearray()
+            self.flusher.bytes_sent += len(data)
             self.transport.write(data)
 
     def resume(self) -> None:
@@ -221,23 +226,28 @@ class Outlet:
             self.flusher.mark(self)
 
     # -- publishing ------------------------------------------------------------------------------
+    def _drop(self) -> None:
+        self.dropped += 1
+        self.flusher.messages_dropped += 1
+
     def send(self, msg: Message, qos: int, retain: bool) -> None:
         """Deliver one message to this session at the given (already downgraded) QoS."""
         if self.max_packet and msg.size(self.version, qos) > self.max_packet:
             # Too big for this client: discarded as if sent [MQTT-3.1.2-25]
-            self.dropped += 1
+            self._drop()
             return
         if qos == 0:
             if self.transport is None or (self.paused and len(self.buf) >= self.max_buffer):
-                self.dropped += 1
+                self._drop()
                 return
             self.buf += msg.encode_qos0(self.version, retain)
             self.sent += 1
+            self.flusher.messages_sent += 1
             self._mark()
             return
         if self.transport is None or len(self.inflight) >= self.inflight_max:
             if len(self.queue) >= self.max_queued:
-                self.dropped += 1
+                self._drop()
                 return
             self.queue.append((msg, qos, retain))
             return
@@ -248,6 +258,7 @@ class Outlet:
         self.inflight[pid] = [msg, qos, retain, AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC]
         msg.write_qos(self.buf, self.version, qos, retain, False, pid)
         self.sent += 1
+        self.flusher.messages_sent += 1
         self._mark()
 
     def alloc_packet_id(self) -> int:
