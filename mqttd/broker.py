@@ -155,6 +155,7 @@ class Broker:
         self.authorize_publish: Callable[[Any, Any], int] | None = None
         self.publish_observers: list[Callable[[Any, Any], None]] = []
         self._next_assigned = 0
+        self.sys_publisher: Any = None  # mqttd.systopics.SysPublisher while $SYS is on
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -167,6 +168,9 @@ class Broker:
             lambda: Connection(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
         )
         self.started_at = time.time()
+        from mqttd import systopics
+
+        self.sys_publisher = systopics.start_publisher(self)  # None when sys_interval is 0
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -179,6 +183,9 @@ class Broker:
         return out
 
     async def stop(self) -> None:
+        if self.sys_publisher is not None:
+            self.sys_publisher.stop()
+            self.sys_publisher = None
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections):
