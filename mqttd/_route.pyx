@@ -37,6 +37,14 @@ cdef bytes _varint(Py_ssize_t n):
             return out[:i + 1]
 
 
+cdef Py_ssize_t _varint_len(bytes data):
+    """Length of the variable byte integer that opens ``data``."""
+    cdef Py_ssize_t pos = 0
+    while data[pos] & 0x80:
+        pos += 1
+    return pos + 1
+
+
 cdef inline int _append(bytearray buf, const char* data, Py_ssize_t n) except -1:
     cdef Py_ssize_t size = PyByteArray_GET_SIZE(buf)
     PyByteArray_Resize(buf, size + n)
@@ -63,6 +71,8 @@ cdef class Message:
     # Cached encodings: whole QoS 0 packets per (v5, retain), and head/tail of QoS 1/2 ones.
     cdef bytes _q0_4, _q0_4r, _q0_5, _q0_5r
     cdef bytes _head4, _head5, _tail4, _tail5
+    # Variants with more properties (subscription identifiers, topic alias), by key
+    cdef dict _children
 
     def __init__(self, str topic, payload, int qos=0, retain=False, properties=None,
                  bytes props_block=b"\x00", origin=None):
@@ -87,6 +97,32 @@ cdef class Message:
         else:
             self._head4 = head
             self._tail4 = tail
+
+    cdef Message _child(self, object key, str topic, dict extra, bytes extra_block):
+        """A variant of this message with more MQTT 5 properties, cached by ``key``."""
+        if self._children is None:
+            self._children = {}
+        cdef Message child = self._children.get(key)
+        if child is None:
+            inner = self.props_block[_varint_len(self.props_block):] + extra_block
+            props = dict(self.properties)
+            props.update(extra)
+            child = Message(topic, self.payload, self.qos, self.retain, props,
+                            _varint(len(inner)) + inner, self.origin)
+            child.expires_at = self.expires_at
+            self._children[key] = child
+        return child
+
+    cpdef Message with_ids(self, tuple ids):
+        """This message carrying Subscription Identifiers, shared by every subscriber with the
+        same identifiers [MQTT-3.3.4-3]."""
+        block = b"".join([b"\x0b" + _varint(i) for i in ids])
+        return self._child(ids, self.topic, {0x0B: list(ids)}, block)
+
+    cpdef Message aliased(self, int alias, bint with_topic):
+        """This message with a Topic Alias: the topic sent once with it, then empty."""
+        return self._child(("alias", alias, with_topic), self.topic if with_topic else "",
+                           {0x23: alias}, b"\x23" + alias.to_bytes(2, "big"))
 
     cpdef Py_ssize_t size(self, int version, int qos) except -1:
         """Bytes of this PUBLISH on the wire for a protocol level and QoS."""
@@ -191,6 +227,8 @@ cdef class Outlet:
     cdef public int max_queued
     cdef public Py_ssize_t max_buffer
     cdef public Py_ssize_t max_packet
+    cdef public int alias_max
+    cdef public dict aliases
     cdef public int next_pid
     cdef public long long dropped
     cdef public long long sent
@@ -212,6 +250,8 @@ cdef class Outlet:
         self.max_queued = max_queued
         self.max_buffer = max_buffer
         self.max_packet = 0
+        self.alias_max = 0
+        self.aliases = {}
         self.next_pid = 1
         self.dropped = 0
         self.sent = 0
@@ -246,13 +286,27 @@ cdef class Outlet:
         if PyByteArray_GET_SIZE(self.buf):
             self._mark()
 
+    cdef Message _wire(self, Message msg):
+        """The message as written on this connection: with a Topic Alias when the client
+        accepts them, never above its Topic Alias Maximum [MQTT-3.3.2-10]."""
+        alias = self.aliases.get(msg.topic)
+        if alias is not None:
+            return msg.aliased(alias, False)
+        if len(self.aliases) < self.alias_max:
+            n = len(self.aliases) + 1
+            self.aliases[msg.topic] = n
+            return msg.aliased(n, True)
+        return msg
+
     cdef inline void _drop(self):
         self.dropped += 1
         self.flusher.messages_dropped += 1
 
     cpdef send(self, Message msg, int qos, bint retain):
         """Deliver one message to this session at the given (already downgraded) QoS."""
-        if self.max_packet and msg.size(self.version, qos) > self.max_packet:
+        # An alias adds at most 4 bytes: counted so the limit holds either way.
+        if self.max_packet and (msg.size(self.version, qos) + (4 if self.alias_max else 0)
+                                > self.max_packet):
             # Too big for this client: discarded as if sent [MQTT-3.1.2-25]
             self._drop()
             return
@@ -261,6 +315,8 @@ cdef class Outlet:
                     self.paused and PyByteArray_GET_SIZE(self.buf) >= self.max_buffer):
                 self._drop()
                 return
+            if self.alias_max:
+                msg = self._wire(msg)
             _append_bytes(self.buf, msg.encode_qos0(self.version, retain))
             self.sent += 1
             self.flusher.messages_sent += 1
@@ -277,7 +333,8 @@ cdef class Outlet:
     cdef _send_inflight(self, Message msg, int qos, bint retain):
         cdef int pid = self.alloc_packet_id()
         self.inflight[pid] = [msg, qos, retain, C_AWAIT_PUBACK if qos == 1 else C_AWAIT_PUBREC]
-        msg.write_qos(self.buf, self.version, qos, retain, False, pid)
+        (self._wire(msg) if self.alias_max else msg).write_qos(
+            self.buf, self.version, qos, retain, False, pid)
         self.sent += 1
         self.flusher.messages_sent += 1
         self._mark()
@@ -317,7 +374,8 @@ cdef class Outlet:
             if state == C_AWAIT_PUBCOMP:
                 self.buf += b"\x62\x02" + pid.to_bytes(2, "big")
             else:
-                msg.write_qos(self.buf, self.version, qos, retain, True, pid)
+                (self._wire(msg) if self.alias_max else msg).write_qos(
+                    self.buf, self.version, qos, retain, True, pid)
         if self.buf:
             self._mark()
 
@@ -326,14 +384,18 @@ def deliver(list nodes, Message msg, origin):
     """Send ``msg`` to the subscribers in ``nodes`` (from ``SubscriptionTree.collect``).
 
     Keys of the dicts are outlets (or shared-subscription groups, which pick one member); values
-    are subscription option bytes. A client with several matching subscriptions gets one copy at
-    the highest QoS granted among them [MQTT-3.3.5-1]. Returns the number of copies sent.
+    are ``options | subscription_identifier << 8``. A client with several matching subscriptions
+    gets one copy at the highest QoS granted among them [MQTT-3.3.5-1], carrying the identifiers
+    of all of them [MQTT-3.3.4-3]. Returns the number of copies sent.
     """
     cdef dict targets
     cdef dict node
-    cdef int opts, prev_opts, q, qos
+    cdef dict ids = None
+    cdef long long value, prev_opts, opts
+    cdef int q, qos
     cdef int pub_qos = msg.qos
     cdef int count = 0
+    cdef bint retain
     cdef Outlet outlet
     if not nodes:
         return 0
@@ -342,35 +404,48 @@ def deliver(list nodes, Message msg, origin):
     else:
         targets = {}
         for node in nodes:
-            for key, value in node.items():
+            for key, pyvalue in node.items():
+                value = pyvalue
+                opts = value & 0xFF
                 prev = targets.get(key)
                 if prev is None:
-                    targets[key] = value
+                    targets[key] = opts
                 else:
                     prev_opts = prev
-                    opts = value
                     # Highest QoS wins; Retain As Published if any matching subscription asked.
                     q = max(prev_opts & 0x03, opts & 0x03)
                     targets[key] = (q | ((prev_opts | opts) & 0x08)
                                     | (prev_opts & opts & 0x04))
-    for key, value in targets.items():
+                if value >> 8:
+                    if ids is None:
+                        ids = {}
+                    ids.setdefault(key, []).append(value >> 8)
+    for key, pyvalue in targets.items():
+        sids = ids.get(key) if ids is not None else None
         if type(key) is not Outlet:
             picked = key.pick(msg, origin)
             if picked is None:
                 continue
-            key, value = picked
+            key, pyvalue = picked
             outlet = <Outlet>key
-            opts = value
+            value = pyvalue
+            sids = None
         else:
             outlet = <Outlet>key
-            opts = value
-            if opts & 0x04 and outlet is origin:
+            value = pyvalue
+            if value & 0x04 and outlet is origin:
                 # No Local: not to the connection that published it [MQTT-3.8.3-3]
                 continue
-        qos = opts & 0x03
+        if sids is None and value >> 8:
+            sids = (value >> 8,)
+        qos = value & 0x03
         if pub_qos < qos:
             qos = pub_qos
         # Live messages go out with RETAIN=0 unless Retain As Published [MQTT-3.3.1-12/13]
-        outlet.send(msg, qos, msg.retain and (opts & 0x08) != 0)
+        retain = msg.retain and (value & 0x08) != 0
+        if sids is not None and outlet.version == 5:
+            outlet.send(msg.with_ids(tuple(sids)), qos, retain)
+        else:
+            outlet.send(msg, qos, retain)
         count += 1
     return count

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mqttd._speedups import codec, match, route
 
 if TYPE_CHECKING:
+    from mqttd.auth import Authenticator
     from mqttd.protocol import Connection
 
 log = logging.getLogger("mqttd")
@@ -154,6 +155,8 @@ class Broker:
         #: before routing (returns a reason code; < 0x80 allows) and observers run after it.
         self.authorize_publish: Callable[[Any, Any], int] | None = None
         self.publish_observers: list[Callable[[Any, Any], None]] = []
+        #: enhanced authentication methods by name (MQTT 5 §4.12); see mqttd.auth
+        self.authenticators: dict[str, Authenticator] = {}
         self._next_assigned = 0
         self.sys_publisher: Any = None  # mqttd.systopics.SysPublisher while $SYS is on
 

@@ -12,14 +12,24 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from mqttd import auth
 from mqttd._speedups import codec, match, route
 from mqttd.constants import (
+    ASSIGNED_CLIENT_IDENTIFIER,
+    AUTHENTICATION_DATA,
     AUTHENTICATION_METHOD,
     MAXIMUM_PACKET_SIZE,
+    REASON_STRING,
     RECEIVE_MAXIMUM,
+    REQUEST_PROBLEM_INFORMATION,
+    REQUEST_RESPONSE_INFORMATION,
+    RESPONSE_INFORMATION,
+    RETAIN_AVAILABLE,
+    SERVER_KEEP_ALIVE,
     SESSION_EXPIRY_INTERVAL,
     SUBSCRIPTION_IDENTIFIER,
     TOPIC_ALIAS,
+    TOPIC_ALIAS_MAXIMUM,
     WILL_DELAY_INTERVAL,
 )
 from mqttd.errors import PacketError
@@ -40,6 +50,8 @@ RC_UNSPECIFIED = 0x80
 RC_MALFORMED = 0x81
 RC_PROTOCOL_ERROR = 0x82
 RC_CLIENT_ID_NOT_VALID = 0x85
+RC_NOT_AUTHORIZED = 0x87
+RC_REAUTHENTICATE = 0x19
 RC_BAD_AUTH_METHOD = 0x8C
 RC_KEEPALIVE_TIMEOUT = 0x8D
 RC_SESSION_TAKEN_OVER = 0x8E
@@ -48,7 +60,6 @@ RC_TOPIC_NAME_INVALID = 0x90
 RC_PACKET_ID_NOT_FOUND = 0x92
 RC_RECEIVE_MAXIMUM_EXCEEDED = 0x93
 RC_TOPIC_ALIAS_INVALID = 0x94
-RC_SUB_IDS_NOT_SUPPORTED = 0xA1
 
 # CONNACK return codes of MQTT 3.1 / 3.1.1 (§3.2.2.3) for the MQTT 5 reasons we refuse with.
 _V3_CONNACK = {0x84: 0x01, 0x85: 0x02, 0x88: 0x03, 0x86: 0x04, 0x87: 0x05, 0x8C: 0x05}
@@ -80,6 +91,13 @@ class Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
         self.handlers = _PRE_CONNECT
+        self.connect_packet: Any = None  # the CONNECT while its authentication runs
+        self.assigned_id = False
+        self.server_keepalive: int | None = None
+        self.problem_info = True  # MQTT 5 Request Problem Information
+        self.auth_method: str | None = None
+        self.authenticator: Any = None
+        self.aliases: dict[int, str] = {}  # topic aliases the client set [MQTT-3.3.2-7]
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -210,35 +228,44 @@ class Connection(asyncio.Protocol):
     # -- packet handlers -------------------------------------------------------------------------
     def on_connect(self, p: Any) -> None:
         broker = self.broker
+        cfg = broker.config
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         v = self.version = p.protocol_level
         props = p.properties
-        receive_max = 65535
-        session_expiry = 0
         if v == 5:
-            if AUTHENTICATION_METHOD in props:
-                # No enhanced authentication method is configured (MQTT 5 §4.12)
-                return self.refuse(RC_BAD_AUTH_METHOD)
-            receive_max = props.get(RECEIVE_MAXIMUM, 65535)
-            if receive_max == 0 or props.get(MAXIMUM_PACKET_SIZE, 1) == 0:
+            if props.get(RECEIVE_MAXIMUM) == 0 or props.get(MAXIMUM_PACKET_SIZE) == 0:
                 # Receive Maximum / Maximum Packet Size of 0 is a Protocol Error (§3.1.2.11)
                 return self.protocol_error(RC_PROTOCOL_ERROR, "zero receive/packet maximum")
-            session_expiry = props.get(SESSION_EXPIRY_INTERVAL, 0)
-        elif not p.clean_start:
-            session_expiry = 0xFFFFFFFF  # 3.1.1 persistent session: lives until clean start
+            if props.get(REQUEST_PROBLEM_INFORMATION, 1) not in (0, 1) or props.get(
+                REQUEST_RESPONSE_INFORMATION, 0
+            ) not in (0, 1):
+                return self.protocol_error(RC_PROTOCOL_ERROR, "request flag not 0 or 1")
+            # 0: no Reason String / User Property except in PUBLISH, CONNACK, DISCONNECT
+            # [MQTT-3.1.2-29]
+            self.problem_info = props.get(REQUEST_PROBLEM_INFORMATION, 1) == 1
 
         client_id = p.client_id
-        assigned = False
         if not client_id:
             if v == 3 or (v == 4 and not p.clean_start):
                 # 3.1.1: empty id needs CleanSession=1 [MQTT-3.1.3-8]; 3.1: id of 1..23 chars
                 return self.refuse(RC_CLIENT_ID_NOT_VALID)
             client_id = broker.assign_client_id()
-            assigned = True
+            self.assigned_id = True
         elif v == 3 and len(client_id) > 23:
             return self.refuse(RC_CLIENT_ID_NOT_VALID)
+        self.client_id = client_id
+        self.username = p.username
+
+        self.keepalive = p.keepalive
+        if cfg.max_keepalive and (p.keepalive == 0 or p.keepalive > cfg.max_keepalive):
+            if v == 5:
+                # The server's keepalive replaces the client's [MQTT-3.2.2-21]
+                self.keepalive = self.server_keepalive = cfg.max_keepalive
+            elif p.keepalive > cfg.max_keepalive:
+                # 3.1.1 cannot be told another keepalive: refused, as Mosquitto does
+                return self.refuse(RC_CLIENT_ID_NOT_VALID)
 
         will = p.will
         if will is not None:
@@ -248,32 +275,68 @@ class Connection(asyncio.Protocol):
                 will.topic, will.payload, will.qos, will.retain, will.properties
             )
             self.will_delay = will.properties.get(WILL_DELAY_INTERVAL, 0) if v == 5 else 0
-        self.client_id = client_id
-        self.username = p.username
-        self.keepalive = p.keepalive
 
-        session, present = broker.open_session(self, client_id, p.clean_start, v)
+        self.connect_packet = p
+        if v == 5 and AUTHENTICATION_METHOD in props:
+            method = props[AUTHENTICATION_METHOD]
+            authenticator = broker.authenticators.get(method)
+            if authenticator is None:
+                # A method we do not know (MQTT 5 §4.12)
+                return self.refuse(RC_BAD_AUTH_METHOD)
+            self.auth_method = method
+            self.authenticator = authenticator
+            self.handlers = _AUTHENTICATING
+            rc, data = authenticator.start(self, props.get(AUTHENTICATION_DATA))
+            return self._auth_result(rc, data)
+        self._accept()
+
+    def _accept(self, auth_data: bytes | None = None) -> None:
+        """CONNECT accepted (and authenticated): attach the session, send CONNACK."""
+        broker = self.broker
+        cfg = broker.config
+        p = self.connect_packet
+        self.connect_packet = None
+        v = self.version
+        props = p.properties
+        if v == 5:
+            session_expiry = props.get(SESSION_EXPIRY_INTERVAL, 0)
+        else:
+            # 3.1.1 persistent session: lives until a clean start
+            session_expiry = 0 if p.clean_start else 0xFFFFFFFF
+        session, present = broker.open_session(self, self.client_id, p.clean_start, v)
         session.expiry_interval = session_expiry
         self.session = session
         outlet = self.outlet = session.outlet
         outlet.transport = self.transport
         outlet.paused = False
-        outlet.inflight_max = min(broker.config.max_inflight, receive_max)
-        outlet.max_packet = props.get(MAXIMUM_PACKET_SIZE, 0) if v == 5 else 0
+        outlet.inflight_max = min(cfg.max_inflight, props.get(RECEIVE_MAXIMUM, 65535))
+        outlet.max_packet = props.get(MAXIMUM_PACKET_SIZE, 0)
+        # Aliases are per network connection [MQTT-3.3.2-7]
+        outlet.alias_max = props.get(TOPIC_ALIAS_MAXIMUM, 0)
+        outlet.aliases = {}
         self.handlers = _CONNECTED
 
         ack_props = None
         if v == 5:
-            ack_props = {
-                MAXIMUM_PACKET_SIZE: broker.config.max_packet_size,
-                0x29: 0,
-            }  # Subscription Identifier Available: not yet
-            if broker.config.receive_maximum < 65535:
-                ack_props[RECEIVE_MAXIMUM] = broker.config.receive_maximum
-            if not broker.config.retain_available:
-                ack_props[0x25] = 0
-            if assigned:
-                ack_props[0x12] = client_id  # Assigned Client Identifier
+            # Only what differs from the defaults (§3.2.2.3): Maximum QoS is absent (we do 2),
+            # Wildcard, Subscription Identifier and Shared Subscription Available default to 1.
+            ack_props = {MAXIMUM_PACKET_SIZE: cfg.max_packet_size}
+            if cfg.receive_maximum < 65535:
+                ack_props[RECEIVE_MAXIMUM] = cfg.receive_maximum
+            if cfg.topic_alias_maximum:
+                ack_props[TOPIC_ALIAS_MAXIMUM] = cfg.topic_alias_maximum
+            if not cfg.retain_available:
+                ack_props[RETAIN_AVAILABLE] = 0
+            if self.assigned_id:
+                ack_props[ASSIGNED_CLIENT_IDENTIFIER] = self.client_id
+            if self.server_keepalive is not None:
+                ack_props[SERVER_KEEP_ALIVE] = self.server_keepalive
+            if props.get(REQUEST_RESPONSE_INFORMATION) == 1 and cfg.response_information:
+                ack_props[RESPONSE_INFORMATION] = cfg.response_information
+            if self.auth_method is not None:
+                ack_props[AUTHENTICATION_METHOD] = self.auth_method
+                if auth_data is not None:
+                    ack_props[AUTHENTICATION_DATA] = auth_data
         outlet.write(codec.encode_connack(present, 0, v, ack_props))
         if self.keepalive:
             self.timer = self.loop.call_later(self.keepalive * 1.5, self._keepalive_check)
@@ -282,8 +345,54 @@ class Connection(asyncio.Protocol):
             outlet.resend_inflight()
             outlet.drain_queue()
         log.debug(
-            "connected %s (level %d, clean=%s, present=%s)", client_id, v, p.clean_start, present
+            "connected %s (level %d, clean=%s, present=%s)",
+            self.client_id,
+            v,
+            p.clean_start,
+            present,
         )
+
+    def _auth_result(self, rc: int, data: bytes | None) -> None:
+        """Act on an authenticator's answer, while connecting or re-authenticating."""
+        connecting = self.session is None
+        if rc == auth.SUCCESS:
+            if connecting:
+                return self._accept(data)
+            props = {AUTHENTICATION_METHOD: self.auth_method}
+            if data is not None:
+                props[AUTHENTICATION_DATA] = data
+            self.outlet.write(codec.encode_auth(auth.SUCCESS, props))
+        elif rc == auth.CONTINUE:
+            props = {AUTHENTICATION_METHOD: self.auth_method}
+            if data is not None:
+                props[AUTHENTICATION_DATA] = data
+            data_out = codec.encode_auth(auth.CONTINUE, props)
+            if connecting:
+                self.transport.write(data_out)
+            else:
+                self.outlet.write(data_out)
+        elif connecting:
+            self.refuse(rc if rc >= 0x80 else RC_NOT_AUTHORIZED)
+        else:
+            # Re-authentication failed: DISCONNECT with the reason [MQTT-4.12.1-2]
+            self.protocol_error(rc if rc >= 0x80 else RC_NOT_AUTHORIZED, "re-authentication")
+
+    def on_auth(self, p: Any) -> None:
+        if self.authenticator is None:
+            # AUTH without an Authentication Method in CONNECT is a Protocol Error
+            # [MQTT-4.12.0-1]
+            return self.protocol_error(RC_PROTOCOL_ERROR, "AUTH without authentication method")
+        if p.properties.get(AUTHENTICATION_METHOD) != self.auth_method:
+            # The method must stay the one named in CONNECT [MQTT-4.12.0-5]
+            return self.protocol_error(RC_PROTOCOL_ERROR, "AUTH with another method")
+        data = p.properties.get(AUTHENTICATION_DATA)
+        if p.reason_code == auth.CONTINUE:
+            rc, out = self.authenticator.step(self, data)
+        elif p.reason_code == RC_REAUTHENTICATE and self.session is not None:
+            rc, out = self.authenticator.start(self, data)
+        else:
+            return self.protocol_error(RC_PROTOCOL_ERROR, f"AUTH reason {p.reason_code:#x}")
+        self._auth_result(rc, out)
 
     def on_second_connect(self, p: Any) -> None:
         # A second CONNECT is a Protocol Violation [MQTT-3.1.0-2]
@@ -308,8 +417,21 @@ class Connection(asyncio.Protocol):
             # A client's PUBLISH must not carry a Subscription Identifier [MQTT-3.3.4-6]
             return self.protocol_error(RC_PROTOCOL_ERROR, "subscription identifier in PUBLISH")
         if props and TOPIC_ALIAS in props:
-            # We announce Topic Alias Maximum 0: any alias is invalid [MQTT-3.3.2-9]
-            return self.protocol_error(RC_TOPIC_ALIAS_INVALID, "topic alias not allowed")
+            alias = props[TOPIC_ALIAS]
+            if alias == 0 or alias > broker.config.topic_alias_maximum:
+                # 0, or above the maximum we announced [MQTT-3.3.2-8][MQTT-3.3.2-9]
+                return self.protocol_error(RC_TOPIC_ALIAS_INVALID, f"topic alias {alias}")
+            if topic:
+                if match.validate_topic(topic):
+                    self.aliases[alias] = topic
+            else:
+                topic = self.aliases.get(alias)
+                if topic is None:
+                    # An empty topic with an alias nobody set (§3.3.2.3.4)
+                    return self.protocol_error(RC_PROTOCOL_ERROR, f"unknown topic alias {alias}")
+        elif not topic and v == 5:
+            # A zero-length topic needs a Topic Alias (§3.3.2.1)
+            return self.protocol_error(RC_PROTOCOL_ERROR, "empty topic without alias")
         if not match.validate_topic(topic):
             # Topic names must not contain wildcards [MQTT-3.3.2-2] nor be empty [MQTT-4.7.3-1]
             return self.protocol_error(RC_TOPIC_NAME_INVALID, f"invalid topic name {topic!r}")
@@ -389,9 +511,14 @@ class Connection(asyncio.Protocol):
         broker = self.broker
         session = self.session
         v = self.version
-        if v == 5 and SUBSCRIPTION_IDENTIFIER in p.properties:
-            # We announce Subscription Identifier Available = 0 (§3.8.2.1.2)
-            return self.protocol_error(RC_SUB_IDS_NOT_SUPPORTED, "subscription identifiers")
+        sid = 0
+        if v == 5:
+            ids = p.properties.get(SUBSCRIPTION_IDENTIFIER)
+            if ids:
+                sid = ids[0]
+                if sid == 0:
+                    # A Subscription Identifier of 0 is a Protocol Error (§3.8.2.1.2)
+                    return self.protocol_error(RC_PROTOCOL_ERROR, "subscription identifier 0")
         codes = []
         retained: list[tuple[Any, int]] = []
         for filt, opts in p.subscriptions:
@@ -403,15 +530,20 @@ class Connection(asyncio.Protocol):
                 # No Local on a Shared Subscription is a Protocol Error [MQTT-3.8.3-4]
                 return self.protocol_error(RC_PROTOCOL_ERROR, "No Local on a shared subscription")
             granted = opts & 0x03
-            new = broker.subscribe(session, filt, opts)  # type: ignore[arg-type]
+            # The identifier rides in the stored value, replaced with the subscription
+            # [MQTT-3.8.4-3]
+            new = broker.subscribe(session, filt, opts | (sid << 8))  # type: ignore[arg-type]
             codes.append(granted)
             retain_handling = (opts >> 4) & 0x03
             # Retained messages for a new subscription (Retain Handling 0, or 1 when new); none
             # for shared subscriptions (MQTT 5 §4.8.2)
             if shared is None and (retain_handling == 0 or (retain_handling == 1 and new)):
                 for msg in broker.retained_matching(filt):
-                    retained.append((msg, granted))
-        self.outlet.write(codec.encode_suback(p.packet_id, codes, v))
+                    retained.append((msg.with_ids((sid,)) if sid else msg, granted))
+        ack_props = None
+        if v == 5 and self.problem_info and any(c >= 0x80 for c in codes):
+            ack_props = {REASON_STRING: "invalid topic filter"}
+        self.outlet.write(codec.encode_suback(p.packet_id, codes, v, ack_props))
         outlet = self.outlet
         for msg, granted in retained:
             # Sent with RETAIN=1 to a new subscription [MQTT-3.3.1-8]
@@ -429,7 +561,10 @@ class Connection(asyncio.Protocol):
             existed = self.broker.unsubscribe(self.session, filt)  # type: ignore[arg-type]
             codes.append(RC_NORMAL if existed else RC_NO_SUBSCRIPTION_EXISTED)
         # UNSUBACK, even when nothing was subscribed [MQTT-3.10.4-5]
-        self.outlet.write(codec.encode_unsuback(p.packet_id, codes, self.version))
+        ack_props = None
+        if self.version == 5 and self.problem_info and RC_TOPIC_FILTER_INVALID in codes:
+            ack_props = {REASON_STRING: "invalid topic filter"}
+        self.outlet.write(codec.encode_unsuback(p.packet_id, codes, self.version, ack_props))
 
     def on_pingreq(self, p: Any) -> None:
         self.outlet.write(PINGRESP)  # [MQTT-3.12.4-1]
@@ -472,9 +607,18 @@ def _table(connected: bool) -> tuple:
         c.on_pingreq,  # 12
         unexpected,  # 13 PINGRESP
         c.on_disconnect,  # 14
-        unexpected,  # 15 AUTH
+        c.on_auth,  # 15 AUTH (the reader refuses it below MQTT 5)
     )
 
 
 _PRE_CONNECT = _table(False)
 _CONNECTED = _table(True)
+# While the CONNECT's authentication runs only AUTH (and DISCONNECT) may come (§4.12)
+_AUTHENTICATING = tuple(
+    Connection.on_auth
+    if t == 15
+    else Connection.on_disconnect
+    if t == 14
+    else Connection.on_unexpected
+    for t in range(16)
+)

@@ -44,6 +44,17 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def _read_varint(data: bytes) -> tuple[int, int]:
+    value = shift = pos = 0
+    while True:
+        b = data[pos]
+        value |= (b & 0x7F) << shift
+        pos += 1
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+
+
 class Message:
     """One published application message, shared by every subscriber it goes to."""
 
@@ -58,6 +69,7 @@ class Message:
         "_q0",
         "_head",
         "_tail",
+        "_children",
         "origin",
         "expires_at",
     )
@@ -85,6 +97,7 @@ class Message:
         self._q0: dict[tuple[int, int], bytes] = {}
         self._head: list[bytes | None] = [None, None]
         self._tail: list[bytes | None] = [None, None]
+        self._children: dict | None = None
 
     def _parts(self, v5: int) -> tuple[bytes, bytes]:
         head = self._head[v5]
@@ -95,6 +108,45 @@ class Message:
             self._head[v5] = head
             self._tail[v5] = tail
         return head, self._tail[v5]  # type: ignore[return-value]
+
+    def _child(self, key: tuple, topic: str, extra: dict, extra_block: bytes) -> Message:
+        """A variant of this message with more MQTT 5 properties, cached by ``key``."""
+        children = self._children
+        if children is None:
+            children = self._children = {}
+        child = children.get(key)
+        if child is None:
+            _, pos = _read_varint(self.props_block)
+            inner = self.props_block[pos:] + extra_block
+            props = dict(self.properties)
+            props.update(extra)
+            child = Message(
+                topic,
+                self.payload,
+                self.qos,
+                self.retain,
+                props,
+                _varint(len(inner)) + inner,
+                self.origin,
+            )
+            child.expires_at = self.expires_at
+            children[key] = child
+        return child
+
+    def with_ids(self, ids: tuple) -> Message:
+        """This message carrying Subscription Identifiers, shared by every subscriber with the
+        same identifiers [MQTT-3.3.4-3]."""
+        block = b"".join(b"\x0b" + _varint(i) for i in ids)
+        return self._child(ids, self.topic, {0x0B: list(ids)}, block)
+
+    def aliased(self, alias: int, with_topic: bool) -> Message:
+        """This message with a Topic Alias: the topic sent once with it, then empty."""
+        return self._child(
+            ("alias", alias, with_topic),
+            self.topic if with_topic else "",
+            {0x23: alias},
+            b"\x23" + alias.to_bytes(2, "big"),
+        )
 
     def size(self, version: int, qos: int) -> int:
         """Bytes of this PUBLISH on the wire for a protocol level and QoS."""
@@ -186,6 +238,9 @@ class Outlet:
         self.max_buffer = max_buffer
         #: the client's MQTT 5 Maximum Packet Size (0: no limit of its own)
         self.max_packet = 0
+        #: the client's MQTT 5 Topic Alias Maximum, and the aliases given on this connection
+        self.alias_max = 0
+        self.aliases: dict[str, int] = {}
         self.next_pid = 1
         self.dropped = 0  # messages dropped: QoS 0 to a slow/offline client, or queue full
         self.sent = 0  # PUBLISH packets written
@@ -230,9 +285,25 @@ class Outlet:
         self.dropped += 1
         self.flusher.messages_dropped += 1
 
+    def _wire(self, msg: Message) -> Message:
+        """The message as written on this connection: with a Topic Alias when the client
+        accepts them, never above its Topic Alias Maximum [MQTT-3.3.2-10]."""
+        alias = self.aliases.get(msg.topic)
+        if alias is not None:
+            return msg.aliased(alias, False)
+        if len(self.aliases) < self.alias_max:
+            alias = len(self.aliases) + 1
+            self.aliases[msg.topic] = alias
+            return msg.aliased(alias, True)
+        return msg
+
     def send(self, msg: Message, qos: int, retain: bool) -> None:
         """Deliver one message to this session at the given (already downgraded) QoS."""
-        if self.max_packet and msg.size(self.version, qos) > self.max_packet:
+        # An alias adds at most 4 bytes: counted so the limit holds either way.
+        if (
+            self.max_packet
+            and msg.size(self.version, qos) + (4 if self.alias_max else 0) > self.max_packet
+        ):
             # Too big for this client: discarded as if sent [MQTT-3.1.2-25]
             self._drop()
             return
@@ -240,6 +311,8 @@ class Outlet:
             if self.transport is None or (self.paused and len(self.buf) >= self.max_buffer):
                 self._drop()
                 return
+            if self.alias_max:
+                msg = self._wire(msg)
             self.buf += msg.encode_qos0(self.version, retain)
             self.sent += 1
             self.flusher.messages_sent += 1
@@ -256,7 +329,9 @@ class Outlet:
     def _send_inflight(self, msg: Message, qos: int, retain: bool) -> None:
         pid = self.alloc_packet_id()
         self.inflight[pid] = [msg, qos, retain, AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC]
-        msg.write_qos(self.buf, self.version, qos, retain, False, pid)
+        (self._wire(msg) if self.alias_max else msg).write_qos(
+            self.buf, self.version, qos, retain, False, pid
+        )
         self.sent += 1
         self.flusher.messages_sent += 1
         self._mark()
@@ -294,7 +369,9 @@ class Outlet:
             if state == AWAIT_PUBCOMP:
                 self.buf += b"\x62\x02" + pid.to_bytes(2, "big")
             else:
-                msg.write_qos(self.buf, self.version, qos, retain, True, pid)
+                (self._wire(msg) if self.alias_max else msg).write_qos(
+                    self.buf, self.version, qos, retain, True, pid
+                )
         if self.buf:
             self._mark()
 
@@ -303,17 +380,20 @@ def deliver(nodes: list[dict], msg: Message, origin: Outlet | None) -> int:
     """Send ``msg`` to the subscribers in ``nodes`` (from ``SubscriptionTree.collect``).
 
     Keys of the dicts are outlets (or shared-subscription groups, which pick one member); values
-    are subscription option bytes. A client with several matching subscriptions gets one copy at
-    the highest QoS granted among them [MQTT-3.3.5-1]. Returns the number of copies sent.
+    are ``options | subscription_identifier << 8``. A client with several matching subscriptions
+    gets one copy at the highest QoS granted among them [MQTT-3.3.5-1], carrying the identifiers
+    of all of them [MQTT-3.3.4-3]. Returns the number of copies sent.
     """
     if not nodes:
         return 0
+    ids: dict | None = None
     if len(nodes) == 1:
         targets: dict = nodes[0]
     else:
         targets = {}
         for node in nodes:
-            for key, opts in node.items():
+            for key, value in node.items():
+                opts = value & 0xFF
                 prev = targets.get(key)
                 if prev is None:
                     targets[key] = opts
@@ -323,21 +403,33 @@ def deliver(nodes: list[dict], msg: Message, origin: Outlet | None) -> int:
                     targets[key] = (
                         q | ((prev | opts) & OPT_RETAIN_AS_PUBLISHED) | (prev & opts & OPT_NO_LOCAL)
                     )
+                if value >> 8:
+                    if ids is None:
+                        ids = {}
+                    ids.setdefault(key, []).append(value >> 8)
     pub_qos = msg.qos
     count = 0
-    for key, opts in targets.items():
+    for key, value in targets.items():
+        sids = ids.get(key) if ids is not None else None
         if type(key) is not Outlet:
             picked = key.pick(msg, origin)
             if picked is None:
                 continue
-            key, opts = picked
-        elif opts & OPT_NO_LOCAL and key is origin:
+            key, value = picked
+            sids = None
+        elif value & OPT_NO_LOCAL and key is origin:
             # No Local: not to the connection that published it [MQTT-3.8.3-3]
             continue
-        qos = opts & OPT_QOS
+        if sids is None and value >> 8:
+            sids = (value >> 8,)
+        qos = value & OPT_QOS
         if pub_qos < qos:
             qos = pub_qos
         # Live messages go out with RETAIN=0 unless Retain As Published [MQTT-3.3.1-12/13]
-        key.send(msg, qos, msg.retain and bool(opts & OPT_RETAIN_AS_PUBLISHED))
+        retain = msg.retain and bool(value & OPT_RETAIN_AS_PUBLISHED)
+        if sids is not None and key.version == 5:
+            key.send(msg.with_ids(tuple(sids)), qos, retain)
+        else:
+            key.send(msg, qos, retain)
         count += 1
     return count

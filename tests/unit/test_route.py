@@ -251,3 +251,81 @@ def test_shared_group_key_picks_member(route) -> None:
     loop.run_once()
     (p,) = decode(a.transport.writes[0], 4)
     assert p.qos == 1
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_subscription_identifiers_per_subscriber(route) -> None:
+    """[MQTT-3.3.4-3]: every matching subscription's identifier; copies with the same ids share
+    one encoding; 3.1.1 subscribers get none."""
+    loop, flusher, a = make(route, 5)
+    b = route.Outlet(flusher, 5)
+    b.transport = Transport()
+    c = route.Outlet(flusher, 4)
+    c.transport = Transport()
+    d = route.Outlet(flusher, 5)
+    d.transport = Transport()
+    msg = route.Message("s/t", b"v", 1)
+    nodes = [{a: 1 | (7 << 8), b: 1 | (7 << 8), c: 1 | (9 << 8), d: 1}, {a: 0 | (3 << 8)}]
+    assert route.deliver(nodes, msg, None) == 4
+    loop.run_once()
+    (pa,) = decode(a.transport.writes[0], 5)
+    (pb,) = decode(b.transport.writes[0], 5)
+    (pc,) = decode(c.transport.writes[0], 4)
+    (pd,) = decode(d.transport.writes[0], 5)
+    assert sorted(pa.properties[0x0B]) == [3, 7]
+    assert pb.properties[0x0B] == [7]
+    assert pc.properties == {} and 0x0B not in pd.properties
+    assert msg.with_ids((7,)) is msg.with_ids((7,))
+    # single matching node: the id comes straight from the stored value
+    route.deliver([{b: 0 | (5 << 8)}], route.Message("s/t", b"w"), None)
+    loop.run_once()
+    (pb2,) = decode(b.transport.writes[1], 5)
+    assert pb2.properties[0x0B] == [5]
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_topic_aliases_to_client_within_its_maximum(route) -> None:
+    """[MQTT-3.3.2-10]: aliases only up to the client's Topic Alias Maximum; the topic goes
+    with the alias once, then the alias alone."""
+    loop, _, a = make(route, 5)
+    a.alias_max = 2
+    for topic in ["x", "y", "x", "z", "y", "z"]:
+        a.send(route.Message(topic, topic.encode(), 1), 1, False)
+    loop.run_once()
+    pkts = decode(a.transport.writes[0], 5)
+    seen = {}
+    resolved = []
+    for p in pkts:
+        alias = p.properties.get(0x23)
+        if alias is not None:
+            assert 1 <= alias <= 2
+            if p.topic:
+                seen[alias] = p.topic
+            resolved.append(p.topic or seen[alias])
+        else:
+            resolved.append(p.topic)
+    assert resolved == ["x", "y", "x", "z", "y", "z"]
+    assert [p.topic for p in pkts] == ["x", "y", "", "z", "", "z"]
+    # A new connection starts without aliases; the resent message carries its topic again.
+    a.aliases = {}
+    a.resend_inflight()
+    loop.run_once()
+    again = decode(a.transport.writes[1], 5)
+    assert again[0].topic == "x" and again[0].dup
+
+
+@pytest.mark.parametrize("route", TWINS)
+def test_expired_queued_message_is_refreshed_or_dropped(route) -> None:
+    loop, _, a = make(route)
+    a.transport = None
+    keep = route.Message("t", b"keep", 1)
+    keep.expires_at = 1.0
+    gone = route.Message("t", b"gone", 1)
+    gone.expires_at = 2.0
+    a.send(gone, 1, False)
+    a.send(keep, 1, False)
+    a.refresh = lambda m: None if m is gone else m
+    a.transport = Transport()
+    a.drain_queue()
+    loop.run_once()
+    assert [p.payload for p in decode(a.transport.writes[0], 4)] == [b"keep"]
