@@ -13,11 +13,12 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mqttd._speedups import codec, match, route
+from mqttd.storage import MemoryStorage, Storage
 
 if TYPE_CHECKING:
     from mqttd.auth import Authenticator
@@ -133,12 +134,12 @@ class Session:
 class Broker:
     """One mqttd node with in-process routing."""
 
-    def __init__(self, config: BrokerConfig | None = None) -> None:
+    def __init__(self, config: BrokerConfig | None = None, storage: Storage | None = None) -> None:
         self.config = config or BrokerConfig()
         self.config.validate()
-        self.sessions: dict[str, Session] = {}
+        #: retained messages, sessions and client-id ownership (in memory unless told otherwise)
+        self.storage: Storage = storage if storage is not None else MemoryStorage()
         self.tree = match.SubscriptionTree()
-        self.retained: dict[str, Any] = {}
         self.shared: dict[tuple[str, str], SharedGroup] = {}
         self.connections: set[Connection] = set()
         self.server: asyncio.base_events.Server | None = None
@@ -201,11 +202,16 @@ class Broker:
                 session.expiry_handle.cancel()
 
     # -- sessions --------------------------------------------------------------------------------
+    @property
+    def sessions(self) -> dict[str, Session]:
+        """The sessions this node holds, by client id."""
+        return self.storage.sessions()
+
     def assign_client_id(self) -> str:
         self._next_assigned += 1
         return f"mqttd-{socket.gethostname()[:16]}-{id(self) & 0xFFFF:04x}-{self._next_assigned}"
 
-    def open_session(
+    async def open_session(
         self, conn: Connection, client_id: str, clean_start: bool, version: int
     ) -> tuple[Session, bool]:
         """Attach ``conn`` to the session of ``client_id``; returns (session, session_present).
@@ -213,9 +219,13 @@ class Broker:
         An existing connection with the same client id is taken over: it is closed
         [MQTT-3.1.4-3] (MQTT 5: DISCONNECT 0x8E first), and its will, if any, is published.
         """
-        old = self.sessions.get(client_id)
+        previous = await self.storage.claim(client_id, conn)
+        if previous is not None:
+            previous.taken_over()
+        old = await self.storage.get_session(client_id)
         if old is not None and old.connection is not None:
-            old.connection.taken_over()
+            if old.connection is not previous:
+                old.connection.taken_over()
             old.connection = None  # its connection_lost now sees a takeover
         if old is not None:
             if old.expiry_handle is not None:
@@ -236,7 +246,7 @@ class Broker:
             )
             outlet.refresh = self.refresh_expiry
             session = Session(client_id, outlet)
-            self.sessions[client_id] = session
+            self.storage.put_session(session)
             present = False
         else:
             session = old
@@ -253,6 +263,7 @@ class Broker:
         The will is published at once, or after its MQTT 5 Will Delay Interval, or when the
         session ends, whichever comes first (MQTT 5 §3.1.3.2.2).
         """
+        self.storage.release(session.client_id, conn)
         if session.connection is not conn:
             # Taken over: the new connection is already there, so a delayed will is never
             # published [MQTT-3.1.3-9]; an undelayed one is.
@@ -303,8 +314,7 @@ class Broker:
             self.publish(will)
         for filt in list(session.subscriptions):
             self.unsubscribe(session, filt)
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
+        self.storage.drop_session(session)
         session.outlet.queue.clear()
         session.outlet.inflight.clear()
 
@@ -341,18 +351,26 @@ class Broker:
             self.tree.remove(filt, session.outlet)
         return True
 
-    def retained_matching(self, filt: str) -> Iterator[Any]:
-        topic_matches = match.topic_matches
-        for topic, msg in list(self.retained.items()):
-            if topic_matches(filt, topic):
-                if msg.expires_at:
-                    fresh = self.refresh_expiry(msg)
-                    if fresh is None:
-                        # Expired: no longer retained [MQTT-3.3.2-5]
-                        del self.retained[topic]
-                        continue
-                    msg = fresh
-                yield msg
+    def retained_matching(self, filt: str) -> list[Any] | None:
+        """Retained messages for a new subscription to ``filt``, if the store has them at hand
+        (else None: use :meth:`fetch_retained`). Expired ones are dropped [MQTT-3.3.2-5]."""
+        found = self.storage.retained_now(filt)
+        return None if found is None else self._fresh(found)
+
+    async def fetch_retained(self, filt: str) -> list[Any]:
+        return self._fresh(await self.storage.retained(filt))
+
+    def _fresh(self, msgs: list[Any]) -> list[Any]:
+        out = []
+        for msg in msgs:
+            if msg.expires_at:
+                fresh = self.refresh_expiry(msg)
+                if fresh is None:
+                    self.storage.forget_retained(msg.topic, msg)
+                    continue
+                msg = fresh
+            out.append(msg)
+        return out
 
     def refresh_expiry(self, msg: Any) -> Any:
         """``msg`` with its Message Expiry Interval reduced by the time it waited, or None.
@@ -384,11 +402,8 @@ class Broker:
     def publish(self, msg: Any, origin: Any = None) -> int:
         """Route one message to every matching subscriber on this node; keep it if retained."""
         if msg.retain:
-            if msg.payload:
-                self.retained[msg.topic] = msg
-            else:
-                # An empty retained payload clears the topic [MQTT-3.3.1-6][MQTT-3.3.1-7]
-                self.retained.pop(msg.topic, None)
+            # Kept, or cleared by an empty payload [MQTT-3.3.1-6][MQTT-3.3.1-7]
+            self.storage.retain(msg)
         nodes = self.tree.collect(msg.topic)
         return route.deliver(nodes, msg, origin) if nodes else 0
 

@@ -33,6 +33,7 @@ from mqttd.constants import (
     WILL_DELAY_INTERVAL,
 )
 from mqttd.errors import PacketError
+from mqttd.systopics import is_reserved_topic
 
 if TYPE_CHECKING:
     from mqttd.broker import Broker, Session
@@ -92,6 +93,10 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self.handlers = _PRE_CONNECT
         self.connect_packet: Any = None  # the CONNECT while its authentication runs
+        #: packets held while a step waits for the storage (see _block), and what follows it
+        self.backlog: list | None = None
+        self.backlog_error: PacketError | None = None
+        self.next_handlers: tuple = _PRE_CONNECT
         self.assigned_id = False
         self.server_keepalive: int | None = None
         self.problem_info = True  # MQTT 5 Request Problem Information
@@ -123,8 +128,11 @@ class Connection(asyncio.Protocol):
                 return
             self.handlers[packet.packet_type](self, packet)
         if error is not None and not self.closing:
-            self.protocol_error(error.reason_code, str(error))
-        elif len(data) >= FAIR_READ and not self.closing:
+            if self.backlog is not None:
+                self.backlog_error = error  # after the packets waiting before it
+            else:
+                self.protocol_error(error.reason_code, str(error))
+        elif len(data) >= FAIR_READ and not self.closing and self.backlog is None:
             # A big read means more is waiting. Yield to the loop before reading this client
             # again: uvloop would otherwise keep reading (up to 32 reads per wake-up) and starve
             # the writes to subscribers, which only happen between loop iterations.
@@ -132,8 +140,45 @@ class Connection(asyncio.Protocol):
             self.loop.call_soon(self._resume_reading)
 
     def _resume_reading(self) -> None:
-        if not self.closing:
+        if not self.closing and self.backlog is None:
             self.transport.resume_reading()
+
+    # -- waiting for the storage -----------------------------------------------------------------
+    def _block(self, coro: Any) -> None:
+        """Run ``coro`` (a step that may wait for the storage, like attaching the session) and
+        hold every packet that arrives meanwhile, to dispatch in order once it is done."""
+        self.backlog = []
+        self.handlers = _BLOCKED
+        self.transport.pause_reading()
+        task = self.loop.create_task(coro)
+        task.add_done_callback(self._unblock)
+
+    def _defer(self, p: Any) -> None:
+        self.backlog.append(p)  # type: ignore[union-attr]
+
+    def _unblock(self, task: asyncio.Task) -> None:
+        backlog, self.backlog = self.backlog, None
+        error, self.backlog_error = self.backlog_error, None
+        self.handlers = self.next_handlers
+        if task.cancelled() or self.closing:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("closing %s: %s", self.client_id or self.peer, exc, exc_info=exc)
+            self.close()
+            return
+        self.transport.resume_reading()
+        for i, packet in enumerate(backlog or ()):
+            if self.closing:
+                return
+            if self.backlog is not None:  # blocked again: the rest waits too
+                self.backlog.extend(backlog[i:])  # type: ignore[index]
+                if error is not None:
+                    self.backlog_error = error
+                return
+            self.handlers[packet.packet_type](self, packet)
+        if error is not None and not self.closing:
+            self.protocol_error(error.reason_code, str(error))
 
     def pause_writing(self) -> None:
         if self.outlet is not None:
@@ -288,9 +333,9 @@ class Connection(asyncio.Protocol):
             self.handlers = _AUTHENTICATING
             rc, data = authenticator.start(self, props.get(AUTHENTICATION_DATA))
             return self._auth_result(rc, data)
-        self._accept()
+        self._block(self._accept())
 
-    def _accept(self, auth_data: bytes | None = None) -> None:
+    async def _accept(self, auth_data: bytes | None = None) -> None:
         """CONNECT accepted (and authenticated): attach the session, send CONNACK."""
         broker = self.broker
         cfg = broker.config
@@ -303,7 +348,11 @@ class Connection(asyncio.Protocol):
         else:
             # 3.1.1 persistent session: lives until a clean start
             session_expiry = 0 if p.clean_start else 0xFFFFFFFF
-        session, present = broker.open_session(self, self.client_id, p.clean_start, v)
+        session, present = await broker.open_session(self, self.client_id, p.clean_start, v)
+        if self.closing:
+            # The client went away while the storage answered
+            broker.detach(session, self)
+            return
         session.expiry_interval = session_expiry
         self.session = session
         outlet = self.outlet = session.outlet
@@ -314,7 +363,7 @@ class Connection(asyncio.Protocol):
         # Aliases are per network connection [MQTT-3.3.2-7]
         outlet.alias_max = props.get(TOPIC_ALIAS_MAXIMUM, 0)
         outlet.aliases = {}
-        self.handlers = _CONNECTED
+        self.next_handlers = _CONNECTED
 
         ack_props = None
         if v == 5:
@@ -357,7 +406,7 @@ class Connection(asyncio.Protocol):
         connecting = self.session is None
         if rc == auth.SUCCESS:
             if connecting:
-                return self._accept(data)
+                return self._block(self._accept(data))
             props = {AUTHENTICATION_METHOD: self.auth_method}
             if data is not None:
                 props[AUTHENTICATION_DATA] = data
@@ -455,7 +504,10 @@ class Connection(asyncio.Protocol):
         rc = 0
         if broker.authorize_publish is not None:
             rc = broker.authorize_publish(self, msg)
-        if rc < 0x80:
+        if topic[0] == "$" and is_reserved_topic(topic):
+            # $SYS belongs to the broker: acknowledged but not routed, as Mosquitto does
+            pass
+        elif rc < 0x80:
             broker.publish(msg, self.outlet)
             for observer in broker.publish_observers:
                 observer(self, msg)
@@ -521,6 +573,7 @@ class Connection(asyncio.Protocol):
                     return self.protocol_error(RC_PROTOCOL_ERROR, "subscription identifier 0")
         codes = []
         retained: list[tuple[Any, int]] = []
+        later: list[tuple[str, int]] = []
         for filt, opts in p.subscriptions:
             if not match.validate_filter(filt):
                 codes.append(RC_TOPIC_FILTER_INVALID if v == 5 else 0x80)
@@ -538,7 +591,12 @@ class Connection(asyncio.Protocol):
             # Retained messages for a new subscription (Retain Handling 0, or 1 when new); none
             # for shared subscriptions (MQTT 5 §4.8.2)
             if shared is None and (retain_handling == 0 or (retain_handling == 1 and new)):
-                for msg in broker.retained_matching(filt):
+                found = broker.retained_matching(filt)
+                if found is None:
+                    # The store has to be asked: they follow when it answers
+                    later.append((filt, granted))
+                    continue
+                for msg in found:
                     retained.append((msg.with_ids((sid,)) if sid else msg, granted))
         ack_props = None
         if v == 5 and self.problem_info and any(c >= 0x80 for c in codes):
@@ -548,6 +606,16 @@ class Connection(asyncio.Protocol):
         for msg, granted in retained:
             # Sent with RETAIN=1 to a new subscription [MQTT-3.3.1-8]
             outlet.send(msg, min(msg.qos, granted), True)
+        if later:
+            self.loop.create_task(self._send_retained(later, sid))
+
+    async def _send_retained(self, filters: list[tuple[str, int]], sid: int) -> None:
+        outlet = self.outlet
+        for filt, granted in filters:
+            for msg in await self.broker.fetch_retained(filt):
+                if self.closing:
+                    return
+                outlet.send(msg.with_ids((sid,)) if sid else msg, min(msg.qos, granted), True)
 
     def on_unsubscribe(self, p: Any) -> None:
         codes = []
@@ -614,6 +682,8 @@ def _table(connected: bool) -> tuple:
 _PRE_CONNECT = _table(False)
 _CONNECTED = _table(True)
 # While the CONNECT's authentication runs only AUTH (and DISCONNECT) may come (§4.12)
+# While a step waits for the storage, packets are held in order (Connection._block)
+_BLOCKED = (Connection._defer,) * 16
 _AUTHENTICATING = tuple(
     Connection.on_auth
     if t == 15

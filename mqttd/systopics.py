@@ -123,7 +123,7 @@ class SysPublisher:
         # Shared groups are one tree entry each; count their members instead.
         shared = sum(len(group.members) for group in b.shared.values())
         subscriptions = len(b.tree) - len(b.shared) + shared
-        retained = len(b.retained)
+        retained = b.storage.retained_count()
         stored = retained
         for session in b.sessions.values():
             outlet = session.outlet
