@@ -151,6 +151,7 @@ class Broker:
             "messages_sent": 0,
             "bytes_received": 0,
             "connections_total": 0,
+            "packets_received": 0,
         }
         #: Hooks on the PUBLISH path, for the library layer: an authorization check that runs
         #: before routing (returns a reason code; < 0x80 allows) and observers run after it.

@@ -123,6 +123,7 @@ class Connection(asyncio.Protocol):
         except PacketError as exc:
             packets = exc.packets
             error = exc
+        self.broker.stats["packets_received"] += len(packets)
         for packet in packets:
             if self.closing:
                 return
@@ -316,6 +317,9 @@ class Connection(asyncio.Protocol):
         if will is not None:
             if not match.validate_topic(will.topic):
                 return self.protocol_error(RC_TOPIC_NAME_INVALID, "invalid will topic")
+            if is_reserved_topic(will.topic):
+                will = None  # a will into $SYS is dropped silently, as Mosquitto does
+        if will is not None:
             self.will = broker.make_message(
                 will.topic, will.payload, will.qos, will.retain, will.properties
             )
@@ -502,12 +506,12 @@ class Connection(asyncio.Protocol):
             msg = route.Message(topic, p.payload, qos, p.retain)
         broker.stats["messages_received"] += 1
         rc = 0
-        if broker.authorize_publish is not None:
-            rc = broker.authorize_publish(self, msg)
         if topic[0] == "$" and is_reserved_topic(topic):
-            # $SYS belongs to the broker: acknowledged but not routed, as Mosquitto does
-            pass
-        elif rc < 0x80:
+            # $SYS belongs to the broker: not routed; MQTT 5 is told 0x87, as Mosquitto does
+            rc = RC_NOT_AUTHORIZED
+        elif broker.authorize_publish is not None:
+            rc = broker.authorize_publish(self, msg)
+        if rc < 0x80:
             broker.publish(msg, self.outlet)
             for observer in broker.publish_observers:
                 observer(self, msg)
