@@ -54,7 +54,7 @@ def _members(srv, uid: str, level: int, group: str, filt: str, n: int = 2) -> li
     return out
 
 
-def _collect(clients: list[Client], timeout: float = 0.5) -> list[list[bytes]]:
+def _collect(clients: list[Client], timeout: float = 0.3) -> list[list[bytes]]:
     got: list[list[bytes]] = []
     for c in clients:
         payloads = []
