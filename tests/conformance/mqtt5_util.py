@@ -214,7 +214,8 @@ class C5(Client):
         """SUBSCRIBE (with optional properties) and return the SUBACK reason codes."""
         if isinstance(filters, str):
             filters = [(filters, qos)]
-        self.send(subscribe(pid, filters, level=5, properties=props(*properties)))  # type: ignore[arg-type]
+        flt: list = filters
+        self.send(subscribe(pid, flt, level=5, properties=props(*properties)))
         p = self.expect(SUBACK)
         check_server_packet(p)
         got_pid, codes = parse_suback(p, 5)

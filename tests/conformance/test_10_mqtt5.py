@@ -517,7 +517,7 @@ def test_data_after_refused_connect_not_processed(srv, uid):
     "Mosquitto 2.0.11 accepts a CONNECT with Authentication Data and no Authentication Method"
 )
 def test_authentication_data_without_method(srv, uid):
-    """ "It is a Protocol Error to include Authentication Data if there is no Authentication
+    """Spec: "It is a Protocol Error to include Authentication Data if there is no Authentication
     Method" (§3.1.2.11.10): the CONNECT is refused (CONNACK 0x82 if any) and closed."""
     c = C5(srv)
     c.send(connect(f"ad-{uid}", level=5, properties=props(prop(AUTH_DATA, b"\x01\x02"))))
@@ -638,7 +638,7 @@ def test_will_properties_forwarded(srv, uid):
 
 
 def test_no_packet_exceeds_client_maximum_packet_size(srv, uid):
-    """ "The Server MUST NOT send packets exceeding Maximum Packet Size to the Client"
+    """Spec: "The Server MUST NOT send packets exceeding Maximum Packet Size to the Client"
     [MQTT-3.1.2-24]; Reason Strings and User Properties are dropped rather than making an ack
     too big [MQTT-3.2.2-19/20, MQTT-3.4.2-2/3, MQTT-3.9.2-1/2, MQTT-3.11.2-1/2]. A client with
     Maximum Packet Size 48 provokes CONNACK, SUBACK, UNSUBACK 0x11, PUBACK 0x10, PUBCOMP 0x92."""

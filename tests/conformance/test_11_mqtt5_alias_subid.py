@@ -91,7 +91,7 @@ def test_alias_works_at_qos0_and_for_retained(srv, uid):
     "(§4.13.1 definitions)"
 )
 def test_alias_zero_refused(srv, uid):
-    """ "A Topic Alias of 0 is not permitted" [MQTT-3.3.2-8]: DISCONNECT 0x94 Topic Alias
+    """Spec: "A Topic Alias of 0 is not permitted" [MQTT-3.3.2-8]: DISCONNECT 0x94 Topic Alias
     invalid (or 0x82 Protocol Error), then close."""
     with v5(srv, f"ta0-{uid}") as c:
         c.send(publish(f"ta0/{uid}", b"x", level=5, properties=props(alias(0))))
@@ -121,7 +121,7 @@ def test_unmapped_alias_with_empty_topic_is_protocol_error(srv, uid):
 
 
 def test_alias_mappings_are_per_connection(srv, uid):
-    """ "A receiver MUST NOT carry forward any Topic Alias mappings from one Network Connection
+    """Spec: "A receiver MUST NOT carry forward any Topic Alias mappings from one Network Connection
     to another" [MQTT-3.3.2-7]: a mapping set by a client is unknown to another client, and to
     the same client id on a new connection, even when its session is resumed."""
     cid = f"tapc-{uid}"
@@ -254,7 +254,8 @@ def _require_sub_ids(c: C5, cid: str, *extra: bytes) -> None:
 
 
 def ids_of(m) -> list[int]:
-    return sorted(int(x) for x in m.properties.get(SUBSCRIPTION_ID, []))  # type: ignore[call-overload]
+    values: list = m.properties.get(SUBSCRIPTION_ID, [])
+    return sorted(int(x) for x in values)
 
 
 def test_subscription_identifier_returned(srv, uid):
@@ -272,7 +273,7 @@ def test_subscription_identifier_returned(srv, uid):
 
 
 def test_subscription_identifier_applies_to_every_filter_of_the_subscribe(srv, uid):
-    """ "The Subscription Identifier is associated with any subscription created or modified as
+    """Spec: "The Subscription Identifier is associated with any subscription created or modified as
     the result of this SUBSCRIBE packet" (§3.8.2.1.2): both filters of one SUBSCRIBE carry it."""
     with C5(srv) as c:
         _require_sub_ids(c, f"sim-{uid}")
@@ -388,7 +389,8 @@ def test_identifier_per_subscriber(srv, uid):
     ],
 )
 def test_bad_subscription_identifier_is_protocol_error(srv, uid, properties, why):
-    """ "It is a Protocol Error if the Subscription Identifier has a value of 0. It is a Protocol
+    """Spec:
+    "It is a Protocol Error if the Subscription Identifier has a value of 0. It is a Protocol
     Error to include the Subscription Identifier more than once" (§3.8.2.1.2): DISCONNECT
     0x82."""
     with C5(srv) as c:

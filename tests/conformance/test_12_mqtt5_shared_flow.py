@@ -148,7 +148,7 @@ def test_no_retained_messages_for_shared_subscription(srv, uid):
     "Mosquitto 2.0.11 grants No Local on a shared subscription [MQTT-3.8.3-4]"
 )
 def test_no_local_on_shared_subscription_is_protocol_error(srv, uid):
-    """ "It is a Protocol Error to set the No Local bit to 1 on a Shared Subscription"
+    """Spec: "It is a Protocol Error to set the No Local bit to 1 on a Shared Subscription"
     [MQTT-3.8.3-4]: DISCONNECT 0x82."""
     with v5(srv, f"nl-{uid}") as c:
         c.send(subscribe(1, [(f"$share/g{uid}/nl/{uid}", 0x04 | 1)], level=5))
@@ -171,7 +171,8 @@ def _grants(why: str) -> pytest.MarkDecorator:
     ],
 )
 def test_invalid_shared_subscription_filter(srv, uid, bad):
-    """ "A Shared Subscription's Topic Filter MUST start with $share/ and MUST contain a ShareName
+    """Spec:
+    "A Shared Subscription's Topic Filter MUST start with $share/ and MUST contain a ShareName
     that is at least one character long. The ShareName MUST NOT contain the characters "/", "+"
     or "#", but MUST be followed by a "/" character. This "/" character MUST be followed by a
     Topic Filter" [MQTT-4.8.2-1, MQTT-4.8.2-2] (and a Topic Filter is at least one character,
@@ -198,7 +199,8 @@ def test_invalid_shared_subscription_filter(srv, uid, bad):
 
 
 def test_shared_message_refused_by_member_not_sent_to_another(srv, uid):
-    """ "If a Client responds with a PUBACK or PUBREC containing a Reason Code of 0x80 or greater
+    """Spec:
+    "If a Client responds with a PUBACK or PUBREC containing a Reason Code of 0x80 or greater
     to a PUBLISH packet from the Server, the Server MUST discard the Application Message and not
     attempt to send it to any other Subscriber" [MQTT-4.8.2-6]: both members refuse everything
     with PUBACK 0x80, so the one message arrives exactly once in the group."""
@@ -373,7 +375,7 @@ def test_client_receive_maximum_counts_qos2_until_pubcomp(srv, uid):
 
 
 def test_refused_message_not_redelivered(srv, uid):
-    """ "If PUBACK or PUBREC is received containing a Reason Code of 0x80 or greater the
+    """Spec: "If PUBACK or PUBREC is received containing a Reason Code of 0x80 or greater the
     corresponding PUBLISH packet is treated as acknowledged, and MUST NOT be retransmitted"
     [MQTT-4.4.0-2]: not on session resume either."""
     topic = f"refuse/{uid}"
@@ -423,7 +425,7 @@ def test_qos2_duplicate_before_pubrel_not_redelivered(srv, uid):
 
 
 def test_qos1_same_packet_id_after_puback_is_new(srv, uid):
-    """ "After it has sent a PUBACK packet the receiver MUST treat any incoming PUBLISH packet
+    """Spec: "After it has sent a PUBACK packet the receiver MUST treat any incoming PUBLISH packet
     that contains the same Packet Identifier as being a new Application Message, irrespective of
     the setting of its DUP flag" [MQTT-4.3.2-5]."""
     topic = f"q1new/{uid}"

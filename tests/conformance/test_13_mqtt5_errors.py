@@ -112,7 +112,8 @@ CONNECT_CASES = [
     ),
     # Values the spec forbids.
     pytest.param(_c(prop(RECEIVE_MAXIMUM, 0)), (P,), id="receive-maximum-0"),  # §3.1.2.11.3
-    pytest.param(_c(prop(MAXIMUM_PACKET_SIZE, 0)), (P,), id="maximum-packet-size-0"),  # §3.1.2.11.4
+    # §3.1.2.11.4
+    pytest.param(_c(prop(MAXIMUM_PACKET_SIZE, 0)), (P,), id="maximum-packet-size-0"),
     pytest.param(_c(prop(REQUEST_RESPONSE_INFO, 2)), (P,), id="request-response-info-2"),  # .6
     pytest.param(_c(prop(REQUEST_PROBLEM_INFO, 2)), (P,), id="request-problem-info-2"),  # .7
     # Properties not valid in CONNECT: Malformed Packet (§2.2.2.2).
