@@ -266,9 +266,14 @@ def test_v5_takeover_will(shared_broker, clients, uid, delay):
     will_topic, marker = f"take/{uid}/will", f"take/{uid}/marker"
     watcher = clients(shared_broker, f"w-{uid}", V5)
     watcher.subscribe(f"take/{uid}/#", 1)
-    first = persistent(clients, shared_broker, f"dup-{uid}", V5,
-                       will={"topic": will_topic, "payload": b"gone", "qos": 1},
-                       will_props={"WillDelayInterval": delay})  # fmt: skip
+    first = persistent(
+        clients,
+        shared_broker,
+        f"dup-{uid}",
+        V5,
+        will={"topic": will_topic, "payload": b"gone", "qos": 1},
+        will_props={"WillDelayInterval": delay},
+    )
     persistent(clients, shared_broker, f"dup-{uid}", V5)
     first.disconnected()
     if delay == 0:
@@ -312,7 +317,7 @@ def test_shared_subscription_mosquitto_sub(shared_broker, mosquitto_clients, uid
             mosquitto_sub_cmd(
                 shared_broker, version, "-q", "1", "-v", "-t", f"$share/g{uid}/{data}", "-t", sync
             )
-        )  # fmt: skip
+        )
         for _ in range(2)
     ]
     try:
@@ -438,8 +443,9 @@ def test_subscriber_topic_alias_maximum(shared_broker, clients, uid):
     for i, topic in enumerate(topics):
         pub.publish(topic, str(i).encode(), 1)
     got = [sub.message() for _ in topics]
-    assert [(m.topic, m.payload) for m in got] == [(t, str(i).encode()) for i, t in
-                                                    enumerate(topics)]  # fmt: skip
+    assert [(m.topic, m.payload) for m in got] == [
+        (t, str(i).encode()) for i, t in enumerate(topics)
+    ]
     assert not sub.alias_errors
     assert all(1 <= m.alias <= 2 for m in got if m.alias is not None)
 
@@ -622,17 +628,26 @@ def test_request_response(shared_broker, clients, uid):
     requester = clients(shared_broker, f"req-{uid}", V5)
     requester.subscribe(responses, 1)
     for corr, question in ((b"\x01A", b"2+2"), (b"\x02B", b"3*3")):
-        requester.publish(requests, question, 1,
-                          properties=props(PUBLISH, ResponseTopic=responses, CorrelationData=corr))  # fmt: skip
+        requester.publish(
+            requests,
+            question,
+            1,
+            properties=props(PUBLISH, ResponseTopic=responses, CorrelationData=corr),
+        )
     asked = [responder.message(), responder.message()]
     answers = {b"2+2": b"4", b"3*3": b"9"}
     for req in reversed(asked):
         assert prop(req.properties, "ResponseTopic") == responses
-        responder.publish(prop(req.properties, "ResponseTopic"), answers[req.payload], 1,
-                          properties=props(PUBLISH, CorrelationData=prop(req.properties,
-                                                                          "CorrelationData")))  # fmt: skip
-    got = {prop(m.properties, "CorrelationData"): m.payload for m in
-           (requester.message(), requester.message())}  # fmt: skip
+        responder.publish(
+            prop(req.properties, "ResponseTopic"),
+            answers[req.payload],
+            1,
+            properties=props(PUBLISH, CorrelationData=prop(req.properties, "CorrelationData")),
+        )
+    got = {
+        prop(m.properties, "CorrelationData"): m.payload
+        for m in (requester.message(), requester.message())
+    }
     assert got == {b"\x01A": b"4", b"\x02B": b"9"}
 
 
@@ -647,8 +662,9 @@ def test_mosquitto_rr_with_paho_responder(shared_broker, require_program, client
     def answer(client, userdata, msg) -> None:  # paho's network thread
         corr = prop(msg.properties, "CorrelationData")
         reply = props(PUBLISH, CorrelationData=corr) if corr is not None else None
-        client.publish(prop(msg.properties, "ResponseTopic"), b"answer:" + msg.payload, 1,
-                       properties=reply)  # fmt: skip
+        client.publish(
+            prop(msg.properties, "ResponseTopic"), b"answer:" + msg.payload, 1, properties=reply
+        )
 
     responder.c.on_message = answer
     r = run(["mosquitto_rr", "-h", shared_broker.host, "-p", str(shared_broker.port),
@@ -666,10 +682,18 @@ def test_will_delay_interval(shared_broker, clients, uid):
     will_topic = f"will/{uid}"
     watcher = clients(shared_broker, f"w-{uid}", V5)
     watcher.subscribe(will_topic, 1)
-    doomed = clients(shared_broker, f"d-{uid}", V5, session_expiry=60,
-                     will={"topic": will_topic, "payload": b"gone", "qos": 1},
-                     will_props={"WillDelayInterval": 2, "ContentType": "text/plain",
-                                 "UserProperty": [("why", "test")]})  # fmt: skip
+    doomed = clients(
+        shared_broker,
+        f"d-{uid}",
+        V5,
+        session_expiry=60,
+        will={"topic": will_topic, "payload": b"gone", "qos": 1},
+        will_props={
+            "WillDelayInterval": 2,
+            "ContentType": "text/plain",
+            "UserProperty": [("why", "test")],
+        },
+    )
     start = time.monotonic()
     doomed.kill()
     m = watcher.message(timeout=6.0)
@@ -687,8 +711,9 @@ def test_will_delay_cancelled_by_reconnect(shared_broker, clients, uid):
     watcher = clients(shared_broker, f"w-{uid}", V5)
     watcher.subscribe(f"will/{uid}/#", 1)
     will = {"topic": will_topic, "payload": b"gone", "qos": 1}
-    doomed = persistent(clients, shared_broker, f"d-{uid}", V5, will=will,
-                        will_props={"WillDelayInterval": 2})  # fmt: skip
+    doomed = persistent(
+        clients, shared_broker, f"d-{uid}", V5, will=will, will_props={"WillDelayInterval": 2}
+    )
     doomed.kill()
     back = persistent(clients, shared_broker, f"d-{uid}", V5)
     assert back.connack.session_present
@@ -703,9 +728,14 @@ def test_will_sent_when_session_ends_before_delay(shared_broker, clients, uid):
     will_topic = f"will/{uid}"
     watcher = clients(shared_broker, f"w-{uid}", V5)
     watcher.subscribe(will_topic, 1)
-    doomed = clients(shared_broker, f"d-{uid}", V5, session_expiry=1,
-                     will={"topic": will_topic, "payload": b"gone", "qos": 1},
-                     will_props={"WillDelayInterval": 30})  # fmt: skip
+    doomed = clients(
+        shared_broker,
+        f"d-{uid}",
+        V5,
+        session_expiry=1,
+        will={"topic": will_topic, "payload": b"gone", "qos": 1},
+        will_props={"WillDelayInterval": 30},
+    )
     start = time.monotonic()
     doomed.kill()
     m = watcher.message(timeout=5.0)
@@ -775,8 +805,13 @@ def test_unknown_authentication_method_refused(shared_broker, clients, uid):
     """CONNECT with an Authentication Method the broker does not support: CONNACK 0x8C (Bad
     authentication method) or 0x87 (Not authorized), and the connection is closed [§4.12,
     MQTT-4.12.0-1]."""
-    c = clients(shared_broker, f"auth-{uid}", V5, expect_failure=True,
-                connect_props={"AuthenticationMethod": "X-NO-SUCH-METHOD"})  # fmt: skip
+    c = clients(
+        shared_broker,
+        f"auth-{uid}",
+        V5,
+        expect_failure=True,
+        connect_props={"AuthenticationMethod": "X-NO-SUCH-METHOD"},
+    )
     assert c.connack.reason.value in (0x8C, 0x87), str(c.connack.reason)
     c.disconnected()
 
