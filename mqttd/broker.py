@@ -194,7 +194,7 @@ class Broker:
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections):
-            conn.close()
+            conn.shutdown()
         if self.server is not None:
             await self.server.wait_closed()
             self.server = None

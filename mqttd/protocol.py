@@ -54,6 +54,7 @@ RC_CLIENT_ID_NOT_VALID = 0x85
 RC_NOT_AUTHORIZED = 0x87
 RC_REAUTHENTICATE = 0x19
 RC_BAD_AUTH_METHOD = 0x8C
+RC_SERVER_SHUTTING_DOWN = 0x8B
 RC_KEEPALIVE_TIMEOUT = 0x8D
 RC_SESSION_TAKEN_OVER = 0x8E
 RC_TOPIC_FILTER_INVALID = 0x8F
@@ -246,6 +247,12 @@ class Connection(asyncio.Protocol):
         self.will = None
         self.close()
 
+    def shutdown(self) -> None:
+        """The broker is stopping: tell an MQTT 5 client (0x8B Server shutting down), close."""
+        if self.version == 5 and self.session is not None:
+            self.outlet.write(codec.encode_disconnect(RC_SERVER_SHUTTING_DOWN, 5))
+        self.close()
+
     def taken_over(self) -> None:
         """Another connection took this client id over [MQTT-3.1.4-3]."""
         if self.version == 5 and self.outlet is not None:
@@ -284,6 +291,9 @@ class Connection(asyncio.Protocol):
             if props.get(RECEIVE_MAXIMUM) == 0 or props.get(MAXIMUM_PACKET_SIZE) == 0:
                 # Receive Maximum / Maximum Packet Size of 0 is a Protocol Error (§3.1.2.11)
                 return self.protocol_error(RC_PROTOCOL_ERROR, "zero receive/packet maximum")
+            if AUTHENTICATION_DATA in props and AUTHENTICATION_METHOD not in props:
+                # Authentication Data without a Method is a Protocol Error (§3.1.2.11.10)
+                return self.protocol_error(RC_PROTOCOL_ERROR, "authentication data, no method")
             if props.get(REQUEST_PROBLEM_INFORMATION, 1) not in (0, 1) or props.get(
                 REQUEST_RESPONSE_INFORMATION, 0
             ) not in (0, 1):

@@ -95,3 +95,21 @@ def test_start_up_line_says_how_to_accept_remote_clients() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
+
+
+def test_shutdown_tells_mqtt5_clients() -> None:
+    """On Ctrl-C an MQTT 5 client gets DISCONNECT 0x8B Server shutting down, then the close."""
+    b = start_broker()
+    c = b.connect()
+    # CONNECT at MQTT 5, empty client id, no properties
+    c.sendall(bytes.fromhex("100d00044d5154540502003c000000"))
+    ack = c.recv(64)
+    assert ack[0] == 0x20 and ack[3] == 0
+    b.proc.send_signal(signal.SIGINT)
+    assert b.proc.wait(10) == 0
+    c.settimeout(5)
+    data = b""
+    while chunk := c.recv(64):
+        data += chunk
+    assert data[:3] == b"\xe0\x01\x8b" or data[:4] == b"\xe0\x02\x8b\x00", data
+    c.close()
