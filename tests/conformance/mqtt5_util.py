@@ -328,10 +328,11 @@ def custom_broker(
 ) -> Iterator[tuple[str, int]]:
     """A broker with special settings: mqttd with ``mqttd_args``, or in validation mode
     (MQTTD_TEST_BROKER=mosquitto) Mosquitto with the extra ``mosquitto_conf`` lines for its
-    listener. ``None`` means that broker cannot be configured so: the test is skipped."""
+    listener. ``None`` means that broker cannot be configured so (``why_not`` says why): the
+    test is skipped."""
     if broker_kind() == "mosquitto":
         if mosquitto_conf is None:
-            pytest.skip("Mosquitto has no setting for this")
+            pytest.skip(why_not or "Mosquitto has no setting for this")
         b = _start_mosquitto_with(mosquitto_conf)
     else:
         if mqttd_args is None:
