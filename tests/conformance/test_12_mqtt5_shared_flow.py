@@ -338,12 +338,6 @@ def test_server_receive_maximum_quota_returns(recv_max_2, uid):
 # --- Flow control: the client's Receive Maximum ([MQTT-3.3.4-9], §4.9) ------------------------
 
 
-RM_DEVIATION = (
-    "observed with Mosquitto 2.0.11: it does not keep to the client's Receive Maximum "
-    "(see test_02's test_v5_client_receive_maximum_respected)"
-)
-
-
 def test_client_receive_maximum_counts_qos2_until_pubcomp(srv, uid):
     """A QoS 2 message to the client stays unacknowledged until the client's PUBCOMP (or a
     PUBREC >= 0x80): with Receive Maximum 1 the server sends no second QoS 2 PUBLISH while the
