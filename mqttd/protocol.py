@@ -19,11 +19,13 @@ from mqttd.constants import (
     AUTHENTICATION_DATA,
     AUTHENTICATION_METHOD,
     MAXIMUM_PACKET_SIZE,
+    PAYLOAD_FORMAT_INDICATOR,
     REASON_STRING,
     RECEIVE_MAXIMUM,
     REQUEST_PROBLEM_INFORMATION,
     REQUEST_RESPONSE_INFORMATION,
     RESPONSE_INFORMATION,
+    RESPONSE_TOPIC,
     RETAIN_AVAILABLE,
     SERVER_KEEP_ALIVE,
     SESSION_EXPIRY_INTERVAL,
@@ -269,7 +271,8 @@ class Connection(asyncio.Protocol):
         limit = self.keepalive * 1.5
         idle = self.loop.time() - self.last_rx
         if idle >= limit:
-            # Nothing for 1.5 x keepalive: close as if the network failed [MQTT-3.1.2-24]
+            # Nothing for 1.5 x keepalive: close as if the network failed (3.1.1 [MQTT-3.1.2-24],
+            # 5.0 [MQTT-3.1.2-22])
             self.timer = None
             log.info("closing %s: keepalive %d s expired", self.client_id, self.keepalive)
             if self.version == 5:
@@ -327,6 +330,9 @@ class Connection(asyncio.Protocol):
         if will is not None:
             if not match.validate_topic(will.topic):
                 return self.protocol_error(RC_TOPIC_NAME_INVALID, "invalid will topic")
+            why = _bad_publish_properties(will.properties)
+            if why:
+                return self.protocol_error(RC_PROTOCOL_ERROR, "will: " + why)
             if is_reserved_topic(will.topic):
                 will = None  # a will into $SYS is dropped silently, as Mosquitto does
         if will is not None:
@@ -476,9 +482,10 @@ class Connection(asyncio.Protocol):
         topic = p.topic
         v = self.version
         props = p.properties
-        if props and SUBSCRIPTION_IDENTIFIER in props:
-            # A client's PUBLISH must not carry a Subscription Identifier [MQTT-3.3.4-6]
-            return self.protocol_error(RC_PROTOCOL_ERROR, "subscription identifier in PUBLISH")
+        if props:
+            why = _bad_publish_properties(props)
+            if why:
+                return self.protocol_error(RC_PROTOCOL_ERROR, why)
         if props and TOPIC_ALIAS in props:
             alias = props[TOPIC_ALIAS]
             if alias == 0 or alias > broker.config.topic_alias_maximum:
@@ -657,7 +664,7 @@ class Connection(asyncio.Protocol):
             session = self.session
             if expiry is not None and session is not None:
                 if session.expiry_interval == 0 and expiry != 0:
-                    # Non-zero expiry after connecting with zero is a Protocol Error [MQTT-3.14.2-2]
+                    # Non-zero expiry after connecting with zero is a Protocol Error (§3.14.2.2.2)
                     return self.protocol_error(RC_PROTOCOL_ERROR, "session expiry raised")
                 session.expiry_interval = expiry
             if p.reason_code == RC_DISCONNECT_WITH_WILL:
@@ -666,6 +673,21 @@ class Connection(asyncio.Protocol):
         # A normal DISCONNECT discards the will [MQTT-3.1.2-10][MQTT-3.14.4-3]
         self.will = None
         self.close()
+
+
+def _bad_publish_properties(props: dict) -> str:
+    """Why the properties of a client's PUBLISH (or will) break the rules, or ''."""
+    if SUBSCRIPTION_IDENTIFIER in props:
+        # A client's PUBLISH must not carry a Subscription Identifier [MQTT-3.3.4-6]
+        return "subscription identifier in PUBLISH"
+    if props.get(PAYLOAD_FORMAT_INDICATOR, 0) not in (0, 1):
+        # Only 0 (bytes) and 1 (UTF-8) are defined (§3.3.2.3.2)
+        return "payload format indicator not 0 or 1"
+    response_topic = props.get(RESPONSE_TOPIC)
+    if response_topic is not None and not match.validate_topic(response_topic):
+        # The Response Topic is a Topic Name: no wildcards [MQTT-3.3.2-14]
+        return "response topic is not a valid topic name"
+    return ""
 
 
 def _table(connected: bool) -> tuple:
