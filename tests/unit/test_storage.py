@@ -12,7 +12,8 @@ from mqttd._pure._route import Message
 from mqttd.storage import MemoryStorage, RetainedIndex
 
 LEVELS = st.sampled_from(["a", "b", "$x", "", "c"])
-TOPICS = st.lists(LEVELS, min_size=1, max_size=4).map("/".join)
+# Valid topic names only: the empty topic is not one [MQTT-4.7.3-1]
+TOPICS = st.lists(LEVELS, min_size=1, max_size=4).map("/".join).filter(bool)
 FILTER_LEVELS = st.sampled_from(["a", "b", "$x", "", "+", "c"])
 
 

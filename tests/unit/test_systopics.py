@@ -94,14 +94,16 @@ def test_only_changed_values_are_published() -> None:
         now = pub.last_update
         pub.update(now)  # the retained $SYS values themselves are counted now
         topics = _published(broker)
-        broker.stats["messages_received"] += 5
+        broker.stats["messages_received"] += 5  # PUBLISH packets
+        broker.stats["packets_received"] += 7  # all packets, as Mosquitto's messages/received
         pub.update(now)
         changed = set(topics) - {"$SYS/broker/uptime"}  # a second may have passed
         assert changed == {
             "$SYS/broker/messages/received",
             "$SYS/broker/publish/messages/received",
         }
-        assert pub.published["$SYS/broker/messages/received"] == b"5"
+        assert pub.published["$SYS/broker/messages/received"] == b"7"
+        assert pub.published["$SYS/broker/publish/messages/received"] == b"5"
         topics.clear()
         pub.update(now)
         assert set(topics) <= {"$SYS/broker/uptime"}
