@@ -58,6 +58,10 @@ class BrokerConfig:
     sys_interval: float = 10.0
     #: MQTT 5 Response Information sent to clients that request it (None: not offered)
     response_information: str | None = None
+    #: join other nodes through Redis pub/sub (redis://, rediss://, unix://); None: this node only
+    redis_url: str | None = None
+    #: prefix of the Redis channels, to keep deployments that share one Redis apart
+    redis_prefix: str = ""
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -159,6 +163,8 @@ class Broker:
         self.publish_observers: list[Callable[[Any, Any], None]] = []
         #: enhanced authentication methods by name (MQTT 5 §4.12); see mqttd.auth
         self.authenticators: dict[str, Authenticator] = {}
+        #: the Redis bridge when redis_url is set (mqttd.redis_bridge.RedisBridge)
+        self.bridge: Any = None
         self._next_assigned = 0
         self.sys_publisher: Any = None  # mqttd.systopics.SysPublisher while $SYS is on
 
@@ -169,6 +175,12 @@ class Broker:
         self.loop = asyncio.get_running_loop()
         self.flusher = route.Flusher(self.loop)
         cfg = self.config
+        if cfg.redis_url:
+            from mqttd.redis_bridge import RedisBridge
+
+            bridge = RedisBridge(self, cfg.redis_url, cfg.redis_prefix)
+            await bridge.start()  # RedisUnavailable: one line for the user
+            self.bridge = bridge
         self.server = await self.loop.create_server(
             lambda: Connection(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
         )
@@ -201,6 +213,9 @@ class Broker:
         for session in self.sessions.values():
             if session.expiry_handle is not None:
                 session.expiry_handle.cancel()
+        if self.bridge is not None:
+            await self.bridge.stop()
+            self.bridge = None
 
     # -- sessions --------------------------------------------------------------------------------
     @property
@@ -324,24 +339,29 @@ class Broker:
         """Add or replace a subscription [MQTT-3.8.4-3]; True when it is new."""
         shared = match.parse_shared(filt)
         outlet = session.outlet
+        inner = filt if shared is None else shared[1]
+        first = self.bridge is not None and inner not in self.tree
         if shared is not None:
-            name, inner = shared
             group = self.shared.get(shared)
             if group is None:
-                group = self.shared[shared] = SharedGroup(name, inner)
+                group = self.shared[shared] = SharedGroup(shared[0], inner)
                 self.tree.add(inner, group, 0)
             new = outlet not in group.members
             group.members[outlet] = options
         else:
             new = self.tree.add(filt, outlet, options)
         session.subscriptions[filt] = options
+        if first:
+            self.bridge.filter_added(inner)  # type: ignore[union-attr]
         return new
 
     def unsubscribe(self, session: Session, filt: str) -> bool:
         if session.subscriptions.pop(filt, None) is None:
             return False
         shared = match.parse_shared(filt)
+        inner = filt
         if shared is not None:
+            inner = shared[1]
             group = self.shared.get(shared)
             if group is not None:
                 group.members.pop(session.outlet, None)
@@ -350,6 +370,8 @@ class Broker:
                     self.tree.remove(group.filter, group)
         else:
             self.tree.remove(filt, session.outlet)
+        if self.bridge is not None and inner not in self.tree:
+            self.bridge.filter_removed(inner)
         return True
 
     def retained_matching(self, filt: str) -> list[Any] | None:
@@ -406,7 +428,19 @@ class Broker:
             # Kept, or cleared by an empty payload [MQTT-3.3.1-6][MQTT-3.3.1-7]
             self.storage.retain(msg)
         nodes = self.tree.collect(msg.topic)
-        return route.deliver(nodes, msg, origin) if nodes else 0
+        count = route.deliver(nodes, msg, origin) if nodes else 0
+        if self.bridge is not None and not msg.topic.startswith("$SYS"):
+            # The other nodes' subscribers, through Redis ($SYS is per node, as in Mosquitto)
+            self.bridge.forward(msg)
+        return count
+
+    def deliver_remote(self, msg: Any) -> int:
+        """A message another node published: to this node's subscribers only."""
+        if msg.retain:
+            # Every node keeps the retained messages it hears of, for its later subscribers
+            self.storage.retain(msg)
+        nodes = self.tree.collect(msg.topic)
+        return route.deliver(nodes, msg, None) if nodes else 0
 
     def make_message(
         self,

@@ -84,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between $SYS/broker updates (default 10; 0 turns them off)",
     )
     p.add_argument(
+        "--redis-url",
+        default=None,
+        metavar="URL",
+        help="join other mqttd nodes through Redis: redis://[:password@]host:port/db, "
+        "rediss:// (TLS) or unix:///path (default: this node only)",
+    )
+    p.add_argument(
+        "--redis-prefix",
+        default="",
+        metavar="PREFIX",
+        help="prefix of the Redis channels, to keep deployments sharing one Redis "
+        "apart (default empty: topic a/b is channel a/b)",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -122,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         topic_alias_maximum=args.topic_alias_maximum,
         max_keepalive=args.max_keepalive,
         sys_interval=args.sys_interval,
+        redis_url=args.redis_url,
+        redis_prefix=args.redis_prefix,
     )
     try:
         config.validate()
@@ -145,8 +161,13 @@ async def _serve(broker: object) -> int:
 
     assert isinstance(broker, Broker)
     cfg = broker.config
+    from mqttd.redis_bridge import RedisUnavailable
+
     try:
         await broker.start()
+    except RedisUnavailable as exc:
+        print(f"mqttd: error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             msg = f"port {cfg.port} on {cfg.host} is already in use (another broker? pick --port)"

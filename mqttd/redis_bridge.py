@@ -1,0 +1,474 @@
+"""Redis pub/sub as the distributed engine: any number of mqttd nodes behave as one broker.
+
+A message entering a node is routed to that node's own subscribers at once, then PUBLISHed to
+Redis on the channel ``prefix + topic`` inside a small envelope (``docs/redis.md``). Each node
+subscribes once per distinct MQTT filter its clients hold: a filter without wildcards is an exact
+channel (SUBSCRIBE), one with ``+``/``#`` a glob pattern (PSUBSCRIBE) that is at least as wide as
+the filter; what arrives is routed through the node's own subscription tree, so the result is
+exact MQTT matching. Redis sends one copy per matching channel or pattern: a node keeps exactly one
+of them (the exact channel's, else the smallest matching pattern's), drops its own messages (no
+echo), and counts the gaps in each origin's sequence numbers (pub/sub is at-most-once).
+
+Both Redis connections speak RESP directly, parsed by hiredis: one writes PUBLISH commands
+pipelined (many per write, no awaited round trip per message), one reads the subscription stream.
+When Redis goes away the node keeps serving its local clients, counts what it could not forward,
+and reconnects with backoff, subscribing again to every filter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import ssl as ssl_module
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+import hiredis
+from redis.asyncio.connection import parse_url
+
+from mqttd._speedups import codec, match, route
+
+if TYPE_CHECKING:
+    from mqttd.broker import Broker
+
+log = logging.getLogger("mqttd.redis")
+
+#: envelope: magic + version, flags, origin node id, sequence number; then properties, payload
+MAGIC = b"\x00MQD\x01"
+_HEAD = struct.Struct("!5sB8sQ")
+HEADER_SIZE = _HEAD.size  # 22 bytes
+F_QOS = 0x03
+F_RETAIN = 0x04
+F_PROPS = 0x08
+
+#: bytes of PUBLISH commands allowed to wait for a stalled Redis before we stop forwarding
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+HEALTH_INTERVAL = 1.0  # seconds between PINGs on the subscriber connection
+HEALTH_TIMEOUT = 3.0  # no PONG for this long: Redis is stalled, reconnect
+BACKOFF_MAX = 1.0
+
+
+class RedisUnavailable(Exception):
+    """Redis could not be reached at start; the message is one line for the user."""
+
+
+def encode_envelope(origin: bytes, seq: int, msg: Any) -> bytes:
+    flags = msg.qos | (F_RETAIN if msg.retain else 0)
+    block = msg.props_block
+    if block != b"\x00":
+        flags |= F_PROPS
+        return _HEAD.pack(MAGIC, flags, origin, seq) + block + msg.payload
+    return _HEAD.pack(MAGIC, flags, origin, seq) + msg.payload
+
+
+def decode_envelope(data: bytes) -> tuple[bytes, int, int, bool, bytes, bytes] | None:
+    """(origin, seq, qos, retain, properties block, payload), or None for a raw payload."""
+    if len(data) < HEADER_SIZE or data[:5] != MAGIC:
+        return None
+    _, flags, origin, seq = _HEAD.unpack_from(data)
+    pos = HEADER_SIZE
+    block = b"\x00"
+    if flags & F_PROPS:
+        length, end = codec.decode_varint(data, pos)
+        block = data[pos : end + length]
+        pos = end + length
+    return origin, seq, flags & F_QOS, bool(flags & F_RETAIN), block, data[pos:]
+
+
+def decode_properties(block: bytes) -> dict:
+    """The MQTT 5 properties of an encoded property block (as carried in the envelope)."""
+    if block == b"\x00":
+        return {}
+    body = b"\x00\x01t" + block
+    packet = b"\x30" + codec.encode_varint(len(body)) + body
+    (pub,) = codec.Reader(protocol_level=5, max_packet_size=1 << 28).feed(packet)
+    return pub.properties
+
+
+_GLOB_SPECIAL = re.compile(rb"([\\*?\[\]])")
+
+
+def _glob_escape(data: bytes) -> bytes:
+    return _GLOB_SPECIAL.sub(rb"\\\1", data)
+
+
+def redis_key(prefix: bytes, filt: str) -> tuple[bool, bytes]:
+    """(is_pattern, channel or glob) for an MQTT filter. A pattern is at least as wide as the
+    filter (a glob ``*`` also crosses ``/``); the node's own tree does the exact matching."""
+    levels = filt.split("/")
+    if "+" not in levels and "#" not in levels:
+        return False, prefix + filt.encode()
+    out = _glob_escape(prefix)
+    if levels[-1] == "#":
+        levels = levels[:-1]
+        # "a/#" matches "a" too [MQTT-4.7.1-2]: the glob "a*" covers both
+        tail = b"*"
+    else:
+        tail = b""
+    parts = [b"*" if lv == "+" else _glob_escape(lv.encode()) for lv in levels]
+    return True, out + b"/".join(parts) + tail
+
+
+def _glob_regex(pattern: bytes) -> re.Pattern[bytes]:
+    """Redis's glob semantics for the patterns we make: ``*`` and backslash escapes."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i : i + 1]
+        if c == b"\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1 : i + 2]))
+            i += 2
+            continue
+        out.append(b".*" if c == b"*" else re.escape(c))
+        i += 1
+    return re.compile(b"".join(out) + rb"\Z", re.DOTALL)
+
+
+def _command(*args: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class _Resp(asyncio.Protocol):
+    """A RESP connection whose replies go to a callback (hiredis parses them)."""
+
+    def __init__(self, on_reply: Any, on_lost: Any) -> None:
+        self.reader = hiredis.Reader()
+        self.on_reply = on_reply
+        self.on_lost = on_lost
+        self.transport: Any = None
+        self.lost = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        on_reply = self.on_reply
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                return
+            on_reply(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.on_lost(self, exc)
+
+
+class RedisBridge:
+    """Joins one broker to the others through Redis pub/sub."""
+
+    def __init__(self, broker: Broker, url: str, prefix: str = "") -> None:
+        self.broker = broker
+        self.url = url
+        self.params = parse_url(url)
+        self.prefix = prefix
+        self.prefix_b = prefix.encode()
+        self.node = os.urandom(8)
+        self.seq = 0
+        #: Redis channel / glob -> MQTT filters of this node that use it
+        self.channels: dict[bytes, set[str]] = {}
+        self.patterns: dict[bytes, set[str]] = {}
+        self._regex: dict[bytes, re.Pattern[bytes]] = {}
+        self._canonical: dict[bytes, bytes | None] = {}
+        self.pub: _Resp | None = None
+        self.sub: _Resp | None = None
+        self.up = False
+        self.outbox: list[bytes] = []
+        self._flush_scheduled = False
+        self._in_flight = 0  # PUBLISH commands sent, not yet answered
+        self._last_pong = 0.0
+        self._supervisor: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self.last_seq: dict[bytes, int] = {}
+        self.stats = {
+            "forwarded": 0,
+            "not_forwarded": 0,
+            "received": 0,
+            "raw_received": 0,
+            "lost": 0,
+            "reconnects": 0,
+            "errors": 0,
+        }
+
+    # -- where ------------------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        p = self.params
+        if "path" in p:
+            return p["path"]
+        return f"{p.get('host', 'localhost')}:{p.get('port', 6379)}"
+
+    async def _open(self, on_reply: Any) -> _Resp:
+        loop = asyncio.get_running_loop()
+        p = self.params
+
+        def factory() -> _Resp:
+            return _Resp(on_reply, self._lost)
+
+        if "path" in p:
+            _, proto = await loop.create_unix_connection(factory, p["path"])
+        else:
+            ctx = None
+            if p.get("connection_class") is not None and "SSL" in p["connection_class"].__name__:
+                ctx = ssl_module.create_default_context()
+            _, proto = await loop.create_connection(
+                factory, p.get("host", "localhost"), p.get("port", 6379), ssl=ctx
+            )
+        if p.get("password"):
+            args = [b"AUTH"]
+            if p.get("username"):
+                args.append(p["username"].encode())
+            args.append(p["password"].encode())
+            proto.transport.write(_command(*args))
+        return proto
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, or raise RedisUnavailable with one clear line."""
+        try:
+            await asyncio.wait_for(self._connect(), 5.0)
+        except (TimeoutError, OSError, ConnectionError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            if isinstance(exc, asyncio.TimeoutError):
+                reason = "no answer within 5 s"
+            raise RedisUnavailable(
+                f"Failed to connect to Redis at {self.address}: {reason}"
+            ) from None
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def _connect(self) -> None:
+        self.pub = await self._open(self._on_pub_reply)
+        self.sub = await self._open(self._on_push)
+        # Check the answer: a wrong password fails here, not later
+        self._auth_checked = asyncio.get_running_loop().create_future()
+        self.pub.transport.write(_command(b"PING"))
+        await asyncio.wait_for(self._auth_checked, 5.0)
+        for key in self.channels:
+            self.sub.transport.write(_command(b"SUBSCRIBE", key))
+        for key in self.patterns:
+            self.sub.transport.write(_command(b"PSUBSCRIBE", key))
+        self._in_flight = 0
+        self._last_pong = time.monotonic()
+        self.up = True
+        log.info(
+            "connected to Redis at %s (%d channels, %d patterns)",
+            self.address,
+            len(self.channels),
+            len(self.patterns),
+        )
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            self._supervisor = None
+        self._flush()
+        self.up = False
+        for conn in (self.pub, self.sub):
+            if conn is not None and conn.transport is not None:
+                conn.transport.close()
+
+    def _lost(self, conn: _Resp, exc: Exception | None) -> None:
+        if conn is not self.pub and conn is not self.sub:
+            return
+        if self.up:
+            log.warning("lost the connection to Redis at %s: %s", self.address, exc or "closed")
+            self.up = False
+            if conn is self.pub and self._in_flight:
+                # Written but never confirmed: count them as not forwarded
+                self.stats["not_forwarded"] += self._in_flight
+                self._in_flight = 0
+            other = self.sub if conn is self.pub else self.pub
+            if other is not None and other.transport is not None:
+                other.transport.close()
+        self._wake.set()
+
+    async def _supervise(self) -> None:
+        """Health checks while up; reconnection with backoff while down."""
+        delay = 0.05
+        while True:
+            if self.up:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), HEALTH_INTERVAL)
+                except TimeoutError:
+                    pass
+                if not self.up:
+                    continue
+                if time.monotonic() - self._last_pong > HEALTH_TIMEOUT:
+                    log.warning("Redis at %s does not answer: reconnecting", self.address)
+                    self._lost(self.sub, TimeoutError("no PONG"))  # type: ignore[arg-type]
+                    continue
+                self.sub.transport.write(_command(b"PING"))  # type: ignore[union-attr]
+                delay = 0.05
+                continue
+            try:
+                await asyncio.wait_for(self._connect(), 3.0)
+                self.stats["reconnects"] += 1
+            except (TimeoutError, OSError, ConnectionError) as exc:
+                log.debug("Redis at %s still unreachable: %s", self.address, exc)
+                for conn in (self.pub, self.sub):
+                    if conn is not None and conn.transport is not None:
+                        conn.transport.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    # -- replies ----------------------------------------------------------------------------------
+    def _on_pub_reply(self, reply: Any) -> None:
+        if isinstance(reply, hiredis.ReplyError):
+            waiter = getattr(self, "_auth_checked", None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionError(str(reply)))
+                return
+            self.stats["errors"] += 1
+            log.warning("Redis error: %s", reply)
+        if reply == b"PONG" or reply == "PONG":
+            waiter = self._auth_checked
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        if self._in_flight:
+            self._in_flight -= 1
+
+    def _on_push(self, reply: Any) -> None:
+        if isinstance(reply, hiredis.ReplyError):
+            self.stats["errors"] += 1
+            log.warning("Redis error on the subscription: %s", reply)
+            return
+        kind = reply[0]
+        if kind == b"message":
+            self._on_message(reply[1], reply[2], None)
+        elif kind == b"pmessage":
+            self._on_message(reply[2], reply[3], reply[1])
+        elif kind == b"pong" or reply == b"PONG":
+            self._last_pong = time.monotonic()
+
+    def _canonical_pattern(self, channel: bytes) -> bytes | None:
+        """The one of our patterns whose copy of a message on ``channel`` we keep."""
+        try:
+            return self._canonical[channel]
+        except KeyError:
+            pass
+        best = None
+        for pattern, regex in self._regex.items():
+            if regex.match(channel) and (best is None or pattern < best):
+                best = pattern
+        if len(self._canonical) > 100_000:
+            self._canonical.clear()
+        self._canonical[channel] = best
+        return best
+
+    def _on_message(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
+        # One copy per matching channel or pattern arrives; keep exactly one of them.
+        if pattern is not None and (
+            channel in self.channels or self._canonical_pattern(channel) != pattern
+        ):
+            return
+        if not channel.startswith(self.prefix_b):
+            return
+        try:
+            topic = channel[len(self.prefix_b) :].decode()
+        except UnicodeDecodeError:
+            return
+        if not match.validate_topic(topic):
+            return
+        env = decode_envelope(data)
+        if env is None:
+            # Not from mqttd (redis-cli PUBLISH, another program): a QoS 0 message
+            self.stats["raw_received"] += 1
+            msg = route.Message(topic, data)
+        else:
+            origin, seq, qos, retain, block, payload = env
+            if origin == self.node:
+                return  # our own: local subscribers already have it
+            self.stats["received"] += 1
+            last = self.last_seq.get(origin)
+            if last is not None and seq > last + 1:
+                self.stats["lost"] += seq - last - 1
+            self.last_seq[origin] = seq
+            props = decode_properties(block) if block != b"\x00" else None
+            msg = route.Message(topic, payload, qos, retain, props, block)
+            if props and 0x02 in props:
+                msg.expires_at = time.monotonic() + props[0x02]
+        self.broker.deliver_remote(msg)
+
+    # -- publishing -------------------------------------------------------------------------------
+    def forward(self, msg: Any) -> None:
+        """PUBLISH ``msg`` to the other nodes, pipelined with the rest of this loop iteration."""
+        if not self.up:
+            self.stats["not_forwarded"] += 1
+            return
+        self.seq += 1
+        channel = self.prefix_b + msg.topic.encode()
+        self.outbox.append(_command(b"PUBLISH", channel, encode_envelope(self.node, self.seq, msg)))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self.outbox = self.outbox, []
+        if not batch:
+            return
+        pub = self.pub
+        if not self.up or pub is None or pub.transport is None:
+            self.stats["not_forwarded"] += len(batch)
+            return
+        if pub.transport.get_write_buffer_size() > MAX_PENDING_BYTES:
+            # Redis is not reading: do not grow without bound
+            self.stats["not_forwarded"] += len(batch)
+            return
+        pub.transport.write(b"".join(batch))
+        self._in_flight += len(batch)
+        self.stats["forwarded"] += len(batch)
+
+    # -- subscriptions ----------------------------------------------------------------------------
+    def filter_added(self, filt: str) -> None:
+        """The first local subscriber of ``filt``: subscribe its channel or pattern once."""
+        is_pattern, key = redis_key(self.prefix_b, filt)
+        table = self.patterns if is_pattern else self.channels
+        users = table.get(key)
+        if users is None:
+            table[key] = {filt}
+            if is_pattern:
+                self._regex[key] = _glob_regex(key)
+            self._canonical.clear()
+            if self.up and self.sub is not None:
+                self.sub.transport.write(
+                    _command(b"PSUBSCRIBE" if is_pattern else b"SUBSCRIBE", key)
+                )
+        else:
+            users.add(filt)
+
+    def filter_removed(self, filt: str) -> None:
+        """The last local subscriber of ``filt`` left: unsubscribe when no filter needs it."""
+        is_pattern, key = redis_key(self.prefix_b, filt)
+        table = self.patterns if is_pattern else self.channels
+        users = table.get(key)
+        if users is None:
+            return
+        users.discard(filt)
+        if not users:
+            del table[key]
+            self._regex.pop(key, None)
+            self._canonical.clear()
+            if self.up and self.sub is not None:
+                self.sub.transport.write(
+                    _command(b"PUNSUBSCRIBE" if is_pattern else b"UNSUBSCRIBE", key)
+                )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "redis": "up" if self.up else "down",
+            "redis_address": self.address,
+            "channels": len(self.channels),
+            "patterns": len(self.patterns),
+            **self.stats,
+        }
