@@ -181,6 +181,8 @@ class Broker:
             bridge = RedisBridge(self, cfg.redis_url, cfg.redis_prefix)
             await bridge.start()  # RedisUnavailable: one line for the user
             self.bridge = bridge
+            count = await bridge.load_retained()
+            log.info("loaded %d retained messages from Redis", count)
         self.server = await self.loop.create_server(
             lambda: Connection(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
         )
@@ -217,6 +219,25 @@ class Broker:
             await self.bridge.stop()
             self.bridge = None
 
+    def health_check(self) -> dict[str, Any]:
+        """Figures for a health endpoint: connections, messages, and the Redis state."""
+        flusher = self.flusher
+        out: dict[str, Any] = {
+            "status": "ok",
+            "connections": len(self.connections),
+            "sessions": len(self.sessions),
+            "subscriptions": len(self.tree),
+            "retained": self.storage.retained_count(),
+            "messages_received": self.stats["messages_received"],
+            "messages_sent": flusher.messages_sent if flusher is not None else 0,
+            "messages_dropped": flusher.messages_dropped if flusher is not None else 0,
+        }
+        if self.bridge is not None:
+            out.update(self.bridge.health())
+            if not self.bridge.up:
+                out["status"] = "degraded"  # local clients are served; other nodes are not
+        return out
+
     # -- sessions --------------------------------------------------------------------------------
     @property
     def sessions(self) -> dict[str, Session]:
@@ -238,6 +259,8 @@ class Broker:
         previous = await self.storage.claim(client_id, conn)
         if previous is not None:
             previous.taken_over()
+        if self.bridge is not None:
+            self.bridge.announce_connect(client_id)  # another node's connection is closed too
         old = await self.storage.get_session(client_id)
         if old is not None and old.connection is not None:
             if old.connection is not previous:
@@ -427,6 +450,8 @@ class Broker:
         if msg.retain:
             # Kept, or cleared by an empty payload [MQTT-3.3.1-6][MQTT-3.3.1-7]
             self.storage.retain(msg)
+            if self.bridge is not None and not msg.topic.startswith("$SYS"):
+                self.bridge.store_retained(msg)
         nodes = self.tree.collect(msg.topic)
         count = route.deliver(nodes, msg, origin) if nodes else 0
         if self.bridge is not None and not msg.topic.startswith("$SYS"):

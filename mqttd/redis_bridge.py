@@ -188,6 +188,11 @@ class RedisBridge:
         self._supervisor: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self.last_seq: dict[bytes, int] = {}
+        #: the channel nodes tell each other about client ids connecting (takeover)
+        self.control = self.prefix_b + b"$mqttd/control"
+        #: the hash of retained messages: topic -> envelope + payload
+        self.retained_key = self.prefix_b + b"$mqttd/retained"
+        self.channels[self.control] = set()
         self.stats = {
             "forwarded": 0,
             "not_forwarded": 0,
@@ -366,6 +371,9 @@ class RedisBridge:
         return best
 
     def _on_message(self, channel: bytes, data: bytes, pattern: bytes | None) -> None:
+        if channel == self.control and pattern is None:
+            self._on_control(data)
+            return
         # One copy per matching channel or pattern arrives; keep exactly one of them.
         if pattern is not None and (
             channel in self.channels or self._canonical_pattern(channel) != pattern
@@ -398,6 +406,67 @@ class RedisBridge:
             if props and 0x02 in props:
                 msg.expires_at = time.monotonic() + props[0x02]
         self.broker.deliver_remote(msg)
+
+    # -- retained messages ------------------------------------------------------------------------
+    def store_retained(self, msg: Any) -> None:
+        """Keep (or clear) the retained message of a topic in Redis, for nodes that start later.
+        Written without waiting, pipelined with the PUBLISH commands."""
+        if not self.up or self.pub is None:
+            return
+        topic = msg.topic.encode()
+        if msg.payload:
+            cmd = _command(b"HSET", self.retained_key, topic, encode_envelope(self.node, 0, msg))
+        else:
+            cmd = _command(b"HDEL", self.retained_key, topic)
+        self.outbox.append(cmd)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def load_retained(self) -> int:
+        """Read the retained messages kept in Redis into this node's store, at start."""
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10)
+        try:
+            entries = await client.hgetall(self.retained_key)
+        finally:
+            await client.aclose()
+        now = time.monotonic()
+        count = 0
+        for topic_b, data in entries.items():
+            env = decode_envelope(data)
+            if env is None:
+                continue
+            _, _, qos, _, block, payload = env
+            props = decode_properties(block) if block != b"\x00" else None
+            msg = route.Message(topic_b.decode(), payload, qos, True, props, block)
+            if props and 0x02 in props:
+                # The time it already waited is unknown here: the interval starts again
+                msg.expires_at = now + props[0x02]
+            self.broker.storage.retain(msg)
+            count += 1
+        return count
+
+    # -- client ids -------------------------------------------------------------------------------
+    def announce_connect(self, client_id: str) -> None:
+        """Tell the other nodes ``client_id`` connected here: whoever holds it closes it
+        [MQTT-3.1.4-3]."""
+        if self.up and self.pub is not None:
+            data = b"connect\x00" + self.node + client_id.encode()
+            self.pub.transport.write(_command(b"PUBLISH", self.control, data))
+            self._in_flight += 1
+
+    def _on_control(self, data: bytes) -> None:
+        kind, _, rest = data.partition(b"\x00")
+        if kind != b"connect" or len(rest) < 8 or rest[:8] == self.node:
+            return
+        client_id = rest[8:].decode(errors="replace")
+        session = self.broker.sessions.get(client_id)
+        if session is not None and session.connection is not None:
+            log.info("client %s connected to another node: closing it here", client_id)
+            session.connection.taken_over()
+            session.connection = None
 
     # -- publishing -------------------------------------------------------------------------------
     def forward(self, msg: Any) -> None:
@@ -455,7 +524,7 @@ class RedisBridge:
         if users is None:
             return
         users.discard(filt)
-        if not users:
+        if not users and key != self.control:
             del table[key]
             self._regex.pop(key, None)
             self._canonical.clear()

@@ -148,6 +148,22 @@ class SysPublisher:
             "retained messages/count": str(retained),
             "store/messages/count": str(stored),
             "messages/stored": str(stored),  # Mosquitto's older name of store/messages/count
+            **self.redis_values(),
+        }
+
+    def redis_values(self) -> dict[str, str]:
+        """``redis/...``: the Redis bridge's state and its counts of what pub/sub lost."""
+        bridge = self.broker.bridge
+        if bridge is None:
+            return {}
+        st = bridge.stats
+        return {
+            "redis/state": "up" if bridge.up else "down",
+            "redis/messages/forwarded": str(st["forwarded"]),
+            "redis/messages/not forwarded": str(st["not_forwarded"]),
+            "redis/messages/received": str(st["received"] + st["raw_received"]),
+            "redis/messages/lost": str(st["lost"]),
+            "redis/reconnects": str(st["reconnects"]),
         }
 
     def load_averages(self, now: float) -> dict[str, str]:
