@@ -89,16 +89,19 @@ class BrokerConfig:
 class SharedGroup:
     """Subscribers of one ``$share/{name}/{filter}``: each message goes to one of them."""
 
-    __slots__ = ("name", "filter", "members", "_next")
+    __slots__ = ("name", "filter", "members", "_next", "bridge")
 
-    def __init__(self, name: str, filter: str) -> None:
+    def __init__(self, name: str, filter: str, bridge: Any = None) -> None:
         self.name = name
         self.filter = filter
         self.members: dict[Any, int] = {}  # Outlet -> options
         self._next = 0
+        self.bridge = bridge  # with Redis: one delivery per group across all nodes
 
     def pick(self, msg: Any, origin: Any) -> tuple[Any, int] | None:
         """Round robin over the members, preferring ones that are connected."""
+        if self.bridge is not None and not self.bridge.is_mine(self.name, self.filter, msg):
+            return None  # another node's member gets this one
         members = list(self.members.items())
         n = len(members)
         for i in range(n):
@@ -367,8 +370,10 @@ class Broker:
         if shared is not None:
             group = self.shared.get(shared)
             if group is None:
-                group = self.shared[shared] = SharedGroup(shared[0], inner)
+                group = self.shared[shared] = SharedGroup(shared[0], inner, self.bridge)
                 self.tree.add(inner, group, 0)
+                if self.bridge is not None:
+                    self.bridge.announce_groups()
             new = outlet not in group.members
             group.members[outlet] = options
         else:
@@ -391,6 +396,8 @@ class Broker:
                 if not group.members:
                     del self.shared[shared]
                     self.tree.remove(group.filter, group)
+                    if self.bridge is not None:
+                        self.bridge.announce_groups()
         else:
             self.tree.remove(filt, session.outlet)
         if self.bridge is not None and inner not in self.tree:
@@ -447,16 +454,19 @@ class Broker:
     # -- publishing ------------------------------------------------------------------------------
     def publish(self, msg: Any, origin: Any = None) -> int:
         """Route one message to every matching subscriber on this node; keep it if retained."""
+        # $SYS is per node, as in Mosquitto: never forwarded
+        forward = self.bridge is not None and not msg.topic.startswith("$SYS")
         if msg.retain:
             # Kept, or cleared by an empty payload [MQTT-3.3.1-6][MQTT-3.3.1-7]
             self.storage.retain(msg)
-            if self.bridge is not None and not msg.topic.startswith("$SYS"):
+            if forward:
                 self.bridge.store_retained(msg)
+        if forward:
+            self.bridge.stamp(msg)  # its identity across nodes, before any shared group picks
         nodes = self.tree.collect(msg.topic)
         count = route.deliver(nodes, msg, origin) if nodes else 0
-        if self.bridge is not None and not msg.topic.startswith("$SYS"):
-            # The other nodes' subscribers, through Redis ($SYS is per node, as in Mosquitto)
-            self.bridge.forward(msg)
+        if forward:
+            self.bridge.forward(msg)  # the other nodes' subscribers, through Redis
         return count
 
     def deliver_remote(self, msg: Any) -> int:

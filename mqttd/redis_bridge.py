@@ -18,12 +18,14 @@ and reconnects with backoff, subscribing again to every filter.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
 import ssl as ssl_module
 import struct
 import time
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import hiredis
@@ -49,6 +51,7 @@ MAX_PENDING_BYTES = 64 * 1024 * 1024
 HEALTH_INTERVAL = 1.0  # seconds between PINGs on the subscriber connection
 HEALTH_TIMEOUT = 3.0  # no PONG for this long: Redis is stalled, reconnect
 BACKOFF_MAX = 1.0
+GROUP_TTL = 15.0  # a node's shared groups count this long after its last announcement
 
 
 class RedisUnavailable(Exception):
@@ -188,6 +191,9 @@ class RedisBridge:
         self._supervisor: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self.last_seq: dict[bytes, int] = {}
+        #: shared groups with members on other nodes: node id -> (groups, when last announced)
+        self.remote_groups: dict[bytes, tuple[set[tuple[str, str]], float]] = {}
+        self._announced = 0.0
         #: the channel nodes tell each other about client ids connecting (takeover)
         self.control = self.prefix_b + b"$mqttd/control"
         #: the hash of retained messages: topic -> envelope + payload
@@ -263,6 +269,10 @@ class RedisBridge:
         self._in_flight = 0
         self._last_pong = time.monotonic()
         self.up = True
+        # Learn the other nodes' shared groups, tell them ours
+        self.pub.transport.write(_command(b"PUBLISH", self.control, b"hello\x00" + self.node))
+        self._in_flight += 1
+        self.announce_groups()
         log.info(
             "connected to Redis at %s (%d channels, %d patterns)",
             self.address,
@@ -312,6 +322,8 @@ class RedisBridge:
                     self._lost(self.sub, TimeoutError("no PONG"))  # type: ignore[arg-type]
                     continue
                 self.sub.transport.write(_command(b"PING"))  # type: ignore[union-attr]
+                if time.monotonic() - self._announced > GROUP_TTL / 3:
+                    self.announce_groups()
                 delay = 0.05
                 continue
             try:
@@ -402,7 +414,7 @@ class RedisBridge:
                 self.stats["lost"] += seq - last - 1
             self.last_seq[origin] = seq
             props = decode_properties(block) if block != b"\x00" else None
-            msg = route.Message(topic, payload, qos, retain, props, block)
+            msg = route.Message(topic, payload, qos, retain, props, block, (origin, seq))
             if props and 0x02 in props:
                 msg.expires_at = time.monotonic() + props[0x02]
         self.broker.deliver_remote(msg)
@@ -457,9 +469,53 @@ class RedisBridge:
             self.pub.transport.write(_command(b"PUBLISH", self.control, data))
             self._in_flight += 1
 
+    # -- shared subscriptions across nodes ----------------------------------------------------------
+    def announce_groups(self) -> None:
+        """Tell the other nodes which shared groups have members here (also every few seconds,
+        so that a node that died drops out of the choice)."""
+        if not self.up or self.pub is None:
+            return
+        groups = sorted([name, filt] for name, filt in self.broker.shared)
+        data = b"share\x00" + self.node + json.dumps(groups).encode()
+        self.pub.transport.write(_command(b"PUBLISH", self.control, data))
+        self._in_flight += 1
+        self._announced = time.monotonic()
+
+    def is_mine(self, name: str, filt: str, msg: Any) -> bool:
+        """Whether this node delivers ``msg`` to its member of the group: every node with
+        members computes the same choice from the message's identity, so each message goes to
+        one node of the cluster, then to one member there."""
+        key = (name, filt)
+        now = time.monotonic()
+        nodes = [self.node]
+        for node, (groups, seen) in self.remote_groups.items():
+            if key in groups and now - seen < GROUP_TTL:
+                nodes.append(node)
+        if len(nodes) == 1:
+            return True
+        nodes.sort()
+        if msg.origin is not None:
+            ident = msg.origin[0] + msg.origin[1].to_bytes(8, "big")
+        else:
+            ident = msg.topic.encode() + msg.payload  # a raw message from another program
+        index = zlib.crc32(ident + name.encode() + b"\x00" + filt.encode()) % len(nodes)
+        return nodes[index] == self.node
+
     def _on_control(self, data: bytes) -> None:
         kind, _, rest = data.partition(b"\x00")
-        if kind != b"connect" or len(rest) < 8 or rest[:8] == self.node:
+        if len(rest) < 8 or rest[:8] == self.node:
+            return
+        if kind == b"share":
+            try:
+                groups = {(g[0], g[1]) for g in json.loads(rest[8:])}
+            except (ValueError, TypeError, IndexError):
+                return
+            self.remote_groups[rest[:8]] = (groups, time.monotonic())
+            return
+        if kind == b"hello":
+            self.announce_groups()  # a node (re)joined: tell it what we have
+            return
+        if kind != b"connect":
             return
         client_id = rest[8:].decode(errors="replace")
         session = self.broker.sessions.get(client_id)
@@ -469,14 +525,20 @@ class RedisBridge:
             session.connection = None
 
     # -- publishing -------------------------------------------------------------------------------
+    def stamp(self, msg: Any) -> int:
+        """Give a message entering here its identity across nodes: (this node, next sequence)."""
+        self.seq += 1
+        msg.origin = (self.node, self.seq)
+        return self.seq
+
     def forward(self, msg: Any) -> None:
         """PUBLISH ``msg`` to the other nodes, pipelined with the rest of this loop iteration."""
         if not self.up:
             self.stats["not_forwarded"] += 1
             return
-        self.seq += 1
         channel = self.prefix_b + msg.topic.encode()
-        self.outbox.append(_command(b"PUBLISH", channel, encode_envelope(self.node, self.seq, msg)))
+        seq = msg.origin[1] if msg.origin is not None else self.stamp(msg)
+        self.outbox.append(_command(b"PUBLISH", channel, encode_envelope(self.node, seq, msg)))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
