@@ -262,8 +262,10 @@ class Broker:
         previous = await self.storage.claim(client_id, conn)
         if previous is not None:
             previous.taken_over()
+        handed: dict | None = None
         if self.bridge is not None:
-            self.bridge.announce_connect(client_id)  # another node's connection is closed too
+            # Another node's connection is closed too; its session comes here if wanted
+            handed = await self.bridge.acquire_session(client_id, clean_start)
         old = await self.storage.get_session(client_id)
         if old is not None and old.connection is not None:
             if old.connection is not previous:
@@ -290,6 +292,9 @@ class Broker:
             session = Session(client_id, outlet)
             self.storage.put_session(session)
             present = False
+            if handed is not None:
+                self.bridge.restore_session(session, handed)  # type: ignore[union-attr]
+                present = True
         else:
             session = old
             present = True
@@ -348,7 +353,10 @@ class Broker:
         if session.connection is None and self.sessions.get(session.client_id) is session:
             self.end_session(session)
 
-    def end_session(self, session: Session) -> None:
+    def end_session(self, session: Session, moved: bool = False) -> None:
+        """The session ends (``moved``: it went to another node, which now holds it)."""
+        if self.bridge is not None and not moved and session.expiry_interval:
+            self.bridge.forget_session(session.client_id)
         if session.will is not None:
             # The session ends before the will's delay: the will goes now (MQTT 5 §3.1.3.2.2)
             will = session.will

@@ -374,6 +374,8 @@ class Connection(asyncio.Protocol):
             broker.detach(session, self)
             return
         session.expiry_interval = session_expiry
+        if session_expiry and broker.bridge is not None:
+            broker.bridge.mark_session(self.client_id)  # other nodes find it here
         self.session = session
         outlet = self.outlet = session.outlet
         outlet.transport = self.transport

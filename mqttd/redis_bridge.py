@@ -18,6 +18,7 @@ and reconnects with backoff, subscribing again to every filter.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import hiredis
 from redis.asyncio.connection import parse_url
+from redis.exceptions import RedisError
 
 from mqttd._speedups import codec, match, route
 
@@ -51,7 +53,9 @@ MAX_PENDING_BYTES = 64 * 1024 * 1024
 HEALTH_INTERVAL = 1.0  # seconds between PINGs on the subscriber connection
 HEALTH_TIMEOUT = 3.0  # no PONG for this long: Redis is stalled, reconnect
 BACKOFF_MAX = 1.0
-GROUP_TTL = 15.0  # a node's shared groups count this long after its last announcement
+GROUP_TTL = 15.0
+HANDOFF_WAIT = 2.0  # seconds a node waits for another to hand a session over
+_DEL_IF_EQUAL = b"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"  # a node's shared groups count this long after its last announcement
 
 
 class RedisUnavailable(Exception):
@@ -79,6 +83,21 @@ def decode_envelope(data: bytes) -> tuple[bytes, int, int, bool, bytes, bytes] |
         block = data[pos : end + length]
         pos = end + length
     return origin, seq, flags & F_QOS, bool(flags & F_RETAIN), block, data[pos:]
+
+
+def _pack(msg: Any) -> str:
+    """A message as text, for a session handed to another node."""
+    return base64.b64encode(
+        msg.topic.encode() + b"\x00" + encode_envelope(b"\x00" * 8, 0, msg)
+    ).decode()
+
+
+def _unpack(text: str) -> Any:
+    raw = base64.b64decode(text)
+    topic, _, data = raw.partition(b"\x00")
+    _, _, qos, retain, block, payload = decode_envelope(data)  # type: ignore[misc]
+    props = decode_properties(block) if block != b"\x00" else None
+    return route.Message(topic.decode(), payload, qos, retain, props, block)
 
 
 def decode_properties(block: bytes) -> dict:
@@ -194,6 +213,7 @@ class RedisBridge:
         #: shared groups with members on other nodes: node id -> (groups, when last announced)
         self.remote_groups: dict[bytes, tuple[set[tuple[str, str]], float]] = {}
         self._announced = 0.0
+        self._cmd: Any = None  # redis-py client for the few request/response calls
         #: the channel nodes tell each other about client ids connecting (takeover)
         self.control = self.prefix_b + b"$mqttd/control"
         #: the hash of retained messages: topic -> envelope + payload
@@ -281,6 +301,9 @@ class RedisBridge:
         )
 
     async def stop(self) -> None:
+        if self._cmd is not None:
+            await self._cmd.aclose()
+            self._cmd = None
         if self._supervisor is not None:
             self._supervisor.cancel()
             self._supervisor = None
@@ -460,14 +483,108 @@ class RedisBridge:
             count += 1
         return count
 
-    # -- client ids -------------------------------------------------------------------------------
-    def announce_connect(self, client_id: str) -> None:
-        """Tell the other nodes ``client_id`` connected here: whoever holds it closes it
-        [MQTT-3.1.4-3]."""
+    # -- client ids and sessions across nodes --------------------------------------------------------
+    def _session_key(self, client_id: str) -> bytes:
+        return self.prefix_b + b"$mqttd/session/" + client_id.encode()
+
+    def _handoff_key(self, client_id: str) -> bytes:
+        return self.prefix_b + b"$mqttd/handoff/" + client_id.encode()
+
+    async def _client(self) -> Any:
+        if self._cmd is None:
+            import redis.asyncio as aioredis
+
+            self._cmd = aioredis.from_url(self.url, socket_connect_timeout=3, socket_timeout=5)
+        return self._cmd
+
+    async def acquire_session(self, client_id: str, clean_start: bool) -> dict | None:
+        """Tell the other nodes ``client_id`` connected here: whoever holds its connection closes
+        it [MQTT-3.1.4-3], and whoever holds its session ends it, handing it over first when the
+        client resumes it (Clean Start 0). Returns the handed-over session, or None."""
+        if not self.up or self.pub is None:
+            return None
+        holder = None
+        if not clean_start:
+            try:
+                holder = await (await self._client()).get(self._session_key(client_id))
+            except (OSError, RedisError, TimeoutError) as exc:
+                log.warning("could not look up the session of %s in Redis: %s", client_id, exc)
+        want = holder is not None and holder != self.node
+        data = b"connect\x00" + self.node + (b"\x01" if want else b"\x00") + client_id.encode()
+        self.pub.transport.write(_command(b"PUBLISH", self.control, data))
+        self._in_flight += 1
+        if not want:
+            return None
+        try:
+            got = await (await self._client()).blpop([self._handoff_key(client_id)], HANDOFF_WAIT)
+        except (OSError, RedisError, TimeoutError) as exc:
+            log.warning("no session handed over for %s: %s", client_id, exc)
+            return None
+        if got is None:
+            log.warning("node holding the session of %s did not hand it over", client_id)
+            return None
+        return json.loads(got[1])
+
+    def mark_session(self, client_id: str) -> None:
+        """This node holds the persistent session of ``client_id`` now."""
         if self.up and self.pub is not None:
-            data = b"connect\x00" + self.node + client_id.encode()
-            self.pub.transport.write(_command(b"PUBLISH", self.control, data))
+            self.pub.transport.write(_command(b"SET", self._session_key(client_id), self.node))
             self._in_flight += 1
+
+    def forget_session(self, client_id: str) -> None:
+        """The session ended here: drop the marker, unless another node holds it by now."""
+        if self.up and self.pub is not None:
+            self.pub.transport.write(
+                _command(b"EVAL", _DEL_IF_EQUAL, b"1", self._session_key(client_id), self.node)
+            )
+            self._in_flight += 1
+
+    def _hand_over(self, session: Any) -> None:
+        state = {
+            "expiry": session.expiry_interval,
+            "subscriptions": session.subscriptions,
+            "awaiting_rel": sorted(session.awaiting_rel),
+            "queue": [[_pack(m), q, r] for m, q, r in session.outlet.queue],
+            "inflight": [
+                [pid, _pack(m) if m is not None else None, q, r, st]
+                for pid, (m, q, r, st) in session.outlet.inflight.items()
+            ],
+            "next_pid": session.outlet.next_pid,
+        }
+        key = self._handoff_key(session.client_id)
+        self.pub.transport.write(  # type: ignore[union-attr]
+            _command(b"RPUSH", key, json.dumps(state).encode()) + _command(b"EXPIRE", key, b"30")
+        )
+        self._in_flight += 2
+
+    def restore_session(self, session: Any, state: dict) -> None:
+        """Rebuild a session another node handed over: subscriptions, queue, messages in flight."""
+        broker = self.broker
+        session.expiry_interval = state["expiry"]
+        for filt, opts in state["subscriptions"].items():
+            broker.subscribe(session, filt, opts)
+        session.awaiting_rel = set(state["awaiting_rel"])
+        outlet = session.outlet
+        for packed, qos, retain in state["queue"]:
+            outlet.queue.append((_unpack(packed), qos, retain))
+        for pid, packed, qos, retain, st in state["inflight"]:
+            outlet.inflight[pid] = [_unpack(packed) if packed else None, qos, retain, st]
+        outlet.next_pid = state["next_pid"]
+
+    def _on_connect_elsewhere(self, client_id: str, want: bool) -> None:
+        broker = self.broker
+        session = broker.sessions.get(client_id)
+        if session is None:
+            return
+        if session.connection is not None:
+            log.info("client %s connected to another node: closing it here", client_id)
+            session.connection.taken_over()
+            session.connection = None
+        # Its new node has it now: no delayed will from here [MQTT-3.1.3-9]
+        broker._cancel_will(session)
+        if want and self.up and self.pub is not None:
+            self._hand_over(session)
+        broker.end_session(session, moved=True)
 
     # -- shared subscriptions across nodes ----------------------------------------------------------
     def announce_groups(self) -> None:
@@ -515,14 +632,8 @@ class RedisBridge:
         if kind == b"hello":
             self.announce_groups()  # a node (re)joined: tell it what we have
             return
-        if kind != b"connect":
-            return
-        client_id = rest[8:].decode(errors="replace")
-        session = self.broker.sessions.get(client_id)
-        if session is not None and session.connection is not None:
-            log.info("client %s connected to another node: closing it here", client_id)
-            session.connection.taken_over()
-            session.connection = None
+        if kind == b"connect" and len(rest) > 8:
+            self._on_connect_elsewhere(rest[9:].decode(errors="replace"), rest[8:9] == b"\x01")
 
     # -- publishing -------------------------------------------------------------------------------
     def stamp(self, msg: Any) -> int:
