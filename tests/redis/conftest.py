@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -228,6 +229,16 @@ class Nodes:
         for node in self.started:
             assert node.proc.poll() is not None, f"node pid {node.proc.pid} still running"
         self.started.clear()
+
+
+@pytest.fixture
+def mqttd_command(request: pytest.FixtureRequest) -> list[str]:
+    """The command that starts a node, for tests that run it by hand (skipped when the suite
+    validates against Mosquitto, which has no Redis)."""
+    root = _root_conftest(request.config)
+    if root.broker_kind() != "mqttd":
+        pytest.skip("mqttd-specific broker options; not available in Mosquitto validation mode")
+    return [sys.executable, "-m", "mqttd"]
 
 
 @pytest.fixture
