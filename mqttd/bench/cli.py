@@ -37,6 +37,12 @@ def _common_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target")
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--port", type=int, default=1883)
+    g.add_argument(
+        "--sub-port",
+        type=int,
+        default=0,
+        help="subscribers connect to this port (another node of the same cluster)",
+    )
     g.add_argument("--mqtt-version", type=_version, default=4, metavar="4|5")
     g.add_argument(
         "--broker-pid", type=int, default=None, help="read its CPU use from /proc (Linux)"
@@ -109,6 +115,7 @@ def _options(
     return Options(
         host=host,
         port=port,
+        sub_port=args.sub_port,
         protocol_level=args.mqtt_version,
         warmup=args.warmup,
         duration=args.duration,

@@ -68,6 +68,7 @@ class WorkerPlan:
     duration: float = 5.0
     batch_bytes: int = 65536
     sndbuf: int = 131072
+    sub_port: int = 0  # subscribers' port when it differs (another node of a cluster)
     rcvbuf: int = 0
     # A subscriber socket is reported readable only once this many bytes wait (SO_RCVLOWAT), and
     # is read anyway every ``read_tick`` s: a broker that writes each message in its own TCP
@@ -267,7 +268,9 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
     subs: list[_Sub] = []
     pubs: list[_Pub] = []
     for s in plan.subs:
-        sock, _ = mqtt.connect(plan.host, plan.port, s.client_id, lvl, rcvbuf=plan.rcvbuf)
+        sock, _ = mqtt.connect(
+            plan.host, plan.sub_port or plan.port, s.client_id, lvl, rcvbuf=plan.rcvbuf
+        )
         mqtt.subscribe(sock, s.filters, s.qos, lvl)
         sub = _Sub(s, sock, plan)
         # Not for QoS 1/2: the broker stops after its in-flight window (e.g. 20 messages) until

@@ -35,6 +35,7 @@ class Options:
 
     host: str = "127.0.0.1"
     port: int = 1883
+    sub_port: int = 0  # subscribers connect here instead (another node through Redis)
     protocol_level: int = 4
     warmup: float = 1.0
     duration: float = 5.0
@@ -148,6 +149,7 @@ def _place(scn: Scenario, opt: Options) -> list[WorkerPlan]:
             duration=opt.duration,
             batch_bytes=opt.batch_bytes,
             sndbuf=opt.sndbuf,
+            sub_port=opt.sub_port,
             inflight=opt.inflight,
             rcvlowat=opt.rcvlowat,
         )
