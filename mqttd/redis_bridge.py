@@ -323,9 +323,10 @@ class RedisBridge:
                 # Written but never confirmed: count them as not forwarded
                 self.stats["not_forwarded"] += self._in_flight
                 self._in_flight = 0
-            other = self.sub if conn is self.pub else self.pub
-            if other is not None and other.transport is not None:
-                other.transport.close()
+            # Both go: the one that failed may still be open (a stalled Redis)
+            for c in (self.pub, self.sub):
+                if c is not None and c.transport is not None and not c.transport.is_closing():
+                    c.transport.abort()
         self._wake.set()
 
     async def _supervise(self) -> None:
