@@ -174,6 +174,31 @@ def test_wildcard_semantics_are_exact_across_nodes(pair, clients):
         assert all(m.payload == m.topic.encode() for m in got)
 
 
+def test_glob_metacharacters_in_filters_are_literal(shared_redis, start_nodes, pair, clients):
+    """``*``, ``?``, ``[`` and ``\\`` are plain characters in MQTT: on a node where no wider
+    pattern hides it, a filter containing them must still get its messages (its Redis glob
+    escapes them) and only its messages."""
+    (c,) = start_nodes(shared_redis, 1)
+    a = pair[0]
+    r = unique("g")
+    filters = [f"{r}/[ab]/#", f"{r}/k*/+", f"{r}/q?/+", f"{r}/back\\slash/+"]
+    topics = [f"{r}/[ab]/z", f"{r}/a/z", f"{r}/k*/1", f"{r}/kk/1", f"{r}/q?/1", f"{r}/qq/1",
+              f"{r}/back\\slash/1", f"{r}/backslash/1", f"{r}/backxslash/1"]  # fmt: skip
+    subs = []
+    for filt in filters:
+        s = clients(c)
+        s.subscribe(filt)
+        subs.append((filt, s))
+    pub = clients(a)
+    for t in topics:
+        pub.publish(t, t.encode(), qos=1)
+    for t in topics:
+        pub.publish(t, MARK, qos=1)
+    for filt, s in subs:
+        got = [m.topic for m in s.until(MARK)]
+        assert got == [t for t in topics if topic_matches(filt, t)], filt
+
+
 def test_overlapping_filters_one_copy_at_max_qos(pair, clients):
     """A node holding an exact channel and patterns that all match keeps one copy: each client
     gets each message once, at the highest QoS of its matching subscriptions [MQTT-3.3.4-2]."""
