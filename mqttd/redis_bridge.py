@@ -316,6 +316,10 @@ class RedisBridge:
     def _lost(self, conn: _Resp, exc: Exception | None) -> None:
         if conn is not self.pub and conn is not self.sub:
             return
+        waiter = getattr(self, "_auth_checked", None)
+        if waiter is not None and not waiter.done():
+            # A connection reset while connecting: fail this attempt now, not after its timeout
+            waiter.set_exception(ConnectionError(f"connection lost: {exc or 'closed'}"))
         if self.up:
             log.warning("lost the connection to Redis at %s: %s", self.address, exc or "closed")
             self.up = False
@@ -353,6 +357,7 @@ class RedisBridge:
             try:
                 await asyncio.wait_for(self._connect(), 3.0)
                 self.stats["reconnects"] += 1
+                delay = 0.05
             except (TimeoutError, OSError, ConnectionError) as exc:
                 log.debug("Redis at %s still unreachable: %s", self.address, exc)
                 for conn in (self.pub, self.sub):
