@@ -34,6 +34,7 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
 from mqttd._speedups import codec, match, route
+from mqttd.errors import PacketError
 
 if TYPE_CHECKING:
     from mqttd.broker import Broker
@@ -53,9 +54,13 @@ MAX_PENDING_BYTES = 64 * 1024 * 1024
 HEALTH_INTERVAL = 1.0  # seconds between PINGs on the subscriber connection
 HEALTH_TIMEOUT = 3.0  # no PONG for this long: Redis is stalled, reconnect
 BACKOFF_MAX = 1.0
-GROUP_TTL = 15.0
+GROUP_TTL = 15.0  # a node's shared groups count this long after its last announcement
 HANDOFF_WAIT = 2.0  # seconds a node waits for another to hand a session over
-_DEL_IF_EQUAL = b"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"  # a node's shared groups count this long after its last announcement
+_DEL_IF_EQUAL = (
+    b"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+)
+#: topics whose sequence numbers a node keeps before it forgets the oldest (per origin)
+MAX_TRACKED_TOPICS = 100_000
 
 
 class RedisUnavailable(Exception):
@@ -76,10 +81,17 @@ def decode_envelope(data: bytes) -> tuple[bytes, int, int, bool, bytes, bytes] |
     if len(data) < HEADER_SIZE or data[:5] != MAGIC:
         return None
     _, flags, origin, seq = _HEAD.unpack_from(data)
+    if flags & F_QOS == 3 or flags & 0xF0:
+        return None  # not an envelope we wrote: taken as a raw payload
     pos = HEADER_SIZE
     block = b"\x00"
     if flags & F_PROPS:
-        length, end = codec.decode_varint(data, pos)
+        try:
+            length, end = codec.decode_varint(data, pos)
+        except PacketError:
+            return None
+        if end + length > len(data):
+            return None
         block = data[pos : end + length]
         pos = end + length
     return origin, seq, flags & F_QOS, bool(flags & F_RETAIN), block, data[pos:]
@@ -194,7 +206,6 @@ class RedisBridge:
         self.prefix = prefix
         self.prefix_b = prefix.encode()
         self.node = os.urandom(8)
-        self.seq = 0
         #: Redis channel / glob -> MQTT filters of this node that use it
         self.channels: dict[bytes, set[str]] = {}
         self.patterns: dict[bytes, set[str]] = {}
@@ -203,13 +214,16 @@ class RedisBridge:
         self.pub: _Resp | None = None
         self.sub: _Resp | None = None
         self.up = False
-        self.outbox: list[bytes] = []
+        self.outbox: list[bytes] = []  # commands for the next pipelined write
+        self._outbox_publishes = 0  # how many of them are PUBLISH of a message
         self._flush_scheduled = False
         self._in_flight = 0  # PUBLISH commands sent, not yet answered
         self._last_pong = 0.0
         self._supervisor: asyncio.Task | None = None
         self._wake = asyncio.Event()
-        self.last_seq: dict[bytes, int] = {}
+        #: last sequence number seen per (origin node, topic), and ours per topic
+        self.last_seq: dict[tuple[bytes, str], int] = {}
+        self.topic_seq: dict[str, int] = {}
         #: shared groups with members on other nodes: node id -> (groups, when last announced)
         self.remote_groups: dict[bytes, tuple[set[tuple[str, str]], float]] = {}
         self._announced = 0.0
@@ -259,6 +273,9 @@ class RedisBridge:
                 args.append(p["username"].encode())
             args.append(p["password"].encode())
             proto.transport.write(_command(*args))
+        if p.get("db"):
+            # Pub/sub ignores it, but retained messages and session markers live in this db
+            proto.transport.write(_command(b"SELECT", str(p["db"]).encode()))
         return proto
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -438,11 +455,19 @@ class RedisBridge:
             if origin == self.node:
                 return  # our own: local subscribers already have it
             self.stats["received"] += 1
-            last = self.last_seq.get(origin)
+            key = (origin, topic)
+            last = self.last_seq.get(key)
             if last is not None and seq > last + 1:
                 self.stats["lost"] += seq - last - 1
-            self.last_seq[origin] = seq
-            props = decode_properties(block) if block != b"\x00" else None
+            elif last is None and len(self.last_seq) >= MAX_TRACKED_TOPICS:
+                self.last_seq.pop(next(iter(self.last_seq)))
+            self.last_seq[key] = seq
+            try:
+                props = decode_properties(block) if block != b"\x00" else None
+            except (PacketError, ValueError):
+                # Looked like an envelope but is not one we can read: dropped, counted
+                self.stats["errors"] += 1
+                return
             msg = route.Message(topic, payload, qos, retain, props, block, (origin, seq))
             if props and 0x02 in props:
                 msg.expires_at = time.monotonic() + props[0x02]
@@ -618,7 +643,7 @@ class RedisBridge:
             return True
         nodes.sort()
         if msg.origin is not None:
-            ident = msg.origin[0] + msg.origin[1].to_bytes(8, "big")
+            ident = msg.origin[0] + msg.origin[1].to_bytes(8, "big") + msg.topic.encode()
         else:
             ident = msg.topic.encode() + msg.payload  # a raw message from another program
         index = zlib.crc32(ident + name.encode() + b"\x00" + filt.encode()) % len(nodes)
@@ -643,10 +668,16 @@ class RedisBridge:
 
     # -- publishing -------------------------------------------------------------------------------
     def stamp(self, msg: Any) -> int:
-        """Give a message entering here its identity across nodes: (this node, next sequence)."""
-        self.seq += 1
-        msg.origin = (self.node, self.seq)
-        return self.seq
+        """Give a message entering here its identity across nodes: (this node, the next
+        sequence number of its topic). Numbers count per topic because a node receives only the
+        topics it subscribes to: a gap in one topic's numbers is a message pub/sub lost."""
+        seqs = self.topic_seq
+        seq = seqs.get(msg.topic, 0) + 1
+        if seq == 1 and len(seqs) >= MAX_TRACKED_TOPICS:
+            seqs.pop(next(iter(seqs)))  # forget the oldest topic; its numbers restart
+        seqs[msg.topic] = seq
+        msg.origin = (self.node, seq)
+        return seq
 
     def forward(self, msg: Any) -> None:
         """PUBLISH ``msg`` to the other nodes, pipelined with the rest of this loop iteration."""
@@ -656,6 +687,7 @@ class RedisBridge:
         channel = self.prefix_b + msg.topic.encode()
         seq = msg.origin[1] if msg.origin is not None else self.stamp(msg)
         self.outbox.append(_command(b"PUBLISH", channel, encode_envelope(self.node, seq, msg)))
+        self._outbox_publishes += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -663,19 +695,22 @@ class RedisBridge:
     def _flush(self) -> None:
         self._flush_scheduled = False
         batch, self.outbox = self.outbox, []
+        publishes, self._outbox_publishes = self._outbox_publishes, 0
         if not batch:
             return
         pub = self.pub
-        if not self.up or pub is None or pub.transport is None:
-            self.stats["not_forwarded"] += len(batch)
-            return
-        if pub.transport.get_write_buffer_size() > MAX_PENDING_BYTES:
+        if (
+            not self.up
+            or pub is None
+            or pub.transport is None
             # Redis is not reading: do not grow without bound
-            self.stats["not_forwarded"] += len(batch)
+            or pub.transport.get_write_buffer_size() > MAX_PENDING_BYTES
+        ):
+            self.stats["not_forwarded"] += publishes
             return
         pub.transport.write(b"".join(batch))
         self._in_flight += len(batch)
-        self.stats["forwarded"] += len(batch)
+        self.stats["forwarded"] += publishes
 
     # -- subscriptions ----------------------------------------------------------------------------
     def filter_added(self, filt: str) -> None:
