@@ -179,11 +179,13 @@ class Broker:
         self.flusher = route.Flusher(self.loop)
         cfg = self.config
         if cfg.redis_url:
-            from mqttd.redis_bridge import RedisBridge
+            from mqttd.redis_bridge import RedisBridge, RedisStorage
 
             bridge = RedisBridge(self, cfg.redis_url, cfg.redis_prefix)
             await bridge.start()  # RedisUnavailable: one line for the user
             self.bridge = bridge
+            if type(self.storage) is MemoryStorage:
+                self.storage = RedisStorage(bridge)
             count = await bridge.load_retained()
             log.info("loaded %d retained messages from Redis", count)
         self.server = await self.loop.create_server(
@@ -467,8 +469,6 @@ class Broker:
         if msg.retain:
             # Kept, or cleared by an empty payload [MQTT-3.3.1-6][MQTT-3.3.1-7]
             self.storage.retain(msg)
-            if forward:
-                self.bridge.store_retained(msg)
         if forward:
             self.bridge.stamp(msg)  # its identity across nodes, before any shared group picks
         nodes = self.tree.collect(msg.topic)

@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 
 from mqttd._speedups import codec, match, route
 from mqttd.errors import PacketError
+from mqttd.storage import MemoryStorage
 
 if TYPE_CHECKING:
     from mqttd.broker import Broker
@@ -110,6 +111,25 @@ def _unpack(text: str) -> Any:
     _, _, qos, retain, block, payload = decode_envelope(data)  # type: ignore[misc]
     props = decode_properties(block) if block != b"\x00" else None
     return route.Message(topic.decode(), payload, qos, retain, props, block)
+
+
+def _retained_message(topic_b: bytes, data: bytes) -> Any:
+    """A retained message as kept in Redis (envelope + payload), or None if unreadable."""
+    env = decode_envelope(data)
+    if env is None:
+        return None
+    origin, _, qos, _, block, payload = env
+    try:
+        props = decode_properties(block) if block != b"\x00" else None
+    except (PacketError, ValueError):
+        return None
+    msg = route.Message(
+        topic_b.decode(errors="replace"), payload, qos, True, props, block, (origin, 0)
+    )
+    if props and 0x02 in props:
+        # The time it already waited is not kept: the interval starts again here
+        msg.expires_at = time.monotonic() + props[0x02]
+    return msg
 
 
 def decode_properties(block: bytes) -> dict:
@@ -230,8 +250,10 @@ class RedisBridge:
         self._cmd: Any = None  # redis-py client for the few request/response calls
         #: the channel nodes tell each other about client ids connecting (takeover)
         self.control = self.prefix_b + b"$mqttd/control"
-        #: the hash of retained messages: topic -> envelope + payload
+        #: the hash of retained messages: topic -> envelope + payload; and the sorted set of
+        #: their topics, where a filter finds its topics by prefix (ZRANGEBYLEX)
         self.retained_key = self.prefix_b + b"$mqttd/retained"
+        self.retained_index = self.prefix_b + b"$mqttd/retained-topics"
         self.channels[self.control] = set()
         self.stats = {
             "forwarded": 0,
@@ -481,13 +503,51 @@ class RedisBridge:
             return
         topic = msg.topic.encode()
         if msg.payload:
-            cmd = _command(b"HSET", self.retained_key, topic, encode_envelope(self.node, 0, msg))
+            cmd = _command(
+                b"HSET", self.retained_key, topic, encode_envelope(self.node, 0, msg)
+            ) + _command(b"ZADD", self.retained_index, b"0", topic)
         else:
-            cmd = _command(b"HDEL", self.retained_key, topic)
+            cmd = _command(b"HDEL", self.retained_key, topic) + _command(
+                b"ZREM", self.retained_index, topic
+            )
         self.outbox.append(cmd)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    async def fetch_retained(self, filt: str) -> list[Any]:
+        """The retained messages kept in Redis whose topics match ``filt``: the topics come from
+        the index by their literal prefix, not from a scan of the keyspace."""
+        client = await self._client()
+        levels = filt.split("/")
+        literal: list[str] = []
+        for level in levels:
+            if level in ("+", "#"):
+                break
+            literal.append(level)
+        if len(literal) == len(levels):
+            topics = [filt.encode()]
+        else:
+            prefix = "/".join(literal).encode()
+            if not literal:
+                topics = await client.zrange(self.retained_index, 0, -1)
+            else:
+                # UTF-8 never has the byte 0xFF: "[p/" .. "[p/\xff" is every topic under p/
+                topics = await client.zrangebylex(
+                    self.retained_index, b"[" + prefix + b"/", b"[" + prefix + b"/\xff"
+                )
+                if levels[len(literal)] == "#":
+                    topics.append(prefix)  # "a/#" matches "a" too [MQTT-4.7.1-2]
+            topics = [t for t in topics if match.topic_matches(filt, t.decode(errors="replace"))]
+        if not topics:
+            return []
+        values = await client.hmget(self.retained_key, topics)
+        out = []
+        for topic_b, data in zip(topics, values, strict=True):
+            msg = _retained_message(topic_b, data) if data is not None else None
+            if msg is not None:
+                out.append(msg)
+        return out
 
     async def load_retained(self) -> int:
         """Read the retained messages kept in Redis into this node's store, at start."""
@@ -498,20 +558,12 @@ class RedisBridge:
             entries = await client.hgetall(self.retained_key)
         finally:
             await client.aclose()
-        now = time.monotonic()
         count = 0
         for topic_b, data in entries.items():
-            env = decode_envelope(data)
-            if env is None:
-                continue
-            _, _, qos, _, block, payload = env
-            props = decode_properties(block) if block != b"\x00" else None
-            msg = route.Message(topic_b.decode(), payload, qos, True, props, block)
-            if props and 0x02 in props:
-                # The time it already waited is unknown here: the interval starts again
-                msg.expires_at = now + props[0x02]
-            self.broker.storage.retain(msg)
-            count += 1
+            msg = _retained_message(topic_b, data)
+            if msg is not None:
+                self.broker.storage.retain(msg)
+                count += 1
         return count
 
     # -- client ids and sessions across nodes --------------------------------------------------------
@@ -755,3 +807,33 @@ class RedisBridge:
             "patterns": len(self.patterns),
             **self.stats,
         }
+
+
+class RedisStorage(MemoryStorage):
+    """The store of a node joined through Redis: retained messages are kept in Redis for every
+    node (and in this node's memory, which serves while Redis is away); sessions and client ids
+    stay in memory, with the bridge moving them between nodes."""
+
+    def __init__(self, bridge: RedisBridge) -> None:
+        super().__init__()
+        self.bridge = bridge
+
+    def retain(self, msg: Any) -> None:
+        super().retain(msg)
+        origin = msg.origin
+        if origin is None or origin[0] == self.bridge.node:
+            # Entered here: written to Redis once, by this node (never $SYS, which is per node)
+            if not msg.topic.startswith("$SYS"):
+                self.bridge.store_retained(msg)
+
+    def retained_now(self, filt: str) -> list[Any] | None:
+        # While Redis is up it is the one that knows what every node retained
+        return None if self.bridge.up else super().retained_now(filt)
+
+    async def retained(self, filt: str) -> list[Any]:
+        if self.bridge.up:
+            try:
+                return await self.bridge.fetch_retained(filt)
+            except (OSError, RedisError, TimeoutError) as exc:
+                log.warning("retained messages from this node only: Redis said %s", exc)
+        return await super().retained(filt)
