@@ -827,11 +827,14 @@ class RedisStorage(MemoryStorage):
                 self.bridge.store_retained(msg)
 
     def retained_now(self, filt: str) -> list[Any] | None:
-        # While Redis is up it is the one that knows what every node retained
-        return None if self.bridge.up else super().retained_now(filt)
+        # While Redis is up it is the one that knows what every node retained; $SYS is this
+        # node's own
+        if self.bridge.up and not filt.startswith("$SYS"):
+            return None
+        return super().retained_now(filt)
 
     async def retained(self, filt: str) -> list[Any]:
-        if self.bridge.up:
+        if self.bridge.up and not filt.startswith("$SYS"):
             try:
                 return await self.bridge.fetch_retained(filt)
             except (OSError, RedisError, TimeoutError) as exc:
