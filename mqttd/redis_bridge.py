@@ -216,8 +216,22 @@ class _Resp(asyncio.Protocol):
         self.on_lost(self, exc)
 
 
+def is_cluster_url(url: str) -> bool:
+    """``redis+cluster://`` / ``rediss+cluster://``: join through a Redis Cluster (sharded
+    pub/sub, mqttd.redis_cluster)."""
+    return url.split("://", 1)[0].lower() in ("redis+cluster", "rediss+cluster")
+
+
 class RedisBridge:
     """Joins one broker to the others through Redis pub/sub."""
+
+    def __new__(cls, broker: Broker, url: str, prefix: str = "") -> RedisBridge:
+        # A cluster URL gets the sharded transport; everything above the transport is shared
+        if cls is RedisBridge and is_cluster_url(url):
+            from mqttd.redis_cluster import RedisClusterBridge
+
+            return super().__new__(RedisClusterBridge)
+        return super().__new__(cls)
 
     def __init__(self, broker: Broker, url: str, prefix: str = "") -> None:
         self.broker = broker
@@ -348,12 +362,28 @@ class RedisBridge:
             self._supervisor = None
         self._flush()
         self.up = False
-        for conn in (self.pub, self.sub):
+        for conn in self._conns():
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
 
+    def _conns(self) -> list[_Resp | None]:
+        """Every Redis connection of the transport (publishing and subscribing)."""
+        return [self.pub, self.sub]
+
+    def _send(self, key: bytes, cmd: bytes, replies: int = 1) -> None:
+        """Write commands about ``key`` now (unpipelined control traffic); ``replies`` answers
+        are expected."""
+        self.pub.transport.write(cmd)  # type: ignore[union-attr]
+        self._in_flight += replies
+
+    def _ping(self) -> None:
+        self.sub.transport.write(_command(b"PING"))  # type: ignore[union-attr]
+
+    def _stalled(self) -> bool:
+        return time.monotonic() - self._last_pong > HEALTH_TIMEOUT
+
     def _lost(self, conn: _Resp, exc: Exception | None) -> None:
-        if conn is not self.pub and conn is not self.sub:
+        if conn not in self._conns():
             return
         waiter = getattr(self, "_auth_checked", None)
         if waiter is not None and not waiter.done():
@@ -362,12 +392,12 @@ class RedisBridge:
         if self.up:
             log.warning("lost the connection to Redis at %s: %s", self.address, exc or "closed")
             self.up = False
-            if conn is self.pub and self._in_flight:
+            if conn is not self.sub and self._in_flight:
                 # Written but never confirmed: count them as not forwarded
                 self.stats["not_forwarded"] += self._in_flight
                 self._in_flight = 0
             # Both go: the one that failed may still be open (a stalled Redis)
-            for c in (self.pub, self.sub):
+            for c in self._conns():
                 if c is not None and c.transport is not None and not c.transport.is_closing():
                     c.transport.abort()
         self._wake.set()
@@ -384,11 +414,11 @@ class RedisBridge:
                     pass
                 if not self.up:
                     continue
-                if time.monotonic() - self._last_pong > HEALTH_TIMEOUT:
+                if self._stalled():
                     log.warning("Redis at %s does not answer: reconnecting", self.address)
-                    self._lost(self.sub, TimeoutError("no PONG"))  # type: ignore[arg-type]
+                    self._lost(self._conns()[-1], TimeoutError("no PONG"))  # type: ignore[arg-type]
                     continue
-                self.sub.transport.write(_command(b"PING"))  # type: ignore[union-attr]
+                self._ping()
                 if time.monotonic() - self._announced > GROUP_TTL / 3:
                     self.announce_groups()
                 delay = 0.05
@@ -399,7 +429,7 @@ class RedisBridge:
                 delay = 0.05
             except (TimeoutError, OSError, ConnectionError) as exc:
                 log.debug("Redis at %s still unreachable: %s", self.address, exc)
-                for conn in (self.pub, self.sub):
+                for conn in self._conns():
                     if conn is not None and conn.transport is not None:
                         conn.transport.close()
                 await asyncio.sleep(delay)
@@ -467,6 +497,10 @@ class RedisBridge:
             return
         if not match.validate_topic(topic):
             return
+        self._receive(topic, data)
+
+    def _receive(self, topic: str, data: bytes) -> None:
+        """One message of ``topic`` from Redis (the copy kept): to this node's subscribers."""
         env = decode_envelope(data)
         if env is None:
             # Not from mqttd (redis-cli PUBLISH, another program): a QoS 0 message
@@ -594,8 +628,7 @@ class RedisBridge:
                 log.warning("could not look up the session of %s in Redis: %s", client_id, exc)
         want = holder is not None and holder != self.node
         data = b"connect\x00" + self.node + (b"\x01" if want else b"\x00") + client_id.encode()
-        self.pub.transport.write(_command(b"PUBLISH", self.control, data))
-        self._in_flight += 1
+        self._send(self.control, _command(self._publish, self.control, data))
         if not want:
             return None
         try:
@@ -611,16 +644,14 @@ class RedisBridge:
     def mark_session(self, client_id: str) -> None:
         """This node holds the persistent session of ``client_id`` now."""
         if self.up and self.pub is not None:
-            self.pub.transport.write(_command(b"SET", self._session_key(client_id), self.node))
-            self._in_flight += 1
+            key = self._session_key(client_id)
+            self._send(key, _command(b"SET", key, self.node))
 
     def forget_session(self, client_id: str) -> None:
         """The session ended here: drop the marker, unless another node holds it by now."""
         if self.up and self.pub is not None:
-            self.pub.transport.write(
-                _command(b"EVAL", _DEL_IF_EQUAL, b"1", self._session_key(client_id), self.node)
-            )
-            self._in_flight += 1
+            key = self._session_key(client_id)
+            self._send(key, _command(b"EVAL", _DEL_IF_EQUAL, b"1", key, self.node))
 
     def _hand_over(self, session: Any) -> None:
         state = {
@@ -635,10 +666,11 @@ class RedisBridge:
             "next_pid": session.outlet.next_pid,
         }
         key = self._handoff_key(session.client_id)
-        self.pub.transport.write(  # type: ignore[union-attr]
-            _command(b"RPUSH", key, json.dumps(state).encode()) + _command(b"EXPIRE", key, b"30")
+        self._send(
+            key,
+            _command(b"RPUSH", key, json.dumps(state).encode()) + _command(b"EXPIRE", key, b"30"),
+            2,
         )
-        self._in_flight += 2
 
     def restore_session(self, session: Any, state: dict) -> None:
         """Rebuild a session another node handed over: subscriptions, queue, messages in flight."""
@@ -677,9 +709,11 @@ class RedisBridge:
             return
         groups = sorted([name, filt] for name, filt in self.broker.shared)
         data = b"share\x00" + self.node + json.dumps(groups).encode()
-        self.pub.transport.write(_command(b"PUBLISH", self.control, data))
-        self._in_flight += 1
+        self._send(self.control, _command(self._publish, self.control, data))
         self._announced = time.monotonic()
+
+    #: the command that publishes (the cluster transport uses SPUBLISH)
+    _publish = b"PUBLISH"
 
     def is_mine(self, name: str, filt: str, msg: Any) -> bool:
         """Whether this node delivers ``msg`` to its member of the group: every node with
