@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="URL",
         help="join other mqttd nodes through Redis: redis://[:password@]host:port/db, "
-        "rediss:// (TLS) or unix:///path (default: this node only)",
+        "rediss:// (TLS) or unix:///path; redis+cluster://host:port (a seed node of a Redis "
+        "Cluster, sharded pub/sub, Redis 7+; rediss+cluster:// for TLS) "
+        "(default: this node only)",
     )
     p.add_argument(
         "--redis-prefix",

@@ -1,0 +1,339 @@
+"""mqttd nodes joined through a Redis Cluster (``redis+cluster://``): sharded pub/sub.
+
+The module starts a local cluster of three primaries (no replicas) on free ports, with the bus
+port given explicitly (``--cluster-port``: the default port+10000 may be out of range), slots
+assigned with CLUSTER ADDSLOTSRANGE and joined with CLUSTER MEET; it is killed at the end.
+"Nothing else arrived" is checked with markers (see multinode.py), not with sleeps.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from conftest import Nodes, _free_port
+from multinode import Client, split_envelope, unique
+from redis.cluster import RedisCluster, key_slot
+
+MARK = b"--marker--"
+READY_TIMEOUT = 15.0
+
+
+class Cluster:
+    """Three redis-server (or valkey-server) primaries forming one cluster."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, binary: str, workdir: str) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.ports: list[int] = []
+        self.procs: list[subprocess.Popen] = []
+        self.ranges: list[tuple[int, int]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://{self.host}:{self.ports[0]}"
+
+    def client(self, i: int) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.ports[i], socket_timeout=5)
+
+    def start(self) -> None:
+        bus = []
+        for _ in range(3):
+            port, bus_port = _free_port(), _free_port()
+            cmd = [self.binary, "--port", str(port), "--bind", self.host,
+                   "--cluster-enabled", "yes", "--cluster-port", str(bus_port),
+                   "--cluster-config-file", f"nodes-{port}.conf",
+                   "--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no",
+                   "--dir", self.workdir, "--logfile", f"{port}.log"]  # fmt: skip
+            self.procs.append(subprocess.Popen(cmd))
+            self.ports.append(port)
+            bus.append(bus_port)
+        clients = [self.client(i) for i in range(3)]
+        deadline = time.monotonic() + READY_TIMEOUT
+        for proc, c in zip(self.procs, clients, strict=True):
+            while True:
+                assert proc.poll() is None, f"cluster node exited with {proc.returncode}"
+                try:
+                    c.ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "cluster node does not answer"
+                    time.sleep(0.02)
+            assert c.info("server")["process_id"] == proc.pid, "a stranger answers on our port"
+        per = 16384 // 3
+        for i, c in enumerate(clients):
+            lo, hi = i * per, 16383 if i == 2 else (i + 1) * per - 1
+            c.execute_command("CLUSTER ADDSLOTSRANGE", lo, hi)
+            c.execute_command("CLUSTER SET-CONFIG-EPOCH", i + 1)
+            self.ranges.append((lo, hi))
+        for port, bus_port in zip(self.ports[1:], bus[1:], strict=True):
+            clients[0].execute_command("CLUSTER MEET", self.host, port, bus_port)
+        while True:
+            infos = [c.cluster("info") for c in clients]  # redis-py parses it into a dict
+            if all(
+                i["cluster_state"] == "ok" and int(i["cluster_known_nodes"]) == 3 for i in infos
+            ):
+                break
+            assert time.monotonic() < deadline, f"cluster not ok: {infos}"
+            time.sleep(0.05)
+        for c in clients:
+            c.close()
+
+    def shard_of(self, channel: str) -> int:
+        slot = key_slot(channel.encode())
+        return next(i for i, (lo, hi) in enumerate(self.ranges) if lo <= slot <= hi)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_binary: str) -> Iterator[Cluster]:
+    with tempfile.TemporaryDirectory(prefix="mqttd-cluster-") as workdir:
+        c = Cluster(redis_binary, workdir)
+        try:
+            c.start()
+            yield c
+        finally:
+            c.close()
+            assert all(p.poll() is not None for p in c.procs)
+
+
+@pytest.fixture(scope="module")
+def nodes(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[list]:
+    """Three mqttd nodes on the cluster (seeded with its first primary)."""
+    made = Nodes(request.config)
+    try:
+        yield made.start(cluster, 3)  # type: ignore[arg-type]
+    finally:
+        made.stop_all()
+
+
+@pytest.fixture
+def clients() -> Iterator[Any]:
+    made: list[Client] = []
+
+    def make(node: Any, *args: Any, **kwargs: Any) -> Client:
+        c = Client(node, *args, **kwargs)
+        made.append(c)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.close()
+
+
+def settle(pub: Client, subs: list[Client], topic: str) -> None:
+    """Publish probes on ``topic`` until every subscriber gets one: the wildcard filters have
+    reached the publishing node (announced on the control channel). Probes are drained."""
+    deadline = time.monotonic() + 10.0
+    i = 0
+    pending = list(subs)
+    while pending:
+        assert time.monotonic() < deadline, "wildcard filters never reached the publisher"
+        i += 1
+        probe = b"probe-%d" % i
+        pub.publish(topic, probe, qos=1)
+        still = []
+        for s in pending:
+            try:
+                s.until(probe, timeout=0.3)
+            except AssertionError:
+                still.append(s)
+        pending = still
+    pub.publish(topic, MARK, qos=1)
+    for s in subs:  # later probes of the ones that answered first
+        rest = s.until(MARK)
+        assert all(m.payload.startswith(b"probe-") for m in rest), rest
+
+
+def topics_on_each_shard(cluster: Cluster, stem: str) -> list[str]:
+    """One topic per shard (the channel's slot decides)."""
+    out: dict[int, str] = {}
+    i = 0
+    while len(out) < 3:
+        t = f"{stem}/{i}"
+        out.setdefault(cluster.shard_of(t), t)
+        i += 1
+    return [out[k] for k in range(3)]
+
+
+# -- delivery -------------------------------------------------------------------------------------
+def test_exact_filters_on_every_shard_cross_nodes(cluster, nodes, clients):
+    a, b, c = nodes
+    topics = topics_on_each_shard(cluster, unique("exact"))
+    sub = clients(b)
+    sub.subscribe(*topics)
+    pub = clients(a)
+    for t in topics:
+        pub.publish(t, t.encode(), qos=1)
+    pub.publish(topics[0], MARK, qos=1)
+    got = sub.until(MARK)
+    assert sorted((m.topic, m.payload) for m in got) == sorted((t, t.encode()) for t in topics)
+
+
+def test_wildcard_filters_cross_nodes_exactly(nodes, clients):
+    a, b, c = nodes
+    stem = unique("wild")
+    sub_b, sub_c = clients(b), clients(c)
+    sub_b.subscribe(f"{stem}/+/temp")
+    sub_c.subscribe(f"{stem}/#")
+    pub = clients(a)
+    settle(pub, [sub_b, sub_c], f"{stem}/probe/temp")
+    for t in (f"{stem}/k/temp", f"{stem}/k/temp/raw", f"{stem}", f"{stem}x/k/temp"):
+        pub.publish(t, t.encode(), qos=1)
+    pub.publish(f"{stem}/m/temp", MARK, qos=1)
+    assert [m.topic for m in sub_b.until(MARK)] == [f"{stem}/k/temp"]
+    # "x/#" matches "x" itself [MQTT-4.7.1-2], not "xy/..."
+    assert [m.topic for m in sub_c.until(MARK)] == [
+        f"{stem}/k/temp",
+        f"{stem}/k/temp/raw",
+        f"{stem}",
+    ]
+
+
+def test_no_duplicate_when_a_node_holds_exact_and_wildcard(nodes, clients):
+    """Node B gets the topic both on its channel (exact filter) and in its inbox (wildcard
+    filter): each of its clients gets one copy."""
+    a, b, _ = nodes
+    stem = unique("dup")
+    exact, wild = clients(b), clients(b)
+    exact.subscribe(f"{stem}/x")
+    wild.subscribe(f"{stem}/+")
+    pub = clients(a)
+    settle(pub, [exact, wild], f"{stem}/x")
+    for i in range(20):
+        pub.publish(f"{stem}/x", b"m%d" % i, qos=1)
+    pub.publish(f"{stem}/x", MARK, qos=1)
+    want = [b"m%d" % i for i in range(20)]
+    assert [m.payload for m in exact.until(MARK)] == want
+    assert [m.payload for m in wild.until(MARK)] == want
+
+
+def test_dollar_topics_and_prefix_lookalikes(nodes, clients):
+    """``#`` and ``+/x`` do not match ``$``-topics [MQTT-4.7.2-1]; ``a/#`` does not match ``ab``
+    (a glob would), and an exact ``ab`` subscriber gets ``ab`` once."""
+    a, b, _ = nodes
+    stem = unique("d")
+    hash_all, plus = clients(b), clients(b)
+    hash_all.subscribe("#")
+    plus.subscribe("+/x")
+    under, exact = clients(b), clients(b)
+    under.subscribe(f"{stem}/#")
+    exact.subscribe(f"{stem}b")
+    pub = clients(a)
+    settle(pub, [hash_all, under], f"{stem}/p")
+    pub.publish(f"${stem}/x", b"dollar", qos=1)
+    pub.publish(f"{stem}b", b"ab", qos=1)
+    pub.publish(f"{stem}/x", MARK, qos=1)
+    assert [m.payload for m in hash_all.until(MARK)] == [b"ab"]
+    plus.publish("p/x", MARK, qos=1)  # ends plus's stream with something it matches
+    assert [m.payload for m in plus.until(MARK)] == []
+    assert [m.payload for m in under.until(MARK)] == []
+    pub.publish(f"{stem}b", MARK, qos=1)
+    assert [m.payload for m in exact.until(MARK)] == [b"ab"]
+
+
+# -- what Redis sees --------------------------------------------------------------------------------
+def test_traffic_goes_to_the_owning_shard_only(cluster, nodes, clients):
+    """SSUBSCRIBE lands on the shard owning the channel (PUBSUB SHARDNUMSUB there, 0 elsewhere),
+    and SPUBLISH of a topic is executed by that shard only."""
+    a, b, _ = nodes
+    topics = topics_on_each_shard(cluster, unique("spread"))
+    sub = clients(b)
+    sub.subscribe(*topics)
+    shards = [cluster.client(i) for i in range(3)]
+    try:
+        for t in topics:
+            owner = cluster.shard_of(t)
+            counts = []
+            for i, r in enumerate(shards):
+                # A shard that does not own the slot says 0 (or refuses to answer)
+                try:
+                    counts.append(dict(r.pubsub_shardnumsub(t))[t.encode()])
+                except redis.ResponseError:
+                    assert i != owner
+                    counts.append(0)
+            assert counts == [1 if i == owner else 0 for i in range(3)], (t, counts)
+
+        def spublish_calls() -> list[int]:
+            out = []
+            for r in shards:
+                stats = r.info("commandstats")
+                out.append(stats.get("cmdstat_spublish", {}).get("calls", 0))
+            return out
+
+        pub = clients(a)
+        target = topics[1]
+        before = spublish_calls()
+        for i in range(200):
+            pub.publish(target, b"x%d" % i, qos=0)
+        pub.publish(target, MARK, qos=1)
+        got = sub.until(MARK)
+        assert len(got) == 200
+        after = spublish_calls()
+        delta = [x - y for x, y in zip(after, before, strict=True)]
+        owner = cluster.shard_of(target)
+        assert delta[owner] >= 201, delta
+        # The other shards only see the control channel's occasional announcements
+        assert all(d < 20 for i, d in enumerate(delta) if i != owner), delta
+    finally:
+        for r in shards:
+            r.close()
+
+
+def test_redis_client_ssubscribe_sees_messages_and_can_publish(cluster, nodes, clients):
+    """What a redis-cli / redis-py user sees: SSUBSCRIBE on the topic channel gives the
+    envelope + payload of every MQTT message on that topic; SPUBLISH reaches MQTT subscribers
+    of the exact topic as a raw QoS 0 message."""
+    a, b, _ = nodes
+    topic = unique("rc")
+    rc = RedisCluster(host=cluster.host, port=cluster.ports[0])
+    ps = rc.pubsub()
+    got: list[Any] = []
+    try:
+        ps.ssubscribe(topic)
+        done = threading.Event()
+
+        def read() -> None:
+            while not done.is_set():
+                m = ps.get_sharded_message(ignore_subscribe_messages=True, timeout=0.1)
+                if m:
+                    got.append(m)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        sub = clients(b)
+        sub.subscribe(topic)
+        pub = clients(a)
+        pub.publish(topic, b"hello", qos=1)
+        pub.publish(topic, MARK, qos=1)
+        assert [m.payload for m in sub.until(MARK)] == [b"hello"]
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        done.set()
+        reader.join(2)
+        assert [m["channel"] for m in got] == [topic.encode()] * 2
+        qos, _, _, payload = split_envelope(got[0]["data"])
+        assert (qos, payload) == (1, b"hello")
+        # The other way: a plain SPUBLISH from Redis
+        assert rc.spublish(topic, b"from redis") >= 1
+        pub.publish(topic, MARK, qos=1)
+        assert [(m.payload, m.qos) for m in sub.until(MARK)] == [(b"from redis", 0)]
+    finally:
+        ps.close()
+        rc.close()
