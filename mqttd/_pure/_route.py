@@ -21,6 +21,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from mqttd._pure._codec import decode_varint
+from mqttd._pure._codec import encode_varint as _varint
+
 # Subscription option bits (MQTT 5 §3.8.3.1); 3.1.1 clients only ever set the QoS bits.
 OPT_QOS = 0x03
 OPT_NO_LOCAL = 0x04
@@ -30,29 +33,6 @@ OPT_RETAIN_AS_PUBLISHED = 0x08
 AWAIT_PUBACK = 1  # QoS 1, PUBLISH sent
 AWAIT_PUBREC = 2  # QoS 2, PUBLISH sent
 AWAIT_PUBCOMP = 3  # QoS 2, PUBREL sent
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _read_varint(data: bytes) -> tuple[int, int]:
-    value = shift = pos = 0
-    while True:
-        b = data[pos]
-        value |= (b & 0x7F) << shift
-        pos += 1
-        if not b & 0x80:
-            return value, pos
-        shift += 7
 
 
 class Message:
@@ -116,7 +96,7 @@ class Message:
             children = self._children = {}
         child = children.get(key)
         if child is None:
-            _, pos = _read_varint(self.props_block)
+            _, pos = decode_varint(self.props_block, 0)
             inner = self.props_block[pos:] + extra_block
             props = dict(self.properties)
             props.update(extra)

@@ -7,33 +7,19 @@ it waits for (a subscriber's SUBACK is not visible from outside its process).
 
 from __future__ import annotations
 
-import queue
 import signal
 import subprocess
-import threading
-import time
 from collections.abc import Callable
 
 import pytest
+from helpers import Lines as _Lines
 
 VERSIONS = ["mqttv311", "mqttv5"]
 DEADLINE = 10.0  # upper bound for one interop exchange; normally well under a second
 
 
-class Lines:
-    """A running command whose stdout lines are collected by a thread."""
-
-    def __init__(self, cmd: list[str]):
-        self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
+class Lines(_Lines):
+    """helpers.Lines with this module's longer deadline."""
 
     def wait_for(
         self,
@@ -41,33 +27,7 @@ class Lines:
         timeout: float = DEADLINE,
         poke: Callable[[], None] | None = None,
     ) -> str:
-        """Wait for a line satisfying ``pred``; call ``poke`` (e.g. publish again) every 0.25 s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if poke is not None:
-                poke()
-            try:
-                line = self.lines.get(timeout=0.25)
-            except queue.Empty:
-                if self.proc.poll() is not None and self.lines.empty():
-                    err = self.proc.stderr.read() if self.proc.stderr else ""
-                    raise AssertionError(
-                        f"{self.cmd[0]} exited {self.proc.returncode}: {err}"
-                    ) from None
-                continue
-            self.seen.append(line)
-            if pred(line):
-                return line
-        raise AssertionError(f"no matching line from {self.cmd} within {timeout}s: {self.seen}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        return super().wait_for(pred, timeout, poke)
 
 
 def pub(
