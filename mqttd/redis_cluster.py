@@ -243,6 +243,11 @@ class RedisClusterBridge(RedisBridge):
             self.stats["errors"] += 1
             log.warning("Redis error on the subscription at %s:%d: %s", addr[0], addr[1], text)
             return
+        if reply == b"PONG":
+            # A connection with no subscription on its shard (none yet, or the last one just
+            # went) is not in subscribed mode: PING gets a plain +PONG there
+            self.pongs[addr] = time.monotonic()
+            return
         kind = reply[0]
         if kind == b"smessage":
             channel, data = reply[1], reply[2]

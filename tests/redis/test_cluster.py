@@ -36,6 +36,7 @@ class Cluster:
         self.ports: list[int] = []
         self.procs: list[subprocess.Popen] = []
         self.ranges: list[tuple[int, int]] = []
+        self.cmds: list[list[str]] = []
 
     @property
     def url(self) -> str:
@@ -53,6 +54,7 @@ class Cluster:
                    "--cluster-config-file", f"nodes-{port}.conf",
                    "--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no",
                    "--dir", self.workdir, "--logfile", f"{port}.log"]  # fmt: skip
+            self.cmds.append(cmd)
             self.procs.append(subprocess.Popen(cmd))
             self.ports.append(port)
             bus.append(bus_port)
@@ -91,6 +93,27 @@ class Cluster:
         slot = key_slot(channel.encode())
         return next(i for i, (lo, hi) in enumerate(self.ranges) if lo <= slot <= hi)
 
+    def kill(self, i: int) -> None:
+        self.procs[i].kill()
+        self.procs[i].wait(5)
+
+    def restart(self, i: int) -> None:
+        """The same node again (same port; its nodes.conf brings it back into the cluster)."""
+        self.procs[i] = subprocess.Popen(self.cmds[i])
+        self.wait_ok()
+
+    def wait_ok(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                infos = [self.client(i).cluster("info") for i in range(3)]
+                if all(x["cluster_state"] == "ok" for x in infos):
+                    return
+            except redis.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "cluster not ok again"
+            time.sleep(0.05)
+
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -108,6 +131,18 @@ def cluster(redis_binary: str) -> Iterator[Cluster]:
         finally:
             c.close()
             assert all(p.poll() is not None for p in c.procs)
+
+
+@pytest.fixture
+def own_cluster(redis_binary: str) -> Iterator[Cluster]:
+    """A cluster of this test's own (it moves slots or kills a shard)."""
+    with tempfile.TemporaryDirectory(prefix="mqttd-cluster-") as workdir:
+        c = Cluster(redis_binary, workdir)
+        try:
+            c.start()
+            yield c
+        finally:
+            c.close()
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +282,21 @@ def test_dollar_topics_and_prefix_lookalikes(nodes, clients):
     assert [m.payload for m in exact.until(MARK)] == [b"ab"]
 
 
+def test_idle_nodes_keep_their_connections(cluster, nodes):
+    """Health checks get their answers on every shard (including one where a node subscribes
+    nothing): no reconnection while idle, longer than the health timeout."""
+    shards = [cluster.client(i) for i in range(3)]
+    try:
+        before = [r.info("stats")["total_connections_received"] for r in shards]
+        time.sleep(4.5)  # HEALTH_TIMEOUT (3 s) + HEALTH_INTERVAL
+        after = [r.info("stats")["total_connections_received"] for r in shards]
+        # Our own INFO clients are the only new connections
+        assert [x - y for x, y in zip(after, before, strict=True)] == [0, 0, 0]
+    finally:
+        for r in shards:
+            r.close()
+
+
 # -- what Redis sees --------------------------------------------------------------------------------
 def test_traffic_goes_to_the_owning_shard_only(cluster, nodes, clients):
     """SSUBSCRIBE lands on the shard owning the channel (PUBSUB SHARDNUMSUB there, 0 elsewhere),
@@ -337,3 +387,61 @@ def test_redis_client_ssubscribe_sees_messages_and_can_publish(cluster, nodes, c
     finally:
         ps.close()
         rc.close()
+
+
+# -- the cluster changes ----------------------------------------------------------------------------
+def test_slot_moved_to_another_shard(own_cluster, start_nodes, clients):
+    """A slot given to another shard: the subscribing node is unsubscribed by the old owner, the
+    publishing node gets MOVED; both read the slot map again and traffic resumes on the new
+    owner."""
+    cluster = own_cluster
+    a, b = start_nodes(cluster, 2)
+    topic = unique("moving")
+    sub = clients(b)
+    sub.subscribe(topic)
+    pub = clients(a)
+    pub.publish(topic, b"before", qos=1)
+    pub.publish(topic, MARK, qos=1)
+    assert [m.payload for m in sub.until(MARK)] == [b"before"]
+    slot = key_slot(topic.encode())
+    old = cluster.shard_of(topic)
+    new = (old + 1) % 3
+    shards = [cluster.client(i) for i in range(3)]
+    try:
+        target = shards[new].execute_command("CLUSTER MYID")
+        for i in (new, old, 3 - old - new):  # the new owner first: it bumps its epoch
+            shards[i].execute_command("CLUSTER SETSLOT", slot, "NODE", target)
+        settle(pub, [sub], topic)  # the first messages after the move may be lost
+        for i in range(10):
+            pub.publish(topic, b"after%d" % i, qos=1)
+        pub.publish(topic, MARK, qos=1)
+        assert [m.payload for m in sub.until(MARK)] == [b"after%d" % i for i in range(10)]
+        assert dict(shards[new].pubsub_shardnumsub(topic))[topic.encode()] == 1
+    finally:
+        for r in shards:
+            r.close()
+
+
+def test_shard_killed_and_restarted(own_cluster, start_nodes, clients):
+    """A primary dies: nodes keep serving their own clients; when it is back, cross-node
+    delivery resumes (subscriptions made again on every shard)."""
+    cluster = own_cluster
+    a, b = start_nodes(cluster, 2)
+    topics = topics_on_each_shard(cluster, unique("kill"))
+    sub = clients(b)
+    sub.subscribe(*topics)
+    local = clients(a)
+    local.subscribe(topics[0])
+    pub = clients(a)
+    cluster.kill(2)
+    time.sleep(0.5)
+    pub.publish(topics[0], b"local", qos=1)
+    pub.publish(topics[0], MARK, qos=1)
+    assert [m.payload for m in local.until(MARK)] == [b"local"]
+    cluster.restart(2)
+    for t in topics:
+        settle(pub, [sub], t)
+    for t in topics:
+        pub.publish(t, t.encode(), qos=1)
+    pub.publish(topics[0], MARK, qos=1)
+    assert sorted(m.payload for m in sub.until(MARK)) == sorted(t.encode() for t in topics)
