@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import Nodes, _free_port
-from multinode import Client, split_envelope, unique
+from multinode import Client, parse_csv_line, split_envelope, unique
 from redis.cluster import RedisCluster, key_slot
 
 MARK = b"--marker--"
@@ -387,6 +387,48 @@ def test_redis_client_ssubscribe_sees_messages_and_can_publish(cluster, nodes, c
     finally:
         ps.close()
         rc.close()
+
+
+def test_redis_cli_cluster_mode_ssubscribe(cluster, nodes, clients, redis_cli):
+    """``redis-cli -c SSUBSCRIBE <topic>`` asked on a shard that does not own the channel
+    follows the MOVED redirection and sees one smessage per MQTT message."""
+    if redis_cli is None:
+        pytest.skip("redis-cli not installed (the redis-py test covers the same)")
+    a, b, _ = nodes
+    topic = unique("cli")
+    other = (cluster.shard_of(topic) + 1) % 3
+    cmd = [redis_cli, "-c", "-h", cluster.host, "-p", str(cluster.ports[other]), "--csv",
+           "SSUBSCRIBE", topic]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    lines: list[list[bytes]] = []
+    subscribed = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            fields = parse_csv_line(raw.rstrip(b"\n"))
+            if fields[0] == b"ssubscribe":
+                subscribed.set()
+            elif fields[0] == b"smessage":
+                lines.append(fields)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert subscribed.wait(5), "redis-cli SSUBSCRIBE not confirmed"
+        sub = clients(b)
+        sub.subscribe(topic)
+        pub = clients(a)
+        pub.publish(topic, b"21.5", qos=1)
+        pub.publish(topic, MARK, qos=1)
+        assert [m.payload for m in sub.until(MARK)] == [b"21.5"]
+        deadline = time.monotonic() + 5
+        while len(lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [f[:2] for f in lines] == [[b"smessage", topic.encode()]] * 2
+        assert split_envelope(lines[0][2])[3] == b"21.5"
+    finally:
+        proc.terminate()
+        proc.wait(5)
 
 
 # -- the cluster changes ----------------------------------------------------------------------------
