@@ -8,10 +8,13 @@ assigned with CLUSTER ADDSLOTSRANGE and joined with CLUSTER MEET; it is killed a
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -429,6 +432,78 @@ def test_redis_cli_cluster_mode_ssubscribe(cluster, nodes, clients, redis_cli):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# -- shared state through the cluster ----------------------------------------------------------------
+def test_retained_takeover_and_session_across_nodes(nodes) -> None:
+    """Retained messages (a hash and a sorted set, on their shards), client-id takeover and a
+    persistent session handed over (control channel + keys on their shards)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "conformance"))
+    from mqtt_raw import SESSION_EXPIRY_INTERVAL, Client, connected, prop, props
+
+    a, b, c = ((n.host, n.port) for n in nodes)
+    t = unique("state")
+    with connected(a, unique("p")) as pub:
+        pub.publish(f"{t}/x", b"kept", qos=1, retain=True)
+        pub.publish(f"{t}/gone", b"soon", qos=1, retain=True)
+        pub.publish(f"{t}/gone", b"", qos=1, retain=True)  # cleared [MQTT-3.3.1-6]
+    with connected(b, unique("s")) as sub:
+        sub.subscribe(f"{t}/#", 1)
+        m = sub.recv_publish()
+        assert (m.topic, m.payload, m.retain) == (f"{t}/x", b"kept", True)
+        sub.expect_quiet()
+    cid = unique("same")
+    first = connected(a, cid, 5)
+    try:
+        with connected(c, cid, 5):
+            got = first.wait_closed(5)  # taken over [MQTT-3.1.4-3]
+            assert [p.type for p in got] == [14] and got[0].body[0] == 0x8E
+    finally:
+        first.close()
+    cid = unique("roam")
+    keep = props(prop(SESSION_EXPIRY_INTERVAL, 60))
+    with connected(a, cid, 5, clean=False, properties=keep) as cl:
+        cl.subscribe(f"{t}/roam/#", 1)
+        cl.disconnect()
+    time.sleep(0.3)  # the wildcard filter is announced to the other nodes
+    with connected(b, unique("p"), 5) as pub:
+        for i in range(3):
+            pub.publish(f"{t}/roam/{i}", str(i).encode(), qos=1, pid=i + 1)
+    time.sleep(0.3)  # the messages reach node A, where the session waits
+    with Client(c, 5) as cl:
+        present, rc, _ = cl.connect(cid, clean=False, properties=keep)
+        assert rc == 0 and present is True  # the session came over from node A
+        assert [cl.recv_publish().payload for _ in range(3)] == [b"0", b"1", b"2"]
+        cl.expect_quiet()
+
+
+def test_shared_group_spans_nodes(nodes, clients):
+    """One delivery per message for a shared group with members on three nodes."""
+    a, b, c = nodes
+    r = unique("sh")
+    members = [clients(n) for n in (a, b, c, c)]
+    for m in members:
+        m.subscribe(f"$share/g/{r}/jobs/#")
+    watcher = clients(b)
+    watcher.subscribe(f"{r}/jobs/#")
+    pub = clients(a)
+    settle(pub, [watcher], f"{r}/jobs/probe")
+    time.sleep(0.3)  # the groups are announced too; drop the probes the group got
+    for m in members:
+        while not m.messages.empty():
+            m.messages.get()
+    sent = [b"%d" % i for i in range(30)]
+    for i, p in enumerate(sent):
+        pub.publish(f"{r}/jobs/{i}", p, qos=1)
+    pub.publish(f"{r}/jobs/end", MARK, qos=1)
+    assert len(watcher.until(MARK)) == len(sent)
+    time.sleep(0.5)
+    received = []
+    for m in members:
+        while not m.messages.empty():
+            received.append(m.messages.get().payload)
+    assert Counter(p for p in received if p != MARK) == Counter(sent)
+    assert received.count(MARK) == 1
 
 
 # -- the cluster changes ----------------------------------------------------------------------------
