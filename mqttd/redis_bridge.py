@@ -197,11 +197,13 @@ class _Resp(asyncio.Protocol):
         self.on_lost = on_lost
         self.transport: Any = None
         self.lost = False
+        self.last_rx = time.monotonic()  # Redis is alive while it sends anything
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
         reader = self.reader
         reader.feed(data)
         on_reply = self.on_reply
@@ -380,7 +382,10 @@ class RedisBridge:
         self.sub.transport.write(_command(b"PING"))  # type: ignore[union-attr]
 
     def _stalled(self) -> bool:
-        return time.monotonic() - self._last_pong > HEALTH_TIMEOUT
+        # A PONG queued behind a backlog of messages we are still reading is late, but Redis is
+        # not stalled: any data counts as a sign of life
+        last = max(self._last_pong, self.sub.last_rx if self.sub is not None else 0.0)
+        return time.monotonic() - last > HEALTH_TIMEOUT
 
     def _lost(self, conn: _Resp, exc: Exception | None) -> None:
         if conn not in self._conns():
@@ -772,7 +777,26 @@ class RedisBridge:
             return
         channel = self.prefix_b + msg.topic.encode()
         seq = msg.origin[1] if msg.origin is not None else self.stamp(msg)
-        self.outbox.append(_command(b"PUBLISH", channel, encode_envelope(self.node, seq, msg)))
+        # PUBLISH channel envelope+payload, framed in one formatting step (the per-message cost
+        # of the Redis path: a generic command builder took 1.1 us of the 3.4 us forward)
+        flags = msg.qos | (F_RETAIN if msg.retain else 0)
+        block = msg.props_block
+        if block == b"\x00":
+            block = b""
+        else:
+            flags |= F_PROPS
+        payload = msg.payload
+        self.outbox.append(
+            b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b%b%b\r\n"
+            % (
+                len(channel),
+                channel,
+                HEADER_SIZE + len(block) + len(payload),
+                _HEAD.pack(MAGIC, flags, self.node, seq),
+                block,
+                payload,
+            )
+        )
         self._outbox_publishes += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True

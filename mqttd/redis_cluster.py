@@ -198,7 +198,11 @@ class RedisClusterBridge(RedisBridge):
 
     def _stalled(self) -> bool:
         now = time.monotonic()
-        return any(now - t > HEALTH_TIMEOUT for t in self.pongs.values())
+        subs = self.subs
+        return any(
+            now - max(t, subs[addr].last_rx if addr in subs else 0.0) > HEALTH_TIMEOUT
+            for addr, t in self.pongs.items()
+        )
 
     def _redirected(self, why: str) -> None:
         """The slot map we hold is stale: read it again and subscribe everything anew."""
