@@ -590,13 +590,7 @@ class RedisBridge:
 
     async def load_retained(self) -> int:
         """Read the retained messages kept in Redis into this node's store, at start."""
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10)
-        try:
-            entries = await client.hgetall(self.retained_key)
-        finally:
-            await client.aclose()
+        entries = await (await self._client()).hgetall(self.retained_key)
         count = 0
         for topic_b, data in entries.items():
             msg = _retained_message(topic_b, data)

@@ -451,19 +451,6 @@ class RedisClusterBridge(RedisBridge):
             self._cmd = RedisCluster.from_url(self.url, socket_connect_timeout=3, socket_timeout=5)
         return self._cmd
 
-    async def load_retained(self) -> int:
-        client = await self._client()
-        entries = await client.hgetall(self.retained_key)
-        count = 0
-        from mqttd.redis_bridge import _retained_message
-
-        for topic_b, data in entries.items():
-            msg = _retained_message(topic_b, data)
-            if msg is not None:
-                self.broker.storage.retain(msg)
-                count += 1
-        return count
-
     def health(self) -> dict[str, Any]:
         out = super().health()
         out.update(
