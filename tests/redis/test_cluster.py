@@ -158,22 +158,6 @@ def nodes(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[list]:
         made.stop_all()
 
 
-@pytest.fixture
-def clients() -> Iterator[Any]:
-    made: list[Client] = []
-
-    def make(node: Any, *args: Any, **kwargs: Any) -> Client:
-        c = Client(node, *args, **kwargs)
-        made.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.close()
-
-
 def settle(pub: Client, subs: list[Client], topic: str) -> None:
     """Publish probes on ``topic`` until every subscriber gets one: the wildcard filters have
     reached the publishing node (announced on the control channel). Probes are drained."""
