@@ -11,17 +11,28 @@ stays far below the broker's:
   per-publisher counters in C arrays; it answers QoS 1/2 flows by writing the acknowledgement
   packets into an output buffer that the caller sends.
 
-Payload head layout (big-endian): u32 publisher index, u64 sequence number; padding follows.
+Payload head layout (big-endian): u32 publisher index, u64 sequence number; in latency runs a
+u64 send time (CLOCK_MONOTONIC, ns) follows at offset 12 (``STAMP_OFF``); padding follows.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memmove
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 HEAD_SIZE = 12
+STAMP_OFF = 12  # payload offset of the optional send timestamp
+MAX_SAMPLES = 1 << 24  # latency samples kept per counter (128 MiB); later ones are dropped
 
 cdef enum:
     _HEAD = 12
+    _STAMPED = 20
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef inline uint64_t _get_u64(const uint8_t* p) noexcept nogil:
@@ -36,11 +47,13 @@ cdef inline uint32_t _get_u32(const uint8_t* p) noexcept nogil:
 
 
 def fill_publishes(bytearray out, Py_ssize_t offset, const uint8_t[::1] template,
-                   Py_ssize_t seq_off, Py_ssize_t pid_off, uint64_t seq, Py_ssize_t count):
+                   Py_ssize_t seq_off, Py_ssize_t pid_off, uint64_t seq, Py_ssize_t count,
+                   Py_ssize_t ts_off=-1, uint64_t ts=0):
     """Write ``count`` copies of ``template`` into ``out`` from ``offset``, with sequence numbers
     ``seq``, ``seq + 1``, ... patched at ``seq_off`` (8 bytes, big-endian) and, when
     ``pid_off >= 0``, packet identifier ``seq % 65535 + 1`` at ``pid_off`` (2 bytes), so the
-    identifier is never 0 [MQTT-2.2.1-3]. Returns the offset after the last packet."""
+    identifier is never 0 [MQTT-2.2.1-3]. When ``ts_off >= 0`` every packet also gets ``ts``
+    (the send time in ns) at ``ts_off`` (8 bytes). Returns the offset after the last packet."""
     cdef Py_ssize_t size = template.shape[0]
     cdef Py_ssize_t i, k
     cdef uint8_t* dst
@@ -50,6 +63,8 @@ def fill_publishes(bytearray out, Py_ssize_t offset, const uint8_t[::1] template
         raise ValueError("send buffer too small for the batch")
     if size == 0 or seq_off < 0 or seq_off + 8 > size or pid_off + 2 > size:
         raise ValueError("bad template offsets")
+    if ts_off + 8 > size:
+        raise ValueError("bad timestamp offset")
     dst = <uint8_t*>(<char*>out) + offset
     with nogil:
         for i in range(count):
@@ -57,6 +72,9 @@ def fill_publishes(bytearray out, Py_ssize_t offset, const uint8_t[::1] template
             s = seq + <uint64_t>i
             for k in range(8):
                 dst[seq_off + k] = <uint8_t>(s >> (56 - 8 * k))
+            if ts_off >= 0:
+                for k in range(8):
+                    dst[ts_off + k] = <uint8_t>(ts >> (56 - 8 * k))
             if pid_off >= 0:
                 pid = <uint32_t>(s % 65535) + 1
                 dst[pid_off] = <uint8_t>(pid >> 8)
@@ -82,6 +100,12 @@ cdef class FrameCounter:
     cdef readonly int64_t other         # any other packet type
     cdef readonly int disconnect_reason  # -1 until a DISCONNECT arrives (MQTT 5 servers send it)
     cdef readonly int64_t nbytes        # bytes consumed
+    # While true, each PUBLISH with a stamped payload (>= 20 bytes) adds one latency sample:
+    # the time of this ``feed`` call minus the send time in the payload, in ns.
+    cdef public bint latency
+    cdef int64_t* samples
+    cdef Py_ssize_t nsamples
+    cdef Py_ssize_t samples_cap
     cdef int64_t skip                   # bytes of the current packet still to discard
     cdef int64_t* received
     cdef int64_t* next_seq
@@ -91,10 +115,11 @@ cdef class FrameCounter:
     cdef Py_ssize_t out_len
     cdef Py_ssize_t out_cap
 
-    def __cinit__(self, int npubs, int protocol_level=4, bint respond=True):
+    def __cinit__(self, int npubs, int protocol_level=4, bint respond=True, bint latency=False):
         if npubs < 0:
             raise ValueError("npubs must be >= 0")
         self.npubs = npubs
+        self.latency = latency
         self.protocol_level = protocol_level
         self.respond = respond
         self.disconnect_reason = -1
@@ -114,6 +139,23 @@ cdef class FrameCounter:
         free(self.gaps)
         free(self.reordered)
         free(self.out)
+        free(self.samples)
+
+    cdef int _sample(self, int64_t v) except -1:
+        cdef int64_t* grown
+        cdef Py_ssize_t cap
+        if self.nsamples >= self.samples_cap:
+            if self.samples_cap >= MAX_SAMPLES:
+                return 0
+            cap = self.samples_cap * 2 if self.samples_cap else 65536
+            grown = <int64_t*>realloc(self.samples, cap * sizeof(int64_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.samples = grown
+            self.samples_cap = cap
+        self.samples[self.nsamples] = v
+        self.nsamples += 1
+        return 0
 
     cdef int _ack(self, uint8_t first, uint8_t hi, uint8_t lo) except -1:
         # A 2-byte body (packet id only) is valid at every level: in MQTT 5 a remaining length of
@@ -144,6 +186,7 @@ cdef class FrameCounter:
         cdef bint done
         cdef uint32_t idx
         cdef int64_t seq
+        cdef int64_t now = _now_ns() if self.latency else 0
         if n < 0 or n > len(buf):
             raise ValueError("n out of range")
         if self.skip:
@@ -203,7 +246,7 @@ cdef class FrameCounter:
                     raise ValueError("PUBLISH header runs past the packet end")
                 plen = total - need  # payload length
                 if plen >= _HEAD:
-                    if avail < need + _HEAD:
+                    if avail < need + (_STAMPED if self.latency and plen >= _STAMPED else _HEAD):
                         break
                     idx = _get_u32(b + pos + need)
                     if idx < <uint32_t>self.npubs:
@@ -216,6 +259,8 @@ cdef class FrameCounter:
                         else:
                             self.reordered[i] += 1
                         self.messages += 1
+                        if self.latency and plen >= _STAMPED:
+                            self._sample(now - <int64_t>_get_u64(b + pos + need + _HEAD))
                     else:
                         self.foreign += 1
                 else:
@@ -268,6 +313,10 @@ cdef class FrameCounter:
     @property
     def out_pending(self):
         return self.out_len
+
+    def latency_samples(self):
+        """The latency samples recorded so far, in ns (a list)."""
+        return [self.samples[i] for i in range(self.nsamples)]
 
     def received_list(self):
         return [self.received[i] for i in range(self.npubs)]

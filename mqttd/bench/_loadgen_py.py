@@ -2,14 +2,19 @@
 
 Used when the compiled module is missing (no compiler at install time) or when
 ``MQTTD_NO_EXTENSIONS=1``; the unit tests feed both the same byte streams and compare counters.
-Payload head layout (big-endian): u32 publisher index, u64 sequence number; padding follows.
+Payload head layout (big-endian): u32 publisher index, u64 sequence number; in latency runs a
+u64 send time (CLOCK_MONOTONIC, ns) follows at offset 12 (``STAMP_OFF``); padding follows.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 
 HEAD_SIZE = 12
+STAMP_OFF = 12
+MAX_SAMPLES = 1 << 24
+_STAMPED = 20
 
 _HEAD = struct.Struct(">IQ")
 _U64 = struct.Struct(">Q")
@@ -24,15 +29,20 @@ def fill_publishes(
     pid_off: int,
     seq: int,
     count: int,
+    ts_off: int = -1,
+    ts: int = 0,
 ) -> int:
     """Write ``count`` copies of ``template`` into ``out`` from ``offset`` with sequence numbers
     ``seq``, ``seq + 1``, ... at ``seq_off`` and, when ``pid_off >= 0``, packet identifier
-    ``seq % 65535 + 1`` at ``pid_off`` (never 0 [MQTT-2.2.1-3]). Returns the end offset."""
+    ``seq % 65535 + 1`` at ``pid_off`` (never 0 [MQTT-2.2.1-3]); with ``ts_off >= 0`` also the
+    send time ``ts`` (ns) at ``ts_off``. Returns the end offset."""
     size = len(template)
     if count < 0 or offset < 0 or offset + size * count > len(out):
         raise ValueError("send buffer too small for the batch")
     if size == 0 or seq_off < 0 or seq_off + 8 > size or pid_off + 2 > size:
         raise ValueError("bad template offsets")
+    if ts_off + 8 > size:
+        raise ValueError("bad timestamp offset")
     pos = offset
     pack64 = _U64.pack_into
     for s in range(seq, seq + count):
@@ -40,6 +50,8 @@ def fill_publishes(
         pack64(out, pos + seq_off, s & 0xFFFFFFFFFFFFFFFF)
         if pid_off >= 0:
             _U16.pack_into(out, pos + pid_off, s % 65535 + 1)
+        if ts_off >= 0:
+            pack64(out, pos + ts_off, ts & 0xFFFFFFFFFFFFFFFF)
         pos += size
     return pos
 
@@ -47,10 +59,14 @@ def fill_publishes(
 class FrameCounter:
     """Counts what arrives on one MQTT client connection (see mqttd/bench/_loadgen.pyx)."""
 
-    def __init__(self, npubs: int, protocol_level: int = 4, respond: bool = True) -> None:
+    def __init__(
+        self, npubs: int, protocol_level: int = 4, respond: bool = True, latency: bool = False
+    ) -> None:
         if npubs < 0:
             raise ValueError("npubs must be >= 0")
         self.npubs = npubs
+        self.latency = bool(latency)
+        self._samples: list[int] = []
         self.protocol_level = protocol_level
         self.respond = bool(respond)
         self.messages = 0
@@ -79,6 +95,7 @@ class FrameCounter:
         return their count (equal to ``len(buf)``: the buffer must grow)."""
         if n < 0 or n > len(buf):
             raise ValueError("n out of range")
+        now = time.monotonic_ns() if self.latency else 0
         b = buf
         pos = 0
         if self._skip:
@@ -135,7 +152,8 @@ class FrameCounter:
                     raise ValueError("PUBLISH header runs past the packet end")
                 plen = total - need
                 if plen >= HEAD_SIZE:
-                    if avail < need + HEAD_SIZE:
+                    stamped = self.latency and plen >= _STAMPED
+                    if avail < need + (_STAMPED if stamped else HEAD_SIZE):
                         break
                     idx, seq = _HEAD.unpack_from(b, pos + need)
                     if idx < self.npubs:
@@ -147,6 +165,8 @@ class FrameCounter:
                         else:
                             self._reordered[idx] += 1
                         self.messages += 1
+                        if stamped and len(self._samples) < MAX_SAMPLES:
+                            self._samples.append(now - _U64.unpack_from(b, pos + need + 12)[0])
                     else:
                         self.foreign += 1
                 else:
@@ -197,6 +217,9 @@ class FrameCounter:
     @property
     def out_pending(self) -> int:
         return len(self._out)
+
+    def latency_samples(self) -> list[int]:
+        return list(self._samples)
 
     def received_list(self) -> list[int]:
         return list(self._received)

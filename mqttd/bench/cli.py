@@ -1,4 +1,5 @@
-"""Command line of the load generator: ``python -m mqttd.bench <scenario> [options]``.
+"""Command line of the load generator: ``mqttd-bench <scenario> [options]`` (also
+``python -m mqttd.bench``).
 
 Each scenario is a sub-command; options shared by every scenario (target, timing, placement,
 output, comparison) are added by ``_common_options`` so a new scenario only declares its own.
@@ -9,14 +10,67 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Callable
 
 from mqttd.bench import hotloop, scenarios
+from mqttd.bench.idle import Idle
 from mqttd.bench.mqtt import BenchError
-from mqttd.bench.report import compare, format_comparison, format_run
-from mqttd.bench.runner import Options, RunResult, Scenario, run
+from mqttd.bench.report import compare, format_comparison, format_run, run_any, run_line
+from mqttd.bench.runner import Options, RunResult, Scenario
 
 VERSIONS = {"3.1.1": 4, "4": 4, "311": 4, "5": 5, "5.0": 5}
+
+DESCRIPTION = textwrap.fill(
+    "Load generator for any MQTT broker over TCP. Reports delivered messages/s, loss, "
+    "reordering, the QoS 1 acknowledgement flow, latency percentiles or idle-connection "
+    "memory, and the CPU of the generator and (with --broker-pid) of the broker. Progress goes "
+    "to stderr once a second (not with --json or --quiet). --compare HOST:PORT runs the "
+    "scenario against two brokers in turn (A B A B ...) and prints the ratios. "
+    "'mqttd-bench SCENARIO --help' lists a scenario's options.",
+    96,
+)
+
+SCENARIOS = {
+    "fanin": (
+        "many publishers -> one subscriber",
+        "Fan-in: N publishers (--publishers, default 8) each publish to their own topic "
+        "PREFIX/i as fast as the broker reads them (or at --rate msg/s in all); one subscriber "
+        "subscribes to PREFIX/+ (or PREFIX/#) and counts every message. Reports delivered msg/s, "
+        "loss and reordering per publisher.",
+    ),
+    "fanout": (
+        "one publisher -> many subscribers on one topic",
+        "Fan-out: one publisher (--publishers to have more) publishes to a single topic that N "
+        "subscribers (--subscribers, default 50) all subscribe to. Every subscriber must get "
+        "every message: delivered msg/s counts every copy (N x the publish rate when nothing is "
+        "dropped); loss and reordering are counted per subscriber and publisher.",
+    ),
+    "p2p": (
+        "N independent publisher -> subscriber pairs",
+        "Point-to-point: N pairs (--pairs, default 16); publisher i publishes to PREFIX/i and "
+        "only subscriber i subscribes to it (exact topic, no wildcard). Measures the routing of "
+        "many independent flows; delivered msg/s is the sum over the pairs.",
+    ),
+    "latency": (
+        "fixed-rate publishing, receive - send time percentiles",
+        "Latency at a fixed rate: one publisher (--publishers for more) sends --rate msg/s in "
+        "all (default 20,000) in bursts of rate/1000, each payload carrying its send time "
+        "(CLOCK_MONOTONIC ns, shared by all processes); one subscriber records receive - send "
+        "for every message of the window. Reports p50/p90/p99/p99.9/max in microseconds; "
+        "--compare divides the p99s. A broker that cannot keep up shows published < rate.",
+    ),
+    "idle": (
+        "hold many idle connections, broker memory per connection",
+        "Idle connections: opens --connections TCP connections (default 10,000), sends each "
+        "a CONNECT with --keepalive, counts the CONNACKs, then holds them open for warm-up + "
+        "duration seconds (PINGREQ every keepalive/2 if that long). With --broker-pid it reads "
+        "the broker's VmRSS from /proc/PID/status before and at the end of the hold and "
+        "reports KiB per connection; --compare divides the RSS. The generator raises its "
+        "RLIMIT_NOFILE soft limit to the hard limit; the broker needs as many descriptors "
+        "(ulimit -n before starting it).",
+    ),
+}
 
 
 def _hostport(s: str) -> tuple[str, int]:
@@ -45,7 +99,10 @@ def _common_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--mqtt-version", type=_version, default=4, metavar="4|5")
     g.add_argument(
-        "--broker-pid", type=int, default=None, help="read its CPU use from /proc (Linux)"
+        "--broker-pid",
+        type=int,
+        default=None,
+        help="read the broker's CPU and memory from /proc (Linux)",
     )
     g.add_argument("--label", default="", help="name of the broker in the report")
     g = p.add_argument_group("timing and load")
@@ -55,7 +112,8 @@ def _common_options(p: argparse.ArgumentParser) -> None:
         "--procs",
         type=int,
         default=1,
-        help="1: all clients in one process (default, lightest); N: subscribers + N-1 publisher processes",
+        help="1: all clients in one process (default, lightest); N: the side with more clients "
+        "spread over N-1 processes, the other side in one",
     )
     g.add_argument("--batch", type=int, default=65536, help="bytes per publisher send")
     g.add_argument("--sndbuf", type=int, default=131072, help="publisher SO_SNDBUF, bytes")
@@ -65,48 +123,103 @@ def _common_options(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print JSON instead of text")
+    g.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress lines on stderr while it runs"
+    )
     g.add_argument("--quiet-publishers", action="store_true", help="no per-publisher table")
     g = p.add_argument_group("comparison")
     g.add_argument(
         "--compare",
         type=_hostport,
         metavar="HOST:PORT",
-        help="run the same scenario against a second broker B, alternating A B A B",
+        help="run the same scenario against a second broker B, alternating A B A B, and print "
+        "the ratio B/A of the medians",
     )
-    g.add_argument("--compare-pid", type=int, default=None, help="pid of broker B for CPU")
+    g.add_argument("--compare-pid", type=int, default=None, help="pid of broker B (CPU, RSS)")
     g.add_argument("--compare-label", default="", help="name of broker B in the report")
     g.add_argument("--rounds", type=int, default=3, help="rounds of A B with --compare")
 
 
+def _flow_options(p: argparse.ArgumentParser, rate: float, rate_help: str) -> None:
+    g = p.add_argument_group("messages")
+    g.add_argument("--payload", type=int, default=64, help="bytes (>= 12; latency: >= 20)")
+    g.add_argument("--qos", type=int, choices=(0, 1, 2), default=0)
+    g.add_argument("--rate", type=float, default=rate, help=rate_help)
+    g.add_argument("--topic-prefix", default=None, help="default: bench/<scenario>/<random>")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mqttd.bench",
-        description="Load generator for any MQTT broker; reports delivered messages/s, loss, "
-        "reordering and the CPU of the generator and (with --broker-pid) of the broker.",
+    epilog = "scenarios:\n" + "\n".join(
+        f"  {name:8} {text}" for name, (_, text) in SCENARIOS.items()
     )
-    sub = parser.add_subparsers(dest="scenario", required=True)
-    f = sub.add_parser("fanin", help="N publishers -> 1 subscriber (prefix/+)")
-    f.add_argument("--publishers", type=int, default=8)
-    f.add_argument("--payload", type=int, default=64, help="bytes (>= 12)")
-    f.add_argument("--qos", type=int, choices=(0, 1, 2), default=0)
-    f.add_argument("--rate", type=float, default=0.0, help="total msg/s; 0 = as fast as read")
+    parser = argparse.ArgumentParser(
+        prog="mqttd-bench",
+        description=DESCRIPTION,
+        epilog=_wrap_epilog(epilog),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
+
+    def add(name: str) -> argparse.ArgumentParser:
+        short, text = SCENARIOS[name]
+        return sub.add_parser(name, help=short, description=text)
+
+    max_rate = "total msg/s over all publishers; 0 = as fast as the broker reads"
+    f = add("fanin")
+    f.add_argument("--publishers", "--clients", type=int, default=8, dest="publishers")
     f.add_argument("--wildcard", choices=("+", "#"), default="+")
-    f.add_argument("--topic-prefix", default=None)
+    _flow_options(f, 0.0, max_rate)
+    _common_options(f)
+    f = add("fanout")
+    f.add_argument("--subscribers", "--clients", type=int, default=50, dest="subscribers")
+    f.add_argument("--publishers", type=int, default=1)
+    _flow_options(f, 0.0, max_rate)
+    _common_options(f)
+    f = add("p2p")
+    f.add_argument("--pairs", "--clients", type=int, default=16, dest="pairs")
+    _flow_options(f, 0.0, max_rate)
+    _common_options(f)
+    f = add("latency")
+    f.add_argument("--publishers", "--clients", type=int, default=1, dest="publishers")
+    _flow_options(f, 20000.0, "total msg/s (fixed; default 20,000)")
+    _common_options(f)
+    f = add("idle")
+    f.add_argument("--connections", "--clients", type=int, default=10000, dest="connections")
+    f.add_argument("--keepalive", type=int, default=60, help="s, in each CONNECT")
+    f.add_argument("--parallel", type=int, default=200, help="handshakes in flight at once")
+    f.add_argument("--connect-timeout", type=float, default=60.0, help="s to open them all")
     _common_options(f)
     return parser
 
 
-def _factory(args: argparse.Namespace) -> Callable[[], Scenario]:
-    if args.scenario == "fanin":
+def _wrap_epilog(text: str) -> str:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("  "):
+            out.extend(textwrap.wrap(line, 96, subsequent_indent=" " * 11))
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def factory(args: argparse.Namespace) -> Callable[[], Scenario | Idle]:
+    """A builder of fresh scenario specs (new topics and client ids for each run)."""
+    a = args
+    if a.scenario == "fanin":
         return lambda: scenarios.fanin(
-            publishers=args.publishers,
-            payload=args.payload,
-            qos=args.qos,
-            rate=args.rate,
-            prefix=args.topic_prefix,
-            wildcard=args.wildcard,
+            a.publishers, a.payload, a.qos, a.rate, a.topic_prefix, a.wildcard
         )
-    raise SystemExit(f"unknown scenario {args.scenario}")
+    if a.scenario == "fanout":
+        return lambda: scenarios.fanout(
+            a.subscribers, a.payload, a.qos, a.rate, a.topic_prefix, a.publishers
+        )
+    if a.scenario == "p2p":
+        return lambda: scenarios.p2p(a.pairs, a.payload, a.qos, a.rate, a.topic_prefix)
+    if a.scenario == "latency":
+        return lambda: scenarios.latency(a.rate, a.payload, a.qos, a.publishers, a.topic_prefix)
+    if a.scenario == "idle":
+        return lambda: Idle(a.connections, a.keepalive, a.parallel, a.connect_timeout)
+    raise SystemExit(f"unknown scenario {a.scenario}")
 
 
 def _options(
@@ -126,12 +239,19 @@ def _options(
         rcvlowat=args.rcvlowat,
         broker_pid=pid,
         label=label,
+        progress=not (args.json or args.quiet),
     )
 
 
+def _ok(r: RunResult) -> bool:
+    return r.integrity_ok and not r.errors
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 all right; 1 a run had errors or failed its check (QoS >= 1 loss,
+    reordering, missing acknowledgements, idle connections refused or dropped); 2 no run."""
     args = build_parser().parse_args(argv)
-    make = _factory(args)
+    make = factory(args)
     if not hotloop.COMPILED:
         print(
             "warning: compiled hot loop not available; the generator may be the bottleneck",
@@ -145,26 +265,22 @@ def main(argv: list[str] | None = None) -> int:
 
             def progress(which: str, rnd: int, r: RunResult) -> None:
                 if not args.json:
-                    print(
-                        f"round {rnd} {which} ({r.label}): {r.delivered_per_s:,.0f} msg/s "
-                        f"delivered, lost {r.lost_total:,}",
-                        flush=True,
-                    )
+                    print(f"round {rnd} {which}: {run_line(r)}", flush=True)
 
             cmp = compare(make, opt_a, opt_b, args.rounds, on_run=progress)
             if args.json:
                 print(json.dumps(cmp.to_dict(), indent=2))
             else:
                 print(format_comparison(cmp))
-            errors = [e for r in cmp.a + cmp.b for e in r.errors]
+            ok = all(_ok(r) for r in cmp.a + cmp.b)
         else:
-            r = run(make(), opt_a)
+            r = run_any(make(), opt_a)
             if args.json:
                 print(json.dumps(r.to_dict(), indent=2))
             else:
                 print(format_run(r, per_publisher=not args.quiet_publishers))
-            errors = r.errors
+            ok = _ok(r)
     except (BenchError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 1 if errors else 0
+    return 0 if ok else 1

@@ -46,6 +46,7 @@ class PubSpec:
     qos: int = 0
     payload: int = 64
     rate: float = 0.0  # messages/s for this publisher; 0 = as fast as the broker reads
+    stamp: bool = False  # put the send time (CLOCK_MONOTONIC ns) in every payload
 
 
 @dataclass
@@ -54,6 +55,7 @@ class SubSpec:
     filters: list[str]
     qos: int = 0
     expects: list[int] = field(default_factory=list)  # publisher indices it must receive
+    latency: bool = False  # record receive - send time of stamped payloads in the window
 
 
 @dataclass
@@ -75,7 +77,19 @@ class WorkerPlan:
     # segment would otherwise wake us once per message and make the generator the bottleneck.
     rcvlowat: int = 32768
     read_tick: float = 0.005
+    # At QoS 1/2 the broker stops after its in-flight window (Mosquitto's default is 20
+    # messages) until we acknowledge: a subscriber waits for at most ``qos_lowat_packets``
+    # PUBLISH packets of ``packet_size`` bytes, and a publisher for a quarter of its window of
+    # 4-byte acknowledgements, so that a broker writing one packet per send does not wake us
+    # once per message.
+    packet_size: int = 0
+    qos_lowat_packets: int = 8
     inflight: int = 1000
+    # A paced publisher sends about ``rate * pace_tick`` messages per wake-up (epoll sleeps in
+    # whole milliseconds, so below 0.001 this only makes the bursts smaller, not more frequent).
+    pace_tick: float = 0.002
+    rbuf_size: int = RECV_SIZE  # per subscriber; smaller when one process holds many
+    progress: bool = False  # send ("tick", t, delivered, published) to the parent every second
     drain_quiet: float = 1.0
     drain_max: float = 15.0
     stop_timeout: float = 10.0
@@ -117,20 +131,22 @@ class SubResult:
     window: Window
     disconnect_reason: int = -1
     error: str = ""
+    latency_ns: list[int] = field(default_factory=list)
 
 
 class _Pub:
     __slots__ = (
         "spec", "sock", "tmpl", "size", "buf", "view", "start", "end", "seq", "batch_pkts",
         "batch_seq", "batch_ctrl", "batch_off", "counter", "rbuf", "ctrl", "window", "stopping",
-        "done", "events", "rate", "inflight", "error", "next_ping", "have", "blocked",
+        "done", "events", "rate", "inflight", "error", "next_ping", "have", "blocked", "tick",
+        "lowat", "last_read",
     )  # fmt: skip
 
     def __init__(self, spec: PubSpec, sock: socket.socket, plan: WorkerPlan) -> None:
         self.spec = spec
         self.sock = sock
         self.tmpl = mqtt.publish_template(
-            spec.topic, spec.index, spec.payload, spec.qos, plan.protocol_level
+            spec.topic, spec.index, spec.payload, spec.qos, plan.protocol_level, spec.stamp
         )
         self.size = self.tmpl.size
         self.batch_pkts = max(1, plan.batch_bytes // self.size)
@@ -154,6 +170,9 @@ class _Pub:
         self.inflight = plan.inflight
         self.error = ""
         self.next_ping = 0.0
+        self.tick = plan.pace_tick
+        self.lowat = False
+        self.last_read = 0.0
 
     def sent(self) -> int:
         """Packets whose every byte the kernel accepted."""
@@ -172,8 +191,15 @@ class _Pub:
         if self.spec.qos:
             n = min(n, self.inflight - (self.seq - self.acked()))
         if self.rate > 0:
-            n = min(n, int(self.rate * (now - t0)) + 1 - self.seq)
+            due = int(self.rate * (now - t0)) + 1 - self.seq
+            # Whole bursts only: sending the one or two messages due whenever the loop wakes
+            # for something else would turn the pacing into one send (and one broker wake-up,
+            # one subscriber wake-up) per message.
+            n = min(n, due) if due >= self.chunk() else 0
         return n
+
+    def chunk(self) -> int:
+        return max(1, min(self.batch_pkts, int(self.rate * self.tick)))
 
     def refill(self, now: float, t0: float) -> bool:
         """Start a new batch; False when there is nothing to send now."""
@@ -194,7 +220,10 @@ class _Pub:
         end = k
         if n > 0:
             t = self.tmpl
-            end = fill_publishes(self.buf, k, t.data, t.seq_off, t.pid_off, self.seq, n)
+            ts = time.monotonic_ns() if t.ts_off >= 0 else 0
+            end = fill_publishes(
+                self.buf, k, t.data, t.seq_off, t.pid_off, self.seq, n, t.ts_off, ts
+            )
             self.seq += n
         self.start = 0
         self.end = end
@@ -218,8 +247,7 @@ class _Pub:
         """When a rate-limited publisher may send again (0 = not rate-limited)."""
         if self.rate <= 0 or self.stopping:
             return 0.0
-        chunk = max(1, min(self.batch_pkts, int(self.rate * 0.002)))
-        return t0 + (self.seq + chunk) / self.rate
+        return t0 + (self.seq + self.chunk() - 1) / self.rate
 
 
 class _Sub:
@@ -232,7 +260,7 @@ class _Sub:
         self.spec = spec
         self.sock = sock
         self.counter = FrameCounter(plan.npubs, plan.protocol_level, True)
-        self.rbuf = bytearray(RECV_SIZE)
+        self.rbuf = bytearray(plan.rbuf_size)
         self.have = 0
         self.out = bytearray()
         self.window = Window()
@@ -273,10 +301,13 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
         )
         mqtt.subscribe(sock, s.filters, s.qos, lvl)
         sub = _Sub(s, sock, plan)
-        # Not for QoS 1/2: the broker stops after its in-flight window (e.g. 20 messages) until
-        # we acknowledge, so waiting for 32 KiB would throttle it to one window per read tick.
-        if s.qos == 0 and plan.rcvlowat > 1 and hasattr(socket, "SO_RCVLOWAT"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, plan.rcvlowat)
+        # QoS 1/2: a few packets only (see WorkerPlan.packet_size). Never when measuring
+        # latency: a message must be read the moment it arrives.
+        lowat = plan.rcvlowat
+        if s.qos:
+            lowat = min(lowat, plan.qos_lowat_packets * plan.packet_size)
+        if lowat > 1 and not s.latency and hasattr(socket, "SO_RCVLOWAT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
             sub.lowat = True
         subs.append(sub)
     for p in plan.pubs:
@@ -289,6 +320,10 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
         pub.inflight = min(plan.inflight, props.get(mqtt.RECEIVE_MAXIMUM, 65535))
         if pub.size > props.get(mqtt.MAXIMUM_PACKET_SIZE, 1 << 28):
             raise mqtt.BenchError("PUBLISH exceeds the broker's Maximum Packet Size")
+        lowat = min(1024, pub.inflight)  # bytes: a quarter of the window of 4-byte acks
+        if p.qos and plan.rcvlowat > 1 and lowat > 4 and hasattr(socket, "SO_RCVLOWAT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+            pub.lowat = True
         pubs.append(pub)
     sel = selectors.DefaultSelector()
     for o in (*subs, *pubs):
@@ -310,7 +345,8 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
     drain_deadline = 0.0
     live_pubs = list(pubs)
     paced = any(p.rate > 0 for p in pubs)
-    lowat_subs = any(s.lowat for s in subs)
+    lowat_subs = any(s.lowat for s in subs) or any(p.lowat for p in pubs)
+    next_tick = t0 + 1.0 if plan.progress else float("inf")
 
     now = time.monotonic()
     if t0 > now:
@@ -323,6 +359,7 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
                 p.window.t_start, p.window.v_start = now, p.sent()
             for s in subs:
                 s.window.t_start, s.window.v_start = now, s.counter.messages
+                s.counter.latency = s.spec.latency
         if snap_w and not snap_e and now >= t_e:
             snap_e = True
             for p in pubs:
@@ -330,8 +367,14 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
                 p.stopping = True
             for s in subs:
                 s.window.t_end, s.window.v_end = now, s.counter.messages
+                s.counter.latency = False
                 s.last_progress = now
             drain_deadline = now + plan.stop_timeout + plan.drain_max
+        if now >= next_tick:
+            next_tick = now + 1.0 if not snap_e else float("inf")
+            conn.send(
+                ("tick", now, sum(s.counter.messages for s in subs), sum(p.sent() for p in pubs))
+            )
         # Publishers: send what the kernel takes; once stopping, flush and finish cleanly.
         for p in live_pubs:
             if p.done or p.blocked:
@@ -363,6 +406,11 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
                 break
         if snap_e and now > drain_deadline:
             break
+        for p in live_pubs:
+            if p.lowat and not p.done and now - p.last_read >= plan.read_tick:
+                _read_pub(sel, p)  # below SO_RCVLOWAT: still collect the acknowledgements
+                if p.counter.out_pending:
+                    p.blocked = False
         for s in subs:
             if s.lowat and not s.error and now - s.last_read >= plan.read_tick:
                 _read_sub(s)  # below SO_RCVLOWAT: still collect what is there
@@ -385,6 +433,7 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
                     nxt = w
         if lowat_subs:
             nxt = min(nxt, now + plan.read_tick)
+        nxt = min(nxt, next_tick)
         timeout = min(max(nxt - now, 0.0), 0.05)
         for key, ev in sel.select(timeout):
             o = key.data
@@ -470,6 +519,7 @@ def _flush_sub(sel: selectors.BaseSelector, s: _Sub) -> None:
 
 
 def _read_pub(sel: selectors.BaseSelector, p: _Pub) -> None:
+    p.last_read = time.monotonic()
     try:
         k = p.sock.recv_into(memoryview(p.rbuf)[p.have :])
     except BlockingIOError:
@@ -526,4 +576,5 @@ def _sub_result(s: _Sub) -> SubResult:
         s.window,
         c.disconnect_reason,
         s.error,
+        c.latency_samples() if s.spec.latency else [],
     )

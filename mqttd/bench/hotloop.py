@@ -37,6 +37,7 @@ loadgen, COMPILED = _load()
 FrameCounter = loadgen.FrameCounter
 fill_publishes = loadgen.fill_publishes
 HEAD_SIZE: int = loadgen.HEAD_SIZE
+STAMP_OFF: int = loadgen.STAMP_OFF
 
 
 def describe() -> str:

@@ -12,7 +12,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from mqttd.bench.hotloop import HEAD_SIZE
+from mqttd.bench.hotloop import HEAD_SIZE, STAMP_OFF
 
 PROTOCOL_LEVELS = (4, 5)
 
@@ -90,6 +90,7 @@ class PublishTemplate:
     data: bytes
     seq_off: int
     pid_off: int  # -1 for QoS 0 (no packet identifier [MQTT-2.2.1-2])
+    ts_off: int = -1  # where the send timestamp goes (latency runs), -1 for none
 
     @property
     def size(self) -> int:
@@ -97,11 +98,19 @@ class PublishTemplate:
 
 
 def publish_template(
-    topic: str, index: int, payload_size: int, qos: int = 0, protocol_level: int = 4
+    topic: str,
+    index: int,
+    payload_size: int,
+    qos: int = 0,
+    protocol_level: int = 4,
+    stamp: bool = False,
 ) -> PublishTemplate:
-    """PUBLISH whose payload is u32 ``index`` + u64 sequence + padding to ``payload_size``."""
+    """PUBLISH whose payload is u32 ``index`` + u64 sequence [+ u64 send time when ``stamp``] +
+    padding to ``payload_size``."""
     if payload_size < HEAD_SIZE:
         raise ValueError(f"payload must be at least {HEAD_SIZE} bytes (publisher index + seq)")
+    if stamp and payload_size < STAMP_OFF + 8:
+        raise ValueError(f"a stamped payload must be at least {STAMP_OFF + 8} bytes")
     if qos not in (0, 1, 2):
         raise ValueError("qos must be 0, 1 or 2")
     vh = _str(topic)
@@ -118,6 +127,7 @@ def publish_template(
         data=head + body,
         seq_off=len(head) + len(vh) + 4,
         pid_off=-1 if pid_off < 0 else len(head) + pid_off,
+        ts_off=len(head) + len(vh) + STAMP_OFF if stamp else -1,
     )
 
 

@@ -4,6 +4,7 @@ the workers and the broker over the measured window, and turns what they report 
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import sys
@@ -13,7 +14,15 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from mqttd.bench import hotloop
-from mqttd.bench.engine import PubResult, PubSpec, SubResult, SubSpec, WorkerPlan, run_worker
+from mqttd.bench.engine import (
+    RECV_SIZE,
+    PubResult,
+    PubSpec,
+    SubResult,
+    SubSpec,
+    WorkerPlan,
+    run_worker,
+)
 from mqttd.bench.mqtt import BenchError
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -27,6 +36,8 @@ class Scenario:
     pubs: list[PubSpec]
     subs: list[SubSpec]
     description: str = ""
+    rate: float = 0.0  # total messages/s asked of the publishers (0 = as fast as read)
+    pace_tick: float = 0.002  # see WorkerPlan.pace_tick
 
 
 @dataclass
@@ -39,7 +50,9 @@ class Options:
     protocol_level: int = 4
     warmup: float = 1.0
     duration: float = 5.0
-    procs: int = 1  # 1: every client in one process; N >= 2: subscribers + N-1 publisher procs
+    # 1: every client in one process; N >= 2: the side with more clients spread over N - 1
+    # processes, the other side in one.
+    procs: int = 1
     batch_bytes: int = 65536
     sndbuf: int = 131072
     inflight: int = 1000
@@ -47,6 +60,7 @@ class Options:
     broker_pid: int | None = None
     label: str = ""
     ready_timeout: float = 30.0
+    progress: bool = False  # one line per second on stderr while it runs
 
 
 @dataclass
@@ -84,6 +98,8 @@ class RunResult:
     window_s: float
     procs: int
     generator_impl: str
+    description: str = ""
+    rate: float = 0.0  # asked total msg/s (0 = as fast as the broker reads)
     published: int = 0  # in the window
     delivered: int = 0  # in the window, summed over subscribers
     published_per_s: float = 0.0
@@ -93,6 +109,28 @@ class RunResult:
     lost_total: int = 0
     reordered_total: int = 0
     foreign: int = 0
+    # Acknowledgement flow (QoS 1: PUBACKs the publishers got for their PUBLISHes).
+    acked_total: int = 0
+    # "no message lost at QoS >= 1, none reordered per publisher" (QoS 0: only the order).
+    integrity_ok: bool = True
+    integrity: str = ""
+    # Latency scenario: receive time - send time stamped in the payload, over the window.
+    lat_samples: int = 0
+    lat_p50_us: float | None = None
+    lat_p90_us: float | None = None
+    lat_p99_us: float | None = None
+    lat_p999_us: float | None = None
+    lat_max_us: float | None = None
+    lat_mean_us: float | None = None
+    # Idle scenario (and broker_rss_kb for every run with --broker-pid).
+    connections: int = 0  # asked for
+    connected: int = 0  # got CONNACK 0
+    held: int = 0  # still open at the end of the hold
+    connect_s: float | None = None  # time to open them all
+    rss_before_kb: int | None = None
+    rss_after_kb: int | None = None
+    kb_per_conn: float | None = None
+    broker_rss_kb: int | None = None  # broker VmRSS at the end of the window
     gen_cpu_s: float | None = None
     broker_cpu_s: float | None = None
     gen_cpu_us_per_msg: float | None = None
@@ -123,6 +161,45 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_rss_kb(pid: int) -> int | None:
+    """Resident set size (VmRSS) of a process in KiB, from /proc/<pid>/status."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise this process's RLIMIT_NOFILE soft limit to the hard limit (each client is one file
+    descriptor; the hard limit itself needs root: ``ulimit -Hn`` / limits.conf). Returns
+    (soft, hard) after the change."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return (0, 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
+def percentile(sorted_vals: list, q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (q in 0..1)."""
+    if not sorted_vals:
+        return math.nan
+    k = max(0, min(len(sorted_vals) - 1, math.ceil(q * len(sorted_vals)) - 1))
+    return float(sorted_vals[k])
+
+
 def host_cpu_ticks() -> tuple[int, int, int] | None:
     """(total, idle + iowait, softirq) clock ticks summed over all CPUs, from /proc/stat."""
     try:
@@ -139,6 +216,12 @@ def host_cpu_ticks() -> tuple[int, int, int] | None:
 def _place(scn: Scenario, opt: Options) -> list[WorkerPlan]:
     def plan(pubs: list[PubSpec], subs: list[SubSpec]) -> WorkerPlan:
         return WorkerPlan(
+            pace_tick=scn.pace_tick,
+            # 1 MiB each for a few subscribers, less for many (16 MiB per process at most).
+            rbuf_size=max(1 << 16, min(RECV_SIZE, (16 << 20) // max(1, len(subs)))),
+            progress=opt.progress,
+            # bytes of one PUBLISH, about (fixed header <= 5, topic length 2, packet id 2)
+            packet_size=max((len(p.topic.encode()) + p.payload + 9 for p in scn.pubs), default=0),
             host=opt.host,
             port=opt.port,
             protocol_level=opt.protocol_level,
@@ -156,6 +239,13 @@ def _place(scn: Scenario, opt: Options) -> list[WorkerPlan]:
 
     if opt.procs <= 1:
         return [plan(scn.pubs, scn.subs)]
+    if len(scn.subs) > len(scn.pubs):
+        # Fan-out: the receiving side has the work; spread the subscribers.
+        nsub = min(opt.procs - 1, len(scn.subs))
+        sgroups: list[list[SubSpec]] = [[] for _ in range(nsub)]
+        for i, s in enumerate(scn.subs):
+            sgroups[i % nsub].append(s)
+        return [plan(scn.pubs, [])] + [plan([], g) for g in sgroups if g]
     npub_procs = min(opt.procs - 1, max(1, len(scn.pubs)))
     groups: list[list[PubSpec]] = [[] for _ in range(npub_procs)]
     for i, p in enumerate(scn.pubs):
@@ -172,6 +262,7 @@ def _mp_context() -> mp.context.BaseContext:
 
 def run(scn: Scenario, opt: Options) -> RunResult:
     """Run ``scn`` once against the broker at ``opt.host:opt.port``."""
+    raise_nofile()
     plans = _place(scn, opt)
     ctx = _mp_context()
     procs: list[Any] = []
@@ -227,10 +318,48 @@ def _drive(
         gsum = None if None in gen else sum(g for g in gen if g is not None)
         return Sample(now, gsum, brk, host_cpu_ticks())
 
-    time.sleep(max(0.0, t_w - time.monotonic()))
+    early: list[tuple[int, tuple]] = []  # non-tick messages that came during the window
+    ticks: dict[int, tuple[float, int, int]] = {}
+    shown = [t0, 0, 0]  # time, delivered, published at the last progress line
+
+    def wait_until(t_end: float) -> None:
+        if not opt.progress:
+            time.sleep(max(0.0, t_end - time.monotonic()))
+            return
+        while (left := t_end - time.monotonic()) > 0:
+            quiet = {i for i, _ in early}  # reported or died: nothing more until the end
+            polled = [c for i, c in enumerate(conns) if i not in quiet]
+            if not polled:
+                time.sleep(left)
+                break
+            for c in wait(polled, timeout=left):
+                i = conns.index(c)  # type: ignore[arg-type]
+                m = _recv(c)
+                if m[0] != "tick":
+                    early.append((i, m))
+                    continue
+                ticks[i] = m[1:]
+                if len(ticks) == len(conns):
+                    now = max(t for t, _, _ in ticks.values())
+                    if now - shown[0] >= 0.9:
+                        d = sum(v[1] for v in ticks.values())
+                        pb = sum(v[2] for v in ticks.values())
+                        dt = now - shown[0]
+                        phase = "warm-up" if now < t_w else "window"
+                        print(
+                            f"  {opt.label or opt.port} {scn.name}: {now - t0:4.1f} s ({phase}) "
+                            f"delivered {(d - shown[1]) / dt:,.0f} msg/s, "
+                            f"published {(pb - shown[2]) / dt:,.0f} msg/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        shown[:] = [now, d, pb]
+
+    wait_until(t_w)
     s_w = sample()
-    time.sleep(max(0.0, t_e - time.monotonic()))
+    wait_until(t_e)
     s_e = sample()
+    rss = proc_rss_kb(opt.broker_pid) if opt.broker_pid else None
 
     pub_holders = {i for i, p in enumerate(plans) if p.pubs}
     sub_holders = [i for i, p in enumerate(plans) if p.subs]
@@ -242,14 +371,18 @@ def _drive(
     pending = set(range(len(conns)))
     hard_deadline = time.monotonic() + 60.0
     while pending:
-        ready = wait(
-            [conns[i] for i in pending], timeout=max(0.0, hard_deadline - time.monotonic())
-        )
-        if not ready:
-            raise BenchError("workers did not finish in time")
-        for c in ready:
-            i = conns.index(c)  # type: ignore[arg-type]
-            m = _recv(c)
+        if early:
+            got = [early.pop(0)]
+        else:
+            ready = wait(
+                [conns[i] for i in pending], timeout=max(0.0, hard_deadline - time.monotonic())
+            )
+            if not ready:
+                raise BenchError("workers did not finish in time")
+            got = [(conns.index(c), _recv(c)) for c in ready]  # type: ignore[arg-type]
+        for i, m in got:
+            if m[0] == "tick":
+                continue
             if m[0] == "published":
                 totals.update(m[1])
                 reported.add(i)
@@ -274,7 +407,9 @@ def _drive(
                                 conns[j].send(("totals", totals))
     if errors and not sub_results:
         raise BenchError("; ".join(errors))
-    return _assemble(scn, opt, pub_results, sub_results, errors, s_w, s_e)
+    res = _assemble(scn, opt, pub_results, sub_results, errors, s_w, s_e)
+    res.broker_rss_kb = rss
+    return res
 
 
 def _assemble(
@@ -300,6 +435,8 @@ def _assemble(
         window_s=s_e.t - s_w.t,
         procs=len(_place(scn, opt)),
         generator_impl=hotloop.describe(),
+        description=scn.description,
+        rate=scn.rate,
     )
     published = {p.index: p.published for p in pubs}
     res.published_total = sum(published.values())
@@ -328,6 +465,15 @@ def _assemble(
             errors.append(f"{s.client_id}: {s.error}")
     errors.extend(f"publisher {p.index}: {p.error}" for p in pubs if p.error)
     res.errors = errors
+    res.acked_total = sum(p.acked for p in pubs)
+    _check_integrity(res)
+    lat = sorted(v for s in subs for v in s.latency_ns)
+    if lat:
+        res.lat_samples = len(lat)
+        for attr, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)):
+            setattr(res, f"lat_{attr}_us", percentile(lat, q) / 1000)
+        res.lat_max_us = lat[-1] / 1000
+        res.lat_mean_us = sum(lat) / len(lat) / 1000
     window = res.window_s
     if s_w.gen is not None and s_e.gen is not None:
         res.gen_cpu_s = s_e.gen - s_w.gen
@@ -348,3 +494,24 @@ def _assemble(
             res.host_busy_cores = (total - (s_e.host[1] - s_w.host[1])) / per_core
             res.host_softirq_cores = (s_e.host[2] - s_w.host[2]) / per_core
     return res
+
+
+def _check_integrity(res: RunResult) -> None:
+    """At QoS >= 1 every published message must arrive (each subscriber that should get it) and
+    be acknowledged; at every QoS, a publisher's messages must arrive in order [MQTT-4.6.0]."""
+    problems = []
+    if res.reordered_total:
+        problems.append(f"{res.reordered_total:,} reordered")
+    if res.qos >= 1:
+        if res.lost_total:
+            problems.append(f"{res.lost_total:,} lost")
+        if res.acked_total < res.published_total:
+            problems.append(
+                f"{res.published_total - res.acked_total:,} of {res.published_total:,} "
+                f"never acknowledged ({'PUBACK' if res.qos == 1 else 'PUBCOMP'})"
+            )
+    if not res.streams and res.publishers:
+        problems.append("no stream to check")
+    res.integrity_ok = not problems
+    what = "in order" if res.qos == 0 else "none lost, in order, all acknowledged"
+    res.integrity = "ok: " + what if not problems else "FAILED: " + ", ".join(problems)

@@ -10,9 +10,11 @@ import struct
 import pytest
 
 from mqttd.bench import _loadgen_py, mqtt
+from mqttd.bench.cli import build_parser
 from mqttd.bench.cli import main as bench_main
-from mqttd.bench.runner import Options, run
-from mqttd.bench.scenarios import fanin
+from mqttd.bench.idle import Idle, run_idle
+from mqttd.bench.runner import Options, percentile, run
+from mqttd.bench.scenarios import fanin, fanout, latency, p2p
 
 try:
     from mqttd.bench import _loadgen as _compiled  # type: ignore[attr-defined]
@@ -257,6 +259,51 @@ def test_compiled_fill_matches_pure() -> None:
 def test_publish_template_rejects_payload_smaller_than_head() -> None:
     with pytest.raises(ValueError):
         mqtt.publish_template("t", 0, 11)
+    with pytest.raises(ValueError):  # no room for the send time
+        mqtt.publish_template("t", 0, 19, stamp=True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("level", [4, 5])
+def test_latency_samples_from_stamped_payloads(impl, level: int) -> None:
+    """fill_publishes writes the send time; FrameCounter records now - send time, only while
+    ``latency`` is on, and counts the same whatever the split."""
+    t = mqtt.publish_template("lat/0", 0, 64, 0, level, stamp=True)
+    out = bytearray(t.size * 6)
+    import time
+
+    ts = time.monotonic_ns() - 5_000_000  # sent 5 ms ago
+    impl.fill_publishes(out, 0, t.data, t.seq_off, t.pid_off, 0, 6, t.ts_off, ts)
+    c = impl.FrameCounter(1, level, True, True)
+    buf = bytearray(4096)
+    half = t.size * 3 + 7  # split inside the fourth packet's head
+    buf[:half] = out[:half]
+    have = c.feed(buf, half)
+    c.latency = False
+    buf[have : have + len(out) - half] = out[half:]
+    c.feed(buf, have + len(out) - half)
+    assert c.received_list() == [6] and c.gaps_list() == [0]
+    lat = c.latency_samples()
+    assert len(lat) == 3  # recording was off for the last three
+    assert all(5_000_000 <= v < 5_000_000_000 for v in lat)
+
+
+def test_percentile_nearest_rank() -> None:
+    vals = list(range(1, 101))
+    assert percentile(vals, 0.5) == 50 and percentile(vals, 0.99) == 99
+    assert percentile(vals, 1.0) == 100 and percentile([7], 0.999) == 7
+
+
+def test_help_documents_every_scenario(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    for name in ("fanin", "fanout", "p2p", "latency", "idle"):
+        assert f"  {name} " in out
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([name, "--help"])
+        sub = capsys.readouterr().out
+        assert "--compare" in sub and "--json" in sub and "--mqtt-version" in sub
 
 
 # -- against a real broker ------------------------------------------------------------------
@@ -305,3 +352,99 @@ def test_cli_json_and_compare(broker, capsys) -> None:
     c = json.loads(capsys.readouterr().out)
     assert len(c["a"]["runs"]) == 1 and len(c["b"]["runs"]) == 1
     assert c["ratio_b_over_a_delivered_per_s"] > 0
+
+
+def quick(broker, **kw) -> Options:
+    return Options(
+        host=broker.host,
+        port=broker.port,
+        warmup=0.1,
+        duration=0.4,
+        broker_pid=broker.proc.pid,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize(
+    "make,qos,level,procs",
+    [
+        (lambda q: fanout(subscribers=5, qos=q, rate=1000), 0, 4, 1),
+        (lambda q: fanout(subscribers=5, qos=q, rate=1000), 1, 5, 2),
+        (lambda q: p2p(pairs=3, qos=q, rate=1500), 0, 5, 1),
+        (lambda q: p2p(pairs=3, qos=q, rate=1500), 1, 4, 3),
+    ],
+    ids=["fanout-qos0", "fanout-qos1-v5-2procs", "p2p-qos0-v5", "p2p-qos1-3procs"],
+)
+def test_scenarios_against_broker(shared_broker, make, qos: int, level: int, procs: int) -> None:
+    scn = make(qos)
+    r = run(scn, quick(shared_broker, protocol_level=level, procs=procs))
+    assert not r.errors, r.errors
+    assert r.delivered > 0 and r.integrity_ok, r.integrity
+    assert len(r.streams) == len(scn.subs)  # one stream per (subscriber, publisher) pair
+    for s in r.streams:
+        assert s.published > 0 and s.received == s.published and s.reordered == 0
+    if qos:
+        assert r.acked_total == r.published_total  # every PUBLISH got its PUBACK
+
+
+def test_fanout_counts_every_copy(shared_broker) -> None:
+    r = run(fanout(subscribers=4, rate=1000), quick(shared_broker))
+    assert r.received_total == 4 * r.published_total
+
+
+def test_qos1_loss_is_reported(shared_broker) -> None:
+    """The check fails when a stream misses messages (simulated: one more published than
+    received), and names what failed."""
+    from mqttd.bench.runner import _check_integrity
+
+    r = run(fanin(publishers=2, qos=1, rate=500), quick(shared_broker))
+    assert r.integrity_ok and r.integrity.startswith("ok")
+    r.lost_total, r.acked_total = 1, r.published_total - 1
+    _check_integrity(r)
+    assert not r.integrity_ok and "1 lost" in r.integrity and "never acknowledged" in r.integrity
+
+
+def test_latency_against_broker(shared_broker) -> None:
+    r = run(latency(rate=2000), quick(shared_broker))
+    assert not r.errors and r.integrity_ok
+    assert r.lat_samples > 0 and r.lat_samples <= r.delivered
+    assert 0 < r.lat_p50_us <= r.lat_p90_us <= r.lat_p99_us <= r.lat_p999_us <= r.lat_max_us
+
+
+def test_idle_against_broker(shared_broker) -> None:
+    r = run_idle(Idle(connections=60, parallel=20), quick(shared_broker))
+    assert not r.errors and r.integrity_ok, r.integrity
+    assert r.connected == r.held == 60
+    assert r.rss_before_kb and r.rss_after_kb and r.kb_per_conn is not None
+
+
+@pytest.mark.parametrize(
+    "scenario,extra,metric",
+    [
+        ("p2p", ["--pairs", "2", "--rate", "1000", "--qos", "1"], "delivered_per_s"),
+        ("latency", ["--rate", "1000"], "lat_p99_us"),
+        ("idle", ["--connections", "30"], "rss_after_kb"),
+    ],
+)
+def test_cli_compare_every_kind(shared_broker, capsys, scenario, extra, metric) -> None:
+    b = shared_broker
+    hp = f"{b.host}:{b.port}"
+    args = [scenario, *extra, "--host", b.host, "--port", str(b.port), "--json"]
+    args += ["--warmup", "0.1", "--duration", "0.3", "--broker-pid", str(b.proc.pid)]
+    assert (
+        bench_main([*args, "--compare", hp, "--compare-pid", str(b.proc.pid), "--rounds", "1"]) == 0
+    )
+    c = json.loads(capsys.readouterr().out)
+    assert c["scenario"] == scenario and c["metric"] == metric
+    assert c["ratio_b_over_a"] > 0 and c["integrity_ok_a"] and c["integrity_ok_b"]
+
+
+def test_cli_text_output_and_progress(shared_broker, capsys) -> None:
+    b = shared_broker
+    args = ["fanout", "--subscribers", "3", "--rate", "500", "--port", str(b.port)]
+    assert bench_main([*args, "--warmup", "0.1", "--duration", "1.2"]) == 0
+    out, err = capsys.readouterr()
+    assert "delivered" in out and "check: ok" in out
+    assert "msg/s" in err  # one progress line per second on stderr
+    assert bench_main([*args, "--warmup", "0.1", "--duration", "1.2", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
