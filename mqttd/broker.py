@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,19 @@ class BrokerConfig:
     redis_url: str | None = None
     #: prefix of the Redis channels, to keep deployments that share one Redis apart
     redis_prefix: str = ""
+    #: clients connected at once (0: no limit); the excess CONNECT is refused (0x97 / 0x03)
+    max_connections: int = 0
+    #: clients connected at once from one IP address (0: no limit), refused the same way
+    max_connections_per_ip: int = 0
+    #: PUBLISH packets a client may send per second (0: no limit); a faster client is not read
+    #: from until it is back under the rate (backpressure: nothing is dropped)
+    max_messages_per_second: float = 0.0
+    #: subscriptions a client may make per minute (0: no limit); the excess is refused in the
+    #: SUBACK (0x97 Quota exceeded; 0x80 in 3.1.1)
+    max_subscriptions_per_minute: int = 0
+    #: TLS: certificate chain and private key (PEM) of the listener; None: plain TCP
+    certfile: str | None = None
+    keyfile: str | None = None
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -84,6 +98,13 @@ class BrokerConfig:
             raise ValueError("max queued messages must be 0 or more")
         if self.sys_interval < 0:
             raise ValueError("sys interval must be 0 (off) or more seconds")
+        for name in ("max_connections", "max_connections_per_ip", "max_subscriptions_per_minute"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', ' ')} must be 0 (no limit) or more")
+        if self.max_messages_per_second < 0:
+            raise ValueError("max messages per second must be 0 (no limit) or more")
+        if self.keyfile and not self.certfile:
+            raise ValueError("a TLS key file needs a certificate file (certfile)")
 
 
 class SharedGroup:
@@ -141,9 +162,16 @@ class Session:
 class Broker:
     """One mqttd node with in-process routing."""
 
-    def __init__(self, config: BrokerConfig | None = None, storage: Storage | None = None) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig | None = None,
+        storage: Storage | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config or BrokerConfig()
         self.config.validate()
+        #: TLS for the listener: given, or made from config.certfile / config.keyfile
+        self.ssl_context = ssl_context
         #: retained messages, sessions and client-id ownership (in memory unless told otherwise)
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self.tree = match.SubscriptionTree()
@@ -159,11 +187,28 @@ class Broker:
             "bytes_received": 0,
             "connections_total": 0,
             "packets_received": 0,
+            "subscriptions_total": 0,
+            "unsubscriptions_total": 0,
         }
-        #: Hooks on the PUBLISH path, for the library layer: an authorization check that runs
-        #: before routing (returns a reason code; < 0x80 allows) and observers run after it.
-        self.authorize_publish: Callable[[Any, Any], int] | None = None
+        #: clients past CONNECT (counted against max_connections), and per IP address
+        self.clients = 0
+        self.clients_per_ip: dict[str, int] = {}
+        #: Hooks for the library layer (mqttd.app). Each is None or empty unless registered, so
+        #: they cost nothing on the hot path otherwise.
+        #: ``authenticate(conn, username, password)``: a reason code (< 0x80 accepts), or an
+        #: awaitable of one; awaited before the session is attached (packets are held meanwhile).
+        self.authenticate: Callable[[Any, str | None, bytes | None], Any] | None = None
+        #: ``authorize_publish(conn, msg)`` before routing: a reason code (< 0x80 allows), a
+        #: replacement Message, or an awaitable of either (the connection's packets wait for it).
+        self.authorize_publish: Callable[[Any, Any], Any] | None = None
+        #: ``authorize_subscribe(conn, filter, qos)``: the QoS granted (0-2, may be lower than
+        #: asked) or a refusal >= 0x80, or an awaitable of that.
+        self.authorize_subscribe: Callable[[Any, str, int], Any] | None = None
+        #: observers, called after the fact and never waited for
         self.publish_observers: list[Callable[[Any, Any], None]] = []
+        self.subscribe_observers: list[Callable[[Any, str, int], None]] = []
+        self.connect_observers: list[Callable[[Any], None]] = []
+        self.disconnect_observers: list[Callable[[Any], None]] = []
         #: enhanced authentication methods by name (MQTT 5 §4.12); see mqttd.auth
         self.authenticators: dict[str, Authenticator] = {}
         #: the Redis bridge when redis_url is set (mqttd.redis_bridge.RedisBridge)
@@ -188,8 +233,15 @@ class Broker:
                 self.storage = RedisStorage(bridge)
             count = await bridge.load_retained()
             log.info("loaded %d retained messages from Redis", count)
+        if self.ssl_context is None and cfg.certfile:
+            self.ssl_context = tls_context(cfg.certfile, cfg.keyfile)
         self.server = await self.loop.create_server(
-            lambda: Connection(self), cfg.host, cfg.port, reuse_address=True, backlog=1024
+            lambda: Connection(self),
+            cfg.host,
+            cfg.port,
+            reuse_address=True,
+            backlog=1024,
+            ssl=self.ssl_context,
         )
         self.started_at = time.time()
         from mqttd import systopics
@@ -389,6 +441,7 @@ class Broker:
         else:
             new = self.tree.add(filt, outlet, options)
         session.subscriptions[filt] = options
+        self.stats["subscriptions_total"] += 1
         if first:
             self.bridge.filter_added(inner)  # type: ignore[union-attr]
         return new
@@ -396,6 +449,7 @@ class Broker:
     def unsubscribe(self, session: Session, filt: str) -> bool:
         if session.subscriptions.pop(filt, None) is None:
             return False
+        self.stats["unsubscriptions_total"] += 1
         shared = match.parse_shared(filt)
         inner = filt
         if shared is not None:
@@ -507,6 +561,17 @@ class Broker:
         if expiry is not None:
             msg.expires_at = time.monotonic() + expiry
         return msg
+
+
+def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A server-side TLS context from PEM files (TLS 1.2 and later)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the TLS certificate {certfile}: {exc}") from None
+    return ctx
 
 
 # Topic Alias is per network connection (MQTT 5 §3.3.2.3.4) and Subscription Identifiers are per

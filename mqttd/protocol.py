@@ -9,7 +9,10 @@ iteration. The broker's semantics (sessions, subscriptions, routing) live in :mo
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from mqttd import auth
@@ -64,9 +67,19 @@ RC_TOPIC_NAME_INVALID = 0x90
 RC_PACKET_ID_NOT_FOUND = 0x92
 RC_RECEIVE_MAXIMUM_EXCEEDED = 0x93
 RC_TOPIC_ALIAS_INVALID = 0x94
+RC_QUOTA_EXCEEDED = 0x97
 
 # CONNACK return codes of MQTT 3.1 / 3.1.1 (§3.2.2.3) for the MQTT 5 reasons we refuse with.
-_V3_CONNACK = {0x84: 0x01, 0x85: 0x02, 0x88: 0x03, 0x86: 0x04, 0x87: 0x05, 0x8C: 0x05}
+_V3_CONNACK = {
+    0x84: 0x01,
+    0x85: 0x02,
+    0x88: 0x03,
+    0x89: 0x03,
+    0x97: 0x03,
+    0x86: 0x04,
+    0x87: 0x05,
+    0x8C: 0x05,
+}
 
 #: seconds a new connection has to send its CONNECT
 CONNECT_TIMEOUT = 10.0
@@ -106,6 +119,15 @@ class Connection(asyncio.Protocol):
         self.auth_method: str | None = None
         self.authenticator: Any = None
         self.aliases: dict[int, str] = {}  # topic aliases the client set [MQTT-3.3.2-7]
+        self.password: bytes | None = None
+        self.clean_start = True
+        self.counted_ip: str | None = None  # counted against the connection limits
+        #: max_messages_per_second: token bucket, and whether reading is paused by it
+        self.tokens = 0.0
+        self.tokens_at = 0.0
+        self.throttled = False
+        self.sub_times: deque[float] | None = None  # max_subscriptions_per_minute
+        self.app_client: Any = None  # the library's MQTTClient view, made on first use
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -144,8 +166,35 @@ class Connection(asyncio.Protocol):
             self.loop.call_soon(self._resume_reading)
 
     def _resume_reading(self) -> None:
-        if not self.closing and self.backlog is None:
+        if not self.closing and self.backlog is None and not self.throttled:
             self.transport.resume_reading()
+
+    def _spend_token(self, rate: float) -> None:
+        """max_messages_per_second: one PUBLISH spends a token; in debt, reading pauses until
+        the rate pays it back. What was already read is still handled: nothing is dropped."""
+        now = self.loop.time()
+        burst = rate if rate > 1.0 else 1.0
+        tokens = self.tokens + (now - self.tokens_at) * rate
+        self.tokens = (burst if tokens > burst else tokens) - 1.0
+        self.tokens_at = now
+        if self.tokens < 0.0 and not self.throttled:
+            self.throttled = True
+            self.transport.pause_reading()
+            if self.backlog is None:
+                # The rest of this read waits too, in order (as while a step waits, _block)
+                self.backlog = []
+                self.next_handlers = self.handlers
+                self.handlers = _BLOCKED
+            self.loop.call_later(-self.tokens / rate, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self.throttled = False
+        if self.closing:
+            return
+        if self.backlog is not None:
+            self._release()
+        else:
+            self._resume_reading()
 
     # -- waiting for the storage -----------------------------------------------------------------
     def _block(self, coro: Any) -> None:
@@ -161,17 +210,26 @@ class Connection(asyncio.Protocol):
         self.backlog.append(p)  # type: ignore[union-attr]
 
     def _unblock(self, task: asyncio.Task) -> None:
-        backlog, self.backlog = self.backlog, None
-        error, self.backlog_error = self.backlog_error, None
-        self.handlers = self.next_handlers
         if task.cancelled() or self.closing:
+            self.backlog = None
+            self.handlers = self.next_handlers
             return
         exc = task.exception()
         if exc is not None:
+            self.backlog = None
+            self.handlers = self.next_handlers
             log.error("closing %s: %s", self.client_id or self.peer, exc, exc_info=exc)
             self.close()
             return
-        self.transport.resume_reading()
+        self._release()
+
+    def _release(self) -> None:
+        """Dispatch the packets held while blocked, in order, until blocked again."""
+        backlog, self.backlog = self.backlog, None
+        error, self.backlog_error = self.backlog_error, None
+        self.handlers = self.next_handlers
+        if not self.throttled:
+            self.transport.resume_reading()
         for i, packet in enumerate(backlog or ()):
             if self.closing:
                 return
@@ -197,16 +255,27 @@ class Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.broker.connections.discard(self)
+        broker = self.broker
+        broker.connections.discard(self)
+        if self.counted_ip is not None:
+            broker.clients -= 1
+            left = broker.clients_per_ip.get(self.counted_ip, 1) - 1
+            if left > 0:
+                broker.clients_per_ip[self.counted_ip] = left
+            else:
+                broker.clients_per_ip.pop(self.counted_ip, None)
+            self.counted_ip = None
         # A will still here means the connection ended without a DISCONNECT that discards it
         # [MQTT-3.1.2-8]; the broker publishes it (after its delay, if any).
         will, self.will = self.will, None
         session = self.session
         if session is not None:
-            self.broker.detach(session, self, will, self.will_delay)
+            broker.detach(session, self, will, self.will_delay)
             self.session = None
+            for observer in broker.disconnect_observers:
+                observer(self)
         elif will is not None:
-            self.broker.publish(will)
+            broker.publish(will)
 
     # -- closing ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -316,6 +385,8 @@ class Connection(asyncio.Protocol):
             return self.refuse(RC_CLIENT_ID_NOT_VALID)
         self.client_id = client_id
         self.username = p.username
+        self.password = p.password
+        self.clean_start = p.clean_start
 
         self.keepalive = p.keepalive
         if cfg.max_keepalive and (p.keepalive == 0 or p.keepalive > cfg.max_keepalive):
@@ -340,6 +411,17 @@ class Connection(asyncio.Protocol):
                 will.topic, will.payload, will.qos, will.retain, will.properties
             )
             self.will_delay = will.properties.get(WILL_DELAY_INTERVAL, 0) if v == 5 else 0
+
+        ip = self.peer[0] if isinstance(self.peer, tuple) else str(self.peer or "")
+        if (cfg.max_connections and broker.clients >= cfg.max_connections) or (
+            cfg.max_connections_per_ip
+            and broker.clients_per_ip.get(ip, 0) >= cfg.max_connections_per_ip
+        ):
+            log.info("refusing %s from %s: connection limit", client_id, ip)
+            return self.refuse(RC_QUOTA_EXCEEDED)  # 3.1.1: 0x03 Server unavailable
+        self.counted_ip = ip
+        broker.clients += 1
+        broker.clients_per_ip[ip] = broker.clients_per_ip.get(ip, 0) + 1
 
         self.connect_packet = p
         if v == 5 and AUTHENTICATION_METHOD in props:
@@ -368,6 +450,16 @@ class Connection(asyncio.Protocol):
         else:
             # 3.1.1 persistent session: lives until a clean start
             session_expiry = 0 if p.clean_start else 0xFFFFFFFF
+        if broker.authenticate is not None:
+            rc = broker.authenticate(self, p.username, p.password)
+            if inspect.isawaitable(rc):
+                rc = await rc
+            if self.closing:
+                return
+            if rc >= 0x80:
+                # 3.1.1: 0x04 Bad user name or password / 0x05 Not authorized [MQTT-3.2.2-6]
+                log.info("refusing %s: authentication (reason 0x%02X)", self.client_id, rc)
+                return self.refuse(rc)
         session, present = await broker.open_session(self, self.client_id, p.clean_start, v)
         if self.closing:
             # The client went away while the storage answered
@@ -415,6 +507,8 @@ class Connection(asyncio.Protocol):
             # Resume: unacknowledged messages again, with DUP, in order, then the queue
             outlet.resend_inflight()
             outlet.drain_queue()
+        for observer in broker.connect_observers:
+            observer(self)
         log.debug(
             "connected %s (level %d, clean=%s, present=%s)",
             self.client_id,
@@ -524,12 +618,33 @@ class Connection(asyncio.Protocol):
         else:
             msg = route.Message(topic, p.payload, qos, p.retain)
         broker.stats["messages_received"] += 1
-        rc = 0
+        if broker.config.max_messages_per_second:
+            self._spend_token(broker.config.max_messages_per_second)
+        rc: Any = 0
         if topic[0] == "$" and is_reserved_topic(topic):
             # $SYS belongs to the broker: not routed; MQTT 5 is told 0x87, as Mosquitto does
             rc = RC_NOT_AUTHORIZED
         elif broker.authorize_publish is not None:
             rc = broker.authorize_publish(self, msg)
+            if rc.__class__ is not int:
+                if inspect.isawaitable(rc):
+                    # Its packets wait, in order, for the decision
+                    return self._block(self._publish_when(rc, msg, p))
+                msg, rc = rc, 0  # a replacement message
+        self._publish_decided(msg, p, rc)
+
+    async def _publish_when(self, pending: Any, msg: Any, p: Any) -> None:
+        rc = await pending
+        if self.closing:
+            return
+        if rc.__class__ is not int:
+            msg, rc = rc, 0
+        self._publish_decided(msg, p, rc)
+
+    def _publish_decided(self, msg: Any, p: Any, rc: int) -> None:
+        broker = self.broker
+        qos = p.qos
+        v = self.version
         if rc < 0x80:
             broker.publish(msg, self.outlet)
             for observer in broker.publish_observers:
@@ -538,7 +653,7 @@ class Connection(asyncio.Protocol):
             self.outlet.write(codec.encode_ack(PUBACK, p.packet_id, v, rc if v == 5 else 0))
         elif qos == 2:
             if rc < 0x80:
-                session.awaiting_rel.add(p.packet_id)  # type: ignore[union-attr]
+                self.session.awaiting_rel.add(p.packet_id)  # type: ignore[union-attr]
             self.outlet.write(codec.encode_ack(PUBREC, p.packet_id, v, rc if v == 5 else 0))
 
     def on_puback(self, p: Any) -> None:
@@ -584,7 +699,6 @@ class Connection(asyncio.Protocol):
 
     def on_subscribe(self, p: Any) -> None:
         broker = self.broker
-        session = self.session
         v = self.version
         sid = 0
         if v == 5:
@@ -594,10 +708,36 @@ class Connection(asyncio.Protocol):
                 if sid == 0:
                     # A Subscription Identifier of 0 is a Protocol Error (§3.8.2.1.2)
                     return self.protocol_error(RC_PROTOCOL_ERROR, "subscription identifier 0")
+        hook = broker.authorize_subscribe
+        if hook is None:
+            return self._subscribe(p, sid, None)
+        decisions: list[Any] = []
+        waits = False
+        for filt, opts in p.subscriptions:
+            d = hook(self, filt, opts & 0x03) if match.validate_filter(filt) else 0
+            waits = waits or d.__class__ is not int
+            decisions.append(d)
+        if waits:
+            return self._block(self._subscribe_when(p, sid, decisions))
+        self._subscribe(p, sid, decisions)
+
+    async def _subscribe_when(self, p: Any, sid: int, decisions: list[Any]) -> None:
+        for i, d in enumerate(decisions):
+            if inspect.isawaitable(d):
+                decisions[i] = await d
+        if not self.closing:
+            self._subscribe(p, sid, decisions)
+
+    def _subscribe(self, p: Any, sid: int, decisions: list[int] | None) -> None:
+        broker = self.broker
+        session = self.session
+        v = self.version
+        limit = broker.config.max_subscriptions_per_minute
         codes = []
         retained: list[tuple[Any, int]] = []
         later: list[tuple[str, int]] = []
-        for filt, opts in p.subscriptions:
+        accepted: list[tuple[str, int]] = []
+        for i, (filt, opts) in enumerate(p.subscriptions):
             if not match.validate_filter(filt):
                 codes.append(RC_TOPIC_FILTER_INVALID if v == 5 else 0x80)
                 continue
@@ -606,10 +746,23 @@ class Connection(asyncio.Protocol):
                 # No Local on a Shared Subscription is a Protocol Error [MQTT-3.8.3-4]
                 return self.protocol_error(RC_PROTOCOL_ERROR, "No Local on a shared subscription")
             granted = opts & 0x03
+            if decisions is not None:
+                d = decisions[i]
+                if d >= 0x80:
+                    codes.append(d if v == 5 else 0x80)  # 3.1.1 has only 0x80 Failure
+                    continue
+                if d < granted:
+                    granted = d
+                    opts = (opts & ~0x03) | granted
+            if limit:
+                if not self._subscription_allowed(limit):
+                    codes.append(RC_QUOTA_EXCEEDED if v == 5 else 0x80)
+                    continue
             # The identifier rides in the stored value, replaced with the subscription
             # [MQTT-3.8.4-3]
             new = broker.subscribe(session, filt, opts | (sid << 8))  # type: ignore[arg-type]
             codes.append(granted)
+            accepted.append((filt, granted))
             retain_handling = (opts >> 4) & 0x03
             # Retained messages for a new subscription (Retain Handling 0, or 1 when new); none
             # for shared subscriptions (MQTT 5 §4.8.2)
@@ -623,7 +776,7 @@ class Connection(asyncio.Protocol):
                     retained.append((msg.with_ids((sid,)) if sid else msg, granted))
         ack_props = None
         if v == 5 and self.problem_info and any(c >= 0x80 for c in codes):
-            ack_props = {REASON_STRING: "invalid topic filter"}
+            ack_props = {REASON_STRING: _suback_reason(codes)}
         self.outlet.write(codec.encode_suback(p.packet_id, codes, v, ack_props))
         outlet = self.outlet
         for msg, granted in retained:
@@ -631,6 +784,22 @@ class Connection(asyncio.Protocol):
             outlet.send(msg, min(msg.qos, granted), True)
         if later:
             self.loop.create_task(self._send_retained(later, sid))
+        for observer in broker.subscribe_observers:
+            for filt, granted in accepted:
+                observer(self, filt, granted)
+
+    def _subscription_allowed(self, limit: int) -> bool:
+        """max_subscriptions_per_minute, over a sliding minute."""
+        times = self.sub_times
+        if times is None:
+            times = self.sub_times = deque()
+        now = time.monotonic()
+        while times and now - times[0] >= 60.0:
+            times.popleft()
+        if len(times) >= limit:
+            return False
+        times.append(now)
+        return True
 
     async def _send_retained(self, filters: list[tuple[str, int]], sid: int) -> None:
         outlet = self.outlet
@@ -675,6 +844,15 @@ class Connection(asyncio.Protocol):
         # A normal DISCONNECT discards the will [MQTT-3.1.2-10][MQTT-3.14.4-3]
         self.will = None
         self.close()
+
+
+def _suback_reason(codes: list[int]) -> str:
+    reasons = {
+        RC_TOPIC_FILTER_INVALID: "invalid topic filter",
+        RC_QUOTA_EXCEEDED: "subscription rate limit",
+        RC_NOT_AUTHORIZED: "not authorized",
+    }
+    return ", ".join(sorted({reasons.get(c, "refused") for c in codes if c >= 0x80}))
 
 
 def _bad_publish_properties(props: dict) -> str:
