@@ -1,7 +1,12 @@
-"""mqttd: a fast MQTT 3.1.1 / 5.0 broker for Python, with Cython hot paths."""
+"""mqttd: a fast MQTT 3.1.1 / 5.0 broker for Python, with Cython hot paths.
+
+As a library: ``from mqttd import MQTTApp, MQTTMessage, MQTTClient`` (see :mod:`mqttd.app`).
+"""
 
 from __future__ import annotations
 
 __version__ = "0.6.0"
 
-__all__ = ["__version__"]
+from mqttd.app import MQTTApp, MQTTClient, MQTTMessage, QoS  # noqa: E402
+
+__all__ = ["MQTTApp", "MQTTClient", "MQTTMessage", "QoS", "__version__"]

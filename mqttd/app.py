@@ -1,0 +1,794 @@
+"""The library: an MQTT broker with your own logic inside a Python program.
+
+    from mqttd import MQTTApp, MQTTMessage, MQTTClient
+
+    app = MQTTApp(port=1883)
+
+    @app.subscribe("sensors/temperature")
+    async def on_subscribe(topic: str, client: MQTTClient) -> None: ...
+
+    @app.publish_handler("sensors/+")
+    async def on_publish(message: MQTTMessage, client: MQTTClient) -> None: ...
+
+    app.run()
+
+The interface is the one of the ``mqttd`` 0.5.x package, so programs written for it run
+unchanged; underneath is the same broker as the ``mqttd`` command (:class:`mqttd.broker.Broker`).
+Handlers observe and never sit on the delivery path: they run after the broker has routed the
+message, as their own tasks. What must decide before routing (deny, rewrite, lower a QoS) is an
+authorization hook, which is on the hot path only when one is registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, TypeVar
+
+from mqttd import options
+from mqttd._speedups import match, route
+from mqttd.broker import Broker
+from mqttd.constants import (
+    CONTENT_TYPE,
+    CORRELATION_DATA,
+    MESSAGE_EXPIRY_INTERVAL,
+    PAYLOAD_FORMAT_INDICATOR,
+    RESPONSE_TOPIC,
+    SUBSCRIPTION_IDENTIFIER,
+    USER_PROPERTY,
+)
+
+log = logging.getLogger("mqttd")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: reason codes a hook may return (MQTT 5 §2.4); 3.1.1 clients get their nearest equivalent
+SUCCESS = 0x00
+UNSPECIFIED_ERROR = 0x80
+BAD_USERNAME_OR_PASSWORD = 0x86
+NOT_AUTHORIZED = 0x87
+QUOTA_EXCEEDED = 0x97
+
+#: MQTT 5 PUBLISH properties by the names MQTTMessage.properties uses
+PROPERTY_NAMES: dict[int, str] = {
+    PAYLOAD_FORMAT_INDICATOR: "payload_format_indicator",
+    MESSAGE_EXPIRY_INTERVAL: "message_expiry_interval",
+    CONTENT_TYPE: "content_type",
+    RESPONSE_TOPIC: "response_topic",
+    CORRELATION_DATA: "correlation_data",
+    USER_PROPERTY: "user_property",
+    SUBSCRIPTION_IDENTIFIER: "subscription_identifier",
+}
+PROPERTY_IDS: dict[str, int] = {v: k for k, v in PROPERTY_NAMES.items()}
+
+
+class QoS(IntEnum):
+    """Quality of Service levels."""
+
+    AT_MOST_ONCE = 0
+    AT_LEAST_ONCE = 1
+    EXACTLY_ONCE = 2
+
+
+@dataclass
+class MQTTMessage:
+    """One application message, as a client published it."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    #: the publisher's packet id (QoS 1/2); None for QoS 0 and for messages the app publishes
+    packet_id: int | None = None
+    #: MQTT 5 properties by name (``response_topic``, ``correlation_data``, ``content_type``,
+    #: ``user_property`` as a list of (name, value), ``message_expiry_interval``, ...)
+    properties: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def payload_str(self) -> str:
+        """The payload decoded as UTF-8 (undecodable bytes become U+FFFD)."""
+        return self.payload.decode("utf-8", errors="replace")
+
+    @property
+    def payload_json(self) -> Any:
+        """The payload parsed as JSON (``json.JSONDecodeError`` if it is not)."""
+        return json.loads(self.payload)
+
+
+@dataclass
+class MQTTClient:
+    """A connected client, as handlers see it."""
+
+    client_id: str
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 60
+    clean_session: bool = True
+    #: (host, port) of the client's end of the connection
+    address: tuple[Any, ...] | None = None
+    #: 3 (MQTT 3.1), 4 (3.1.1) or 5
+    protocol_version: int = 4
+    connection_id: str | None = None  # for 0.5.x compatibility (its QUIC connections)
+
+    def __str__(self) -> str:
+        return f"MQTTClient(id={self.client_id}, user={self.username})"
+
+
+@dataclass
+class _Route:
+    pattern: str | None
+    func: Callable[..., Any]
+    qos: int = 0
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", errors="surrogateescape")
+
+
+def _check_pattern(pattern: str) -> str:
+    if not isinstance(pattern, str) or not match.validate_filter(pattern):
+        raise ValueError(f"not a valid MQTT topic filter: {pattern!r}")
+    return pattern
+
+
+def _property_ids(props: dict[Any, Any] | None) -> dict[int, Any]:
+    out: dict[int, Any] = {}
+    for key, value in (props or {}).items():
+        pid = PROPERTY_IDS.get(key) if isinstance(key, str) else key
+        if pid is None:
+            raise ValueError(f"unknown MQTT 5 property {key!r} (known: {', '.join(PROPERTY_IDS)})")
+        out[pid] = value
+    return out
+
+
+class MQTTApp:
+    """An MQTT broker you program with decorators; see the module's documentation."""
+
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 1883,
+        ssl_context: ssl.SSLContext | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+        redis_host: str | None = None,
+        redis_port: int = 6379,
+        redis_db: int = 0,
+        redis_password: str | None = None,
+        redis_url: str | None = None,
+        use_redis: bool = False,
+        max_connections: int | None = None,
+        max_connections_per_ip: int | None = None,
+        max_messages_per_second: float | None = None,
+        max_subscriptions_per_minute: int | None = None,
+        *,
+        enable_tcp: bool = True,
+        enable_quic: bool = False,
+        quic_port: int | None = None,
+        quic_certfile: str | None = None,
+        quic_keyfile: str | None = None,
+        **more: Any,
+    ) -> None:
+        """Options, lowest precedence first: mqttd's defaults (but ``host`` 0.0.0.0 as in 0.5.x),
+        the TOML ``config_file``, the arguments given here that differ from their defaults,
+        then ``MQTTD_<OPTION>`` environment variables. ``more`` takes any other option of the
+        table in :mod:`mqttd.options` (``max_packet_size=...``, ``redis_prefix=...``)."""
+        if not enable_tcp or enable_quic or quic_certfile or quic_keyfile or quic_port:
+            quic = {
+                "enable_quic": enable_quic,
+                "quic_port": quic_port,
+                "quic_certfile": quic_certfile,
+                "quic_keyfile": quic_keyfile,
+            }
+            given = [n for n, v in quic.items() if v] + ([] if enable_tcp else ["enable_tcp=False"])
+            raise ValueError(
+                "mqttd does not support MQTT over QUIC "
+                f"({', '.join(given)} given); it serves TCP and TLS (ssl_context)"
+            )
+        values = options.defaults()
+        values["host"] = "0.0.0.0"
+        if config_file is not None:
+            values.update(options.load_file(config_file))
+        given_args = {
+            "host": host,
+            "port": port,
+            "redis_host": redis_host,
+            "redis_port": redis_port,
+            "redis_db": redis_db,
+            "redis_password": redis_password,
+            "redis_url": redis_url,
+            "use_redis": use_redis,
+            "max_connections": max_connections,
+            "max_connections_per_ip": max_connections_per_ip,
+            "max_messages_per_second": max_messages_per_second,
+            "max_subscriptions_per_minute": max_subscriptions_per_minute,
+        }
+        own_defaults = {"host": "0.0.0.0", "port": 1883, "redis_port": 6379, "redis_db": 0}
+        for name, value in given_args.items():
+            if value is not None and value != own_defaults.get(name, options.BY_NAME[name].default):
+                values[name] = options.convert(name, value, f"MQTTApp({name}=...)")
+        for name, value in more.items():
+            values[name] = options.convert(name, value, f"MQTTApp({name}=...)")
+        values.update(options.from_env())
+        self._values = values
+        self.config = options.broker_config(values)  # ValueError names the bad option
+        self.ssl_context = ssl_context
+        self.config_file = config_file
+        self._subscribe_routes: list[_Route] = []
+        self._publish_routes: list[_Route] = []
+        self._on_connect: list[Callable[..., Any]] = []
+        self._on_disconnect: list[Callable[..., Any]] = []
+        self._authenticate: Callable[..., Any] | None = None
+        self._authorize_publish: Callable[..., Any] | None = None
+        self._authorize_subscribe: Callable[..., Any] | None = None
+        self._broker: Broker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- what the options came to ----------------------------------------------------------------
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    @property
+    def port(self) -> int:
+        """The port; after start, the one bound (useful with port 0)."""
+        if self._broker is not None and self._broker.addresses:
+            return self._broker.addresses[0][1]
+        return self.config.port
+
+    @property
+    def use_redis(self) -> bool:
+        return self.config.redis_url is not None
+
+    @property
+    def broker(self) -> Broker:
+        """The running broker (for what the decorators do not cover)."""
+        if self._broker is None:
+            raise RuntimeError("the app is not running (await app.start() first)")
+        return self._broker
+
+    # -- decorators ------------------------------------------------------------------------------
+    def subscribe(self, topic: str, qos: int = 0) -> Callable[[F], F]:
+        """``handler(topic, client)`` runs when a client subscribes with a filter equal to
+        ``topic``, or, for a filter without wildcards, one that ``topic`` matches. A ``bytes``
+        or ``str`` it returns is sent to that subscriber as a PUBLISH on that topic at the
+        granted QoS (nothing is sent for a wildcard filter). ``qos`` is kept for 0.5.x
+        compatibility: the QoS granted is the one the client asked for (an authorization hook
+        may lower it)."""
+        _check_pattern(topic)
+
+        def decorator(func: F) -> F:
+            self._subscribe_routes.append(_Route(topic, func, qos))
+            return func
+
+        return decorator
+
+    def publish_handler(self, topic: str | None = None) -> Callable[[F], F]:
+        """``handler(message, client)`` observes each PUBLISH from a client whose topic matches
+        ``topic`` (every one when None), after it was routed (locally and through Redis), once,
+        on the node where it entered. It never delays delivery."""
+        if topic is not None:
+            _check_pattern(topic)
+
+        def decorator(func: F) -> F:
+            self._publish_routes.append(_Route(topic, func))
+            return func
+
+        return decorator
+
+    def on_connect(self, func: F) -> F:
+        """``handler(client)`` after the client got its CONNACK."""
+        self._on_connect.append(func)
+        return func
+
+    def on_disconnect(self, func: F) -> F:
+        """``handler(client)`` after the client's connection ended."""
+        self._on_disconnect.append(func)
+        return func
+
+    def authenticate(self, func: F) -> F:
+        """``handler(client, username, password) -> bool | reason code``, sync or async, decides
+        each CONNECT: True (or 0) accepts; False refuses with 0x86 Bad user name or password
+        (3.1.1: 0x04); a reason code >= 0x80 refuses with it. An exception refuses (0x80)."""
+        self._authenticate = func
+        return func
+
+    def authorize_publish(self, func: F) -> F:
+        """``handler(message, client)``, sync or async, runs before each client PUBLISH is
+        routed: True or None allows, False refuses (0x87 Not authorized in the PUBACK/PUBREC of
+        MQTT 5; 3.1.1 has no refusal, the message is dropped), an int is a reason code, and an
+        MQTTMessage is routed instead of the original (rewrite). An exception refuses (0x80)."""
+        self._authorize_publish = func
+        return func
+
+    def authorize_subscribe(self, func: F) -> F:
+        """``handler(topic, qos, client)``, sync or async, runs for each filter of a SUBSCRIBE:
+        True or None grants the QoS asked, an int 0-2 grants at most that QoS, False refuses
+        (0x87; 3.1.1: 0x80), an int >= 0x80 refuses with that code."""
+        self._authorize_subscribe = func
+        return func
+
+    # -- publishing ------------------------------------------------------------------------------
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 0,
+        retain: bool = False,
+        properties: dict[Any, Any] | None = None,
+    ) -> bool:
+        """Publish as the broker: to this node's subscribers and, with Redis, every node's."""
+        msg = self._message(topic, payload, qos, retain, properties)
+        self.broker.publish(msg)
+        return True
+
+    async def publish_to_client(
+        self,
+        client: MQTTClient | str,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 0,
+        retain: bool = False,
+        properties: dict[Any, Any] | None = None,
+    ) -> bool:
+        """Send one PUBLISH to one client of this node (by MQTTClient or client id), whether or
+        not it subscribed. False if no session of that id is here; a QoS 1/2 message for a
+        persistent session that is offline waits for it."""
+        client_id = client if isinstance(client, str) else client.client_id
+        session = self.broker.sessions.get(client_id)
+        if session is None or (session.connection is None and qos == 0):
+            return False
+        session.outlet.send(self._message(topic, payload, qos, retain, properties), qos, retain)
+        return True
+
+    def _message(self, topic: str, payload: bytes | str, qos: int, retain: bool, props: Any) -> Any:
+        if not isinstance(topic, str) or not match.validate_topic(topic):
+            raise ValueError(f"not a valid MQTT topic name: {topic!r}")
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        return self.broker.make_message(topic, data, qos, bool(retain), _property_ids(props))
+
+    # -- running ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen (and join Redis) in the running event loop; returns once clients can connect.
+        Raises OSError (port taken), ValueError (bad TLS files) or
+        ``mqttd.redis_bridge.RedisUnavailable``."""
+        if self._broker is not None:
+            raise RuntimeError("the app is already running")
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        broker = Broker(self.config, ssl_context=self.ssl_context)
+        self._install(broker)
+        self._broker = broker  # hooks may run as soon as the socket listens
+        try:
+            await broker.start()
+        except BaseException:
+            self._broker = None
+            await broker.stop()
+            raise
+        from mqttd.cli import version_line
+
+        host, port = broker.addresses[0]
+        log.info(
+            "%s listening on %s:%d (pid %d)%s",
+            version_line(),
+            host,
+            port,
+            os.getpid(),
+            " with TLS" if broker.ssl_context is not None else "",
+        )
+
+    async def serve_forever(self) -> None:
+        """Start if needed, then wait until :meth:`shutdown`."""
+        if self._broker is None:
+            await self.start()
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop listening, tell MQTT 5 clients (DISCONNECT 0x8B), close every connection, leave
+        Redis, and give running handlers up to ``timeout`` seconds to finish."""
+        broker, self._broker = self._broker, None
+        if broker is None:
+            return
+        try:
+            await asyncio.wait_for(broker.stop(), timeout)
+        except TimeoutError:
+            log.warning("shutdown: the broker did not stop within %.1f s", timeout)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def __aenter__(self) -> MQTTApp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    def run(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Serve until Ctrl-C or SIGTERM (blocking). Sets up logging at ``log_level`` when the
+        program did not; a start-up error (port taken, Redis unreachable) is one line on
+        stderr and exit status 1."""
+        if host is not None or port is not None:
+            values = dict(self._values)
+            if host is not None:
+                values["host"] = host
+            if port is not None:
+                values["port"] = port
+            values.update(options.from_env())
+            self.config = options.broker_config(values)
+        if ssl_context is not None:
+            self.ssl_context = ssl_context
+        if not logging.getLogger().handlers and not log.handlers:
+            logging.basicConfig(
+                level=getattr(logging, str(self._values["log_level"]).upper()),
+                format="%(asctime)s mqttd[%(process)d] %(levelname)s: %(message)s",
+            )
+        try:
+            import uvloop
+        except ImportError:
+            runner: Callable[[Awaitable[int]], int] = asyncio.run  # type: ignore[assignment]
+        else:
+            runner = uvloop.run
+        try:
+            status = runner(self._main())
+        except KeyboardInterrupt:
+            status = 0
+        if status:
+            raise SystemExit(status)
+
+    async def _main(self) -> int:
+        from mqttd.redis_bridge import RedisUnavailable
+
+        try:
+            await self.start()
+        except (OSError, RedisUnavailable, ValueError) as exc:
+            cfg = self.config
+            if isinstance(exc, OSError) and exc.errno == 98:
+                why = f"port {cfg.port} on {cfg.host} is already in use"
+            else:
+                why = str(exc)
+            print(f"mqttd: error: {why}", file=sys.stderr)
+            return 1
+        loop = asyncio.get_running_loop()
+        assert self._stopped is not None
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        waiters = [loop.create_task(stop.wait()), loop.create_task(self._stopped.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        log.info("stopping")
+        await self.shutdown()
+        return 0
+
+    # -- figures ---------------------------------------------------------------------------------
+    def get_metrics(self) -> dict[str, Any]:
+        """Counters since start: connections, messages in and out, subscriptions, Redis."""
+        b = self._broker
+        if b is None:
+            return {"running": False}
+        stats = b.stats
+        flusher = b.flusher
+        out: dict[str, Any] = {
+            "running": True,
+            "total_connections": stats["connections_total"],
+            "current_connections": b.clients,
+            "total_messages_published": stats["messages_received"],
+            "total_messages_received": stats["messages_received"],
+            "total_messages_sent": flusher.messages_sent if flusher is not None else 0,
+            "messages_dropped": flusher.messages_dropped if flusher is not None else 0,
+            "bytes_received": stats["bytes_received"],
+            "bytes_sent": flusher.bytes_sent if flusher is not None else 0,
+            "total_subscriptions": stats["subscriptions_total"],
+            "total_unsubscriptions": stats["unsubscriptions_total"],
+            "active_subscriptions_count": len(b.tree),
+            "retained_messages_count": b.storage.retained_count(),
+            "sessions": len(b.sessions),
+            "connections_per_ip": dict(b.clients_per_ip),
+        }
+        if b.bridge is not None:
+            out["redis"] = b.bridge.health()
+        return out
+
+    def health_check(self) -> dict[str, Any]:
+        """``status`` is "healthy", or "degraded" with the reasons in ``errors`` (Redis away,
+        connection limit reached); plus the broker's own figures."""
+        b = self._broker
+        errors: list[str] = []
+        out: dict[str, Any] = {
+            "status": "healthy",
+            "running": b is not None,
+            "connections": 0,
+            "max_connections": self.config.max_connections or None,
+            "redis_connected": False,
+            "errors": errors,
+        }
+        if b is None:
+            out["status"] = "stopped"
+            return out
+        out.update(b.health_check())
+        out["status"] = "healthy"
+        out["connections"] = b.clients
+        if b.bridge is not None:
+            out["redis_connected"] = bool(b.bridge.up)
+            if not b.bridge.up:
+                errors.append("Redis connection not available")
+        cap = self.config.max_connections
+        if cap and b.clients >= cap:
+            errors.append(f"connection limit reached: {b.clients}/{cap}")
+        if errors:
+            out["status"] = "degraded"
+        return out
+
+    # -- wiring into the broker ------------------------------------------------------------------
+    def _install(self, broker: Broker) -> None:
+        if self._publish_routes:
+            broker.publish_observers.append(self._published)
+        if self._subscribe_routes:
+            broker.subscribe_observers.append(self._subscribed)
+        if self._on_connect:
+            broker.connect_observers.append(self._connected)
+        if self._on_disconnect:
+            broker.disconnect_observers.append(self._disconnected)
+        if self._authenticate is not None:
+            broker.authenticate = self._check_credentials
+        if self._authorize_publish is not None:
+            broker.authorize_publish = self._check_publish
+        if self._authorize_subscribe is not None:
+            broker.authorize_subscribe = self._check_subscribe
+
+    @staticmethod
+    def client_of(conn: Any) -> MQTTClient:
+        """The MQTTClient view of a connection (made once)."""
+        client = conn.app_client
+        if client is None:
+            client = conn.app_client = MQTTClient(
+                client_id=conn.client_id,
+                username=conn.username,
+                password=_text(conn.password),
+                keepalive=conn.keepalive,
+                clean_session=conn.clean_start,
+                address=conn.peer if isinstance(conn.peer, tuple) else None,
+                protocol_version=conn.version,
+            )
+        return client
+
+    def _run(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        what: str,
+        done: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Run a handler in its own loop callback (async ones in their own task), so neither
+        the connection that triggered it nor other deliveries wait; log what it raises."""
+        assert self._loop is not None
+        self._loop.call_soon(self._call, func, args, what, done)
+
+    def _call(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        what: str,
+        done: Callable[[Any], None] | None,
+    ) -> None:
+        try:
+            result = func(*args)
+        except Exception:
+            log.exception("handler %s failed (%s)", getattr(func, "__name__", func), what)
+            return
+        if inspect.isawaitable(result):
+            assert self._loop is not None
+            task = self._loop.create_task(self._wait(func, result, what, done))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif done is not None:
+            done(result)
+
+    async def _wait(
+        self,
+        func: Callable[..., Any],
+        result: Awaitable[Any],
+        what: str,
+        done: Callable[[Any], None] | None,
+    ) -> None:
+        try:
+            value = await result
+        except Exception:
+            log.exception("handler %s failed (%s)", getattr(func, "__name__", func), what)
+            return
+        if done is not None:
+            done(value)
+
+    def _published(self, conn: Any, msg: Any) -> None:
+        topic = msg.topic
+        message = None
+        for r in self._publish_routes:
+            if r.pattern is None or match.topic_matches(r.pattern, topic):
+                if message is None:
+                    message = MQTTMessage(
+                        topic,
+                        msg.payload,
+                        msg.qos,
+                        bool(msg.retain),
+                        None,
+                        {PROPERTY_NAMES.get(k, str(k)): v for k, v in msg.properties.items()},
+                    )
+                what = f"topic {topic!r}, client {conn.client_id!r}"
+                self._run(r.func, (message, self.client_of(conn)), what)
+
+    def _subscribed(self, conn: Any, filt: str, granted: int) -> None:
+        shared = match.parse_shared(filt)
+        inner = filt if shared is None else shared[1]
+        wild = "+" in inner or "#" in inner
+        for r in self._subscribe_routes:
+            assert r.pattern is not None
+            if r.pattern == filt or (
+                not wild
+                and not r.pattern.startswith("$share/")
+                and match.topic_matches(r.pattern, inner)
+            ):
+                what = f"subscription {filt!r}, client {conn.client_id!r}"
+                reply = None if wild else _Reply(conn, inner, granted, what)
+                self._run(r.func, (filt, self.client_of(conn)), what, reply)
+
+    def _connected(self, conn: Any) -> None:
+        client = self.client_of(conn)
+        for func in self._on_connect:
+            self._run(func, (client,), f"connect, client {conn.client_id!r}")
+
+    def _disconnected(self, conn: Any) -> None:
+        client = self.client_of(conn)
+        for func in self._on_disconnect:
+            self._run(func, (client,), f"disconnect, client {conn.client_id!r}")
+
+    def _sync_or_async(
+        self, func: Callable[..., Any], args: tuple[Any, ...], what: str, then: Callable[[Any], Any]
+    ) -> Any:
+        """Call a hook; a plain answer is turned by ``then`` at once, an awaitable one later."""
+        try:
+            result = func(*args)
+        except Exception:
+            log.exception("hook %s failed (%s)", getattr(func, "__name__", func), what)
+            return then(UNSPECIFIED_ERROR)
+        if inspect.isawaitable(result):
+            return self._then(result, func, what, then)
+        return then(result)
+
+    async def _then(
+        self,
+        pending: Awaitable[Any],
+        func: Callable[..., Any],
+        what: str,
+        then: Callable[[Any], Any],
+    ) -> Any:
+        try:
+            result = await pending
+        except Exception:
+            log.exception("hook %s failed (%s)", getattr(func, "__name__", func), what)
+            result = UNSPECIFIED_ERROR
+        return then(result)
+
+    def _check_credentials(self, conn: Any, username: str | None, password: bytes | None) -> Any:
+        assert self._authenticate is not None
+        what = f"authenticate, client {conn.client_id!r}"
+        args = (self.client_of(conn), username, _text(password))
+        return self._sync_or_async(self._authenticate, args, what, _connect_code)
+
+    def _check_publish(self, conn: Any, msg: Any) -> Any:
+        assert self._authorize_publish is not None
+        message = MQTTMessage(
+            msg.topic,
+            msg.payload,
+            msg.qos,
+            bool(msg.retain),
+            None,
+            {PROPERTY_NAMES.get(k, str(k)): v for k, v in msg.properties.items()},
+        )
+        what = f"authorize publish, topic {msg.topic!r}, client {conn.client_id!r}"
+
+        def then(result: Any) -> Any:
+            if isinstance(result, MQTTMessage):
+                try:
+                    return self._message(
+                        result.topic, result.payload, result.qos, result.retain, result.properties
+                    )
+                except ValueError as exc:
+                    log.error("%s: the rewritten message is invalid: %s", what, exc)
+                    return UNSPECIFIED_ERROR
+            return _publish_code(result)
+
+        return self._sync_or_async(
+            self._authorize_publish, (message, self.client_of(conn)), what, then
+        )
+
+    def _check_subscribe(self, conn: Any, filt: str, qos: int) -> Any:
+        assert self._authorize_subscribe is not None
+        what = f"authorize subscribe, filter {filt!r}, client {conn.client_id!r}"
+        return self._sync_or_async(
+            self._authorize_subscribe,
+            (filt, qos, self.client_of(conn)),
+            what,
+            lambda r: _subscribe_code(r, qos),
+        )
+
+
+class _Reply:
+    """What a subscribe handler returned goes to that subscriber, on the topic it subscribed."""
+
+    __slots__ = ("conn", "topic", "qos", "what")
+
+    def __init__(self, conn: Any, topic: str, qos: int, what: str) -> None:
+        self.conn, self.topic, self.qos, self.what = conn, topic, qos, what
+
+    def __call__(self, result: Any) -> None:
+        if result is None:
+            return
+        if isinstance(result, str):
+            result = result.encode()
+        if not isinstance(result, (bytes, bytearray, memoryview)):
+            log.warning(
+                "%s: the handler returned %s; only bytes or str are sent",
+                self.what,
+                type(result).__name__,
+            )
+            return
+        conn = self.conn
+        if conn.closing or conn.outlet is None:
+            return
+        conn.outlet.send(route.Message(self.topic, bytes(result), self.qos, False), self.qos, False)
+
+
+def _connect_code(result: Any) -> int:
+    if result is True or result is None:
+        return SUCCESS
+    if result is False:
+        return BAD_USERNAME_OR_PASSWORD
+    if isinstance(result, int):
+        return result if result >= 0x80 or result == 0 else UNSPECIFIED_ERROR
+    log.error("authenticate hook returned %r; refusing", result)
+    return UNSPECIFIED_ERROR
+
+
+def _publish_code(result: Any) -> int:
+    if result is True or result is None:
+        return SUCCESS
+    if result is False:
+        return NOT_AUTHORIZED
+    if isinstance(result, int):
+        return result
+    log.error("authorize_publish hook returned %r; refusing", result)
+    return UNSPECIFIED_ERROR
+
+
+def _subscribe_code(result: Any, asked: int) -> int:
+    if result is True or result is None:
+        return asked
+    if result is False:
+        return NOT_AUTHORIZED
+    if isinstance(result, int) and (0 <= result <= 2 or result >= 0x80):
+        return min(result, asked) if result <= 2 else result
+    log.error("authorize_subscribe hook returned %r; refusing", result)
+    return UNSPECIFIED_ERROR
