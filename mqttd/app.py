@@ -29,7 +29,7 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, TypeVar
@@ -447,11 +447,11 @@ class MQTTApp:
         try:
             import uvloop
         except ImportError:
-            runner: Callable[[Awaitable[int]], int] = asyncio.run  # type: ignore[assignment]
+            status_of: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run
         else:
-            runner = uvloop.run
+            status_of = uvloop.run
         try:
-            status = runner(self._main())
+            status = status_of(self._main())
         except KeyboardInterrupt:
             status = 0
         if status:
@@ -562,7 +562,7 @@ class MQTTApp:
     @staticmethod
     def client_of(conn: Any) -> MQTTClient:
         """The MQTTClient view of a connection (made once)."""
-        client = conn.app_client
+        client: MQTTClient | None = conn.app_client
         if client is None:
             client = conn.app_client = MQTTClient(
                 client_id=conn.client_id,

@@ -92,7 +92,9 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.loop = broker.loop
+        loop = broker.loop
+        assert loop is not None, "the broker is started before it accepts connections"
+        self.loop: asyncio.AbstractEventLoop = loop
         self.reader = codec.Reader(broker.config.max_packet_size)
         self.transport: Any = None
         self.session: Session | None = None
@@ -479,7 +481,7 @@ class Connection(asyncio.Protocol):
         outlet.aliases = {}
         self.next_handlers = _CONNECTED
 
-        ack_props = None
+        ack_props: dict[int, Any] | None = None
         if v == 5:
             # Only what differs from the defaults (§3.2.2.3): Maximum QoS is absent (we do 2),
             # Wildcard, Subscription Identifier and Shared Subscription Available default to 1.
@@ -523,12 +525,12 @@ class Connection(asyncio.Protocol):
         if rc == auth.SUCCESS:
             if connecting:
                 return self._block(self._accept(data))
-            props = {AUTHENTICATION_METHOD: self.auth_method}
+            props: dict[int, Any] = {AUTHENTICATION_METHOD: self.auth_method}
             if data is not None:
                 props[AUTHENTICATION_DATA] = data
             self.outlet.write(codec.encode_auth(auth.SUCCESS, props))
         elif rc == auth.CONTINUE:
-            props = {AUTHENTICATION_METHOD: self.auth_method}
+            props = {AUTHENTICATION_METHOD: self.auth_method}  # type: ignore[no-redef]
             if data is not None:
                 props[AUTHENTICATION_DATA] = data
             data_out = codec.encode_auth(auth.CONTINUE, props)

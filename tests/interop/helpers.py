@@ -86,6 +86,8 @@ class Paho:
         will_props: dict[str, Any] | None = None,
         keepalive: int = 30,
         expect_failure: bool = False,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.protocol = protocol
         kwargs: dict[str, Any] = {}
@@ -109,6 +111,8 @@ class Paho:
         self.c.on_subscribe = lambda c, u, mid, rcs, p: self.subacks.put((mid, rcs))
         self.c.on_unsubscribe = lambda c, u, mid, rcs, p: self.unsubacks.put((mid, rcs))
         self.c.on_message = self._on_message
+        if username is not None:
+            self.c.username_pw_set(username, password)
         self.c.on_disconnect = lambda c, u, flags, rc, p: self.disconnects.put(rc)
         if will is not None:
             wp = props(PacketTypes.WILLMESSAGE, **will_props) if will_props else None

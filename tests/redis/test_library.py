@@ -1,0 +1,117 @@
+"""Programs written against the library, run unchanged on several nodes sharing one Redis.
+
+``program_05x.py`` is the example of mqttd 0.5.x's documentation exactly as its users wrote it
+(``MQTTApp(port=1883, redis_host="localhost")``). It is not edited: its environment moves it to
+a free port and to this test's Redis (``MQTTD_PORT=0``, ``MQTTD_REDIS_URL=...``; the MQTTD_*
+variables have the last word over a program's arguments). ``examples/redis_server.py`` takes
+its Redis from ``REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.interop.helpers import V5, V311, Paho
+from tests.library.programs import EXAMPLES, Program
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def programs() -> Iterator:
+    started: list[Program] = []
+
+    def start(path: Path, **env: str) -> Program:
+        p = Program(path, env)
+        started.append(p)
+        return p
+
+    try:
+        yield start
+    finally:
+        for p in started:
+            p.stop()
+            assert p.proc.poll() is not None
+
+
+def settle(pub: Paho, sub: Paho, topic: str) -> None:
+    """Publish probes until ``sub`` gets one: its node's Redis subscription is in place."""
+    deadline = time.monotonic() + 10
+    i = 0
+    while True:
+        assert time.monotonic() < deadline, "the subscription never reached the other node"
+        i += 1
+        pub.publish(topic, b"probe-%d" % i, qos=0)
+        try:
+            while True:
+                m = sub.message(timeout=0.3)
+                if m.payload == b"probe-%d" % i:
+                    return
+        except AssertionError:
+            continue
+
+
+def test_05x_program_unchanged_on_two_nodes(programs, redis_server) -> None:
+    env = {"MQTTD_REDIS_URL": redis_server.url}
+    a = programs(HERE / "program_05x.py", **env)
+    b = programs(HERE / "program_05x.py", **env)
+    sub = Paho(a, "sub-on-a", V311)
+    sub.subscribe("sensors/temperature", qos=1)
+    a.expect("Client sub-on-a subscribed to sensors/temperature")
+    probe = Paho(b, "probe-on-b", V311)
+    settle(probe, sub, "sensors/temperature")
+    probe.stop()
+
+    # A publish on node B reaches the subscriber on node A; B's publish handler fires
+    curl = shutil.which("curl")
+    if curl is not None:
+        out = subprocess.run(
+            [curl, "-s", f"mqtt://127.0.0.1:{b.port}/sensors/temperature", "-d", "25.5C"],
+            capture_output=True,
+            timeout=15,
+        )
+        assert out.returncode == 0, out
+    else:
+        pub = Paho(b, "pub-on-b", V311)
+        pub.publish("sensors/temperature", b"25.5C", qos=0)
+        pub.stop()
+    m = sub.message()
+    assert (m.topic, m.payload) == ("sensors/temperature", b"25.5C")
+    b.expect("Received: sensors/temperature = 25.5C")
+
+    # QoS and retain survive the trip through Redis (0.5.x's Redis mode dropped both)
+    pub5 = Paho(b, "pub5-on-b", V5)
+    pub5.publish("sensors/temperature", b"26.0C", qos=1, retain=True)
+    m = sub.message()
+    assert (m.payload, m.qos) == (b"26.0C", 1)
+    b.expect("Received: sensors/temperature = 26.0C")
+    late = Paho(a, "late-on-a", V311)
+    late.subscribe("sensors/temperature", qos=1)
+    m = late.message()
+    assert (m.payload, m.retain, m.qos) == (b"26.0C", True, 1)
+    pub5.stop()
+    late.stop()
+    sub.stop()
+    # The publish handler ran once, on the node the message entered: never on A
+    assert not any("Received:" in line for line in a.output), a.output
+
+
+def test_redis_server_example(programs, redis_server) -> None:
+    a = programs(EXAMPLES / "redis_server.py", REDIS_URL=redis_server.url)
+    b = programs(EXAMPLES / "redis_server.py", REDIS_URL=redis_server.url)
+    sub = Paho(b, "sub-b", V5)
+    sub.subscribe("sensors/#", qos=1)
+    pub = Paho(a, "pub-a", V5)
+    settle(pub, sub, "sensors/probe")
+    pub.publish("sensors/humidity", b"40%", qos=1)
+    a.expect("Received: sensors/humidity = 40%")
+    m = sub.message()
+    assert (m.topic, m.payload, m.qos) == ("sensors/humidity", b"40%", 1)
+    pub.stop()
+    sub.stop()
