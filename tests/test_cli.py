@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import start_broker
+from tests.conftest import start_broker, stop_broker
 
 MQTTD = [sys.executable, "-m", "mqttd"]
 
@@ -113,3 +113,38 @@ def test_shutdown_tells_mqtt5_clients() -> None:
         data += chunk
     assert data[:3] == b"\xe0\x01\x8b" or data[:4] == b"\xe0\x02\x8b\x00", data
     c.close()
+
+
+def test_config_file_sets_options_and_flags_win(tmp_path) -> None:
+    """mqttd --config takes the TOML file of the options table; a flag beats the file."""
+    conf = tmp_path / "mqttd.toml"
+    conf.write_text("max-connections = 1\nsys_interval = 0\nport = 1\n")
+    b = start_broker("--config", str(conf))  # --port 0 (given by start_broker) beats port = 1
+    try:
+        first = b.connect()
+        first.sendall(b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x0a\x00\x03one")
+        assert first.recv(4) == b"\x20\x02\x00\x00"
+        second = b.connect()
+        second.sendall(b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x0a\x00\x03two")
+        assert second.recv(4) == b"\x20\x02\x00\x03"  # 3.1.1: Server unavailable
+        first.close()
+        second.close()
+    finally:
+        stop_broker(b)
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("max_connections = 'many'\n", "max_connections must be a whole number"),
+        ("no_such_option = 1\n", "unknown option 'no_such_option'"),
+        ("port = \n", "is not valid TOML"),
+    ],
+)
+def test_bad_config_file_is_one_clear_line(tmp_path, text: str, error: str) -> None:
+    conf = tmp_path / "bad.toml"
+    conf.write_text(text)
+    out = run("--config", str(conf))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and error in lines[0], out.stderr

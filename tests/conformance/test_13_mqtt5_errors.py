@@ -32,6 +32,7 @@ from mqtt5_util import (
     PAYLOAD_FORMAT,
     PROTOCOL_ERROR,
     QOS_NOT_SUPPORTED,
+    QUOTA_EXCEEDED,
     REASON_STRING,
     RECEIVE_MAXIMUM,
     REQUEST_PROBLEM_INFO,
@@ -372,8 +373,26 @@ def test_maximum_qos_1(max_qos_1, uid):
     expect_connect_refused(c, (QOS_NOT_SUPPORTED,))
 
 
-def test_quota_exceeded_not_applicable():
-    """0x97 Quota exceeded is for "an implementation or administrative imposed limit" (Table
-    2-6); neither broker under test imposes one that a single client can trigger with a
-    defined packet (mqttd's --max-queued-messages drops messages for a slow subscriber)."""
-    pytest.skip("no quota a client can exceed")
+def test_quota_exceeded_connection_limit(uid):
+    """0x97 Quota exceeded: "an implementation or administrative imposed limit has been
+    exceeded" (Table 2-6). With a limit of one connection, a second CONNECT is refused with
+    CONNACK 0x97, Session Present 0 [MQTT-3.2.2-6], and the connection closed. (Mosquitto
+    2.0.11 with "max_connections 1" on the listener answered a second CONNECT with CONNACK 0.)"""
+    why = "Mosquitto's max_connections did not refuse the second client here"
+    with custom_broker(["--max-connections", "1"], None, why) as addr:
+        with C5(addr) as first:
+            first.open(f"q1-{uid}")
+            c = C5(addr)
+            c.send(connect(f"q2-{uid}", level=5))
+            expect_connect_refused(c, (QUOTA_EXCEEDED,))
+            first.ping()  # the client within the limit is untouched
+
+
+def test_quota_exceeded_subscriptions(uid):
+    """A subscription quota refuses the excess filter in the SUBACK with 0x97 (§3.9.3) and
+    keeps the connection."""
+    with custom_broker(["--max-subscriptions-per-minute", "2"], None, "Mosquitto has none") as a:
+        with C5(a) as c:
+            c.open(f"qs-{uid}")
+            assert c.sub([("qs/1", 1), ("qs/2", 0), ("qs/3", 1)]) == [1, 0, QUOTA_EXCEEDED]
+            c.ping()
