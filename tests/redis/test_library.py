@@ -115,3 +115,35 @@ def test_redis_server_example(programs, redis_server) -> None:
     assert (m.topic, m.payload, m.qos) == ("sensors/humidity", b"40%", 1)
     pub.stop()
     sub.stop()
+
+
+def test_app_publish_reaches_another_node(start_nodes, redis_server) -> None:
+    """``await app.publish(...)`` in a program goes through Redis to another node's clients,
+    with its QoS."""
+    from tests.library.conftest import AppRunner, local_app
+
+    (node,) = start_nodes(redis_server, 1)
+    runner = AppRunner(local_app(redis_url=redis_server.url))
+    try:
+        sub = Paho(node, "far-sub", V5)
+        sub.subscribe("app/news", qos=1)
+        deadline = time.monotonic() + 10
+        i = 0
+        while True:  # until the other node's Redis subscription is in place
+            assert time.monotonic() < deadline, "never reached the other node"
+            i += 1
+            runner.call(runner.app.publish("app/news", b"probe-%d" % i, qos=1))
+            try:
+                if sub.message(timeout=0.3).payload == b"probe-%d" % i:
+                    break
+            except AssertionError:
+                continue
+        runner.call(runner.app.publish("app/news", b"from the program", qos=1))
+        m = sub.message()
+        while m.payload.startswith(b"probe-"):
+            m = sub.message()
+        assert (m.topic, m.payload, m.qos) == ("app/news", b"from the program", 1)
+        assert runner.app.health_check()["redis_connected"] is True
+        sub.stop()
+    finally:
+        runner.stop()
