@@ -322,6 +322,9 @@ class RedisBridge:
         try:
             await asyncio.wait_for(self._connect(), 5.0)
         except (TimeoutError, OSError, ConnectionError) as exc:
+            for conn in self._conns():  # what did open is not left running
+                if conn is not None and conn.transport is not None:
+                    conn.transport.close()
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             if isinstance(exc, asyncio.TimeoutError):
                 reason = "no answer within 5 s"
@@ -331,10 +334,10 @@ class RedisBridge:
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
     async def _connect(self) -> None:
+        # Check the answers: a wrong password fails here (with Redis's own words), not later
+        self._auth_checked = asyncio.get_running_loop().create_future()
         self.pub = await self._open(self._on_pub_reply)
         self.sub = await self._open(self._on_push)
-        # Check the answer: a wrong password fails here, not later
-        self._auth_checked = asyncio.get_running_loop().create_future()
         self.pub.transport.write(_command(b"PING"))
         await asyncio.wait_for(self._auth_checked, 5.0)
         for key in self.channels:
@@ -448,7 +451,8 @@ class RedisBridge:
                 waiter.set_exception(ConnectionError(str(reply)))
                 return
             self.stats["errors"] += 1
-            log.warning("Redis error: %s", reply)
+            # while connecting, the failure is the connection attempt's (reported with it)
+            (log.warning if self.up else log.debug)("Redis error: %s", reply)
         if reply == b"PONG" or reply == "PONG":
             waiter = self._auth_checked
             if not waiter.done():
@@ -459,8 +463,12 @@ class RedisBridge:
 
     def _on_push(self, reply: Any) -> None:
         if isinstance(reply, hiredis.ReplyError):
+            waiter = getattr(self, "_auth_checked", None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionError(str(reply)))
+                return
             self.stats["errors"] += 1
-            log.warning("Redis error on the subscription: %s", reply)
+            (log.warning if self.up else log.debug)("Redis error on the subscription: %s", reply)
             return
         kind = reply[0]
         if kind == b"message":

@@ -23,7 +23,11 @@ class AppRunner:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.call(app.start())
+        try:
+            self.call(app.start())
+        except BaseException:
+            self._end_loop()
+            raise
         self.host = "127.0.0.1"
         self.port = app.port
         assert self.port != 0
@@ -36,9 +40,12 @@ class AppRunner:
         try:
             self.call(self.app.shutdown(5.0))
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
+            self._end_loop()
+
+    def _end_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 @pytest.fixture

@@ -147,3 +147,25 @@ def test_app_publish_reaches_another_node(start_nodes, redis_server) -> None:
         sub.stop()
     finally:
         runner.stop()
+
+
+def test_redis_host_port_db_password(redis_server) -> None:
+    """The 0.5.x way of naming Redis (host, port, db, password) reaches the same server; a
+    wrong password fails the start with one clear error."""
+    from mqttd.redis_bridge import RedisUnavailable
+    from tests.library.conftest import AppRunner, local_app
+
+    password = "p@ss/w:rd"  # needs quoting inside a URL
+    redis_server.client().config_set("requirepass", password)
+    app = local_app(
+        redis_host="127.0.0.1", redis_port=redis_server.port, redis_db=3, redis_password=password
+    )
+    assert app.config.redis_url == (f"redis://:p%40ss%2Fw%3Ard@127.0.0.1:{redis_server.port}/3")
+    runner = AppRunner(app)
+    try:
+        assert app.health_check()["redis_connected"] is True
+    finally:
+        runner.stop()
+    wrong = local_app(redis_host="127.0.0.1", redis_port=redis_server.port, redis_password="x")
+    with pytest.raises(RedisUnavailable, match="WRONGPASS"):
+        AppRunner(wrong)
