@@ -218,6 +218,19 @@ class _Resp(asyncio.Protocol):
         self.on_lost(self, exc)
 
 
+class _PushResp(_Resp):
+    """The subscription connection: its stream goes to a ``route.PushReader``, which delivers
+    the common messages itself (compiled) and hands the rest to the bridge's ``_on_push``."""
+
+    def __init__(self, push: Any, on_lost: Any) -> None:
+        super().__init__(None, on_lost)
+        self.push = push
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        self.push.feed(data)
+
+
 def is_cluster_url(url: str) -> bool:
     """``redis+cluster://`` / ``rediss+cluster://``: join through a Redis Cluster (sharded
     pub/sub, mqttd.redis_cluster)."""
@@ -247,6 +260,8 @@ class RedisBridge:
         self.patterns: dict[bytes, set[str]] = {}
         self._regex: dict[bytes, re.Pattern[bytes]] = {}
         self._canonical: dict[bytes, bytes | None] = {}
+        #: channel -> its MQTT topic, for channels seen and found valid (read by PushReader)
+        self._topics: dict[bytes, str] = {}
         self.pub: _Resp | None = None
         self.sub: _Resp | None = None
         self.up = False
@@ -289,11 +304,13 @@ class RedisBridge:
             return p["path"]
         return f"{p.get('host', 'localhost')}:{p.get('port', 6379)}"
 
-    async def _open(self, on_reply: Any) -> _Resp:
+    async def _open(self, on_reply: Any, push: bool = False) -> _Resp:
         loop = asyncio.get_running_loop()
         p = self.params
 
         def factory() -> _Resp:
+            if push:
+                return _PushResp(self._push_reader(), self._lost)
             return _Resp(on_reply, self._lost)
 
         if "path" in p:
@@ -337,7 +354,7 @@ class RedisBridge:
         # Check the answers: a wrong password fails here (with Redis's own words), not later
         self._auth_checked = asyncio.get_running_loop().create_future()
         self.pub = await self._open(self._on_pub_reply)
-        self.sub = await self._open(self._on_push)
+        self.sub = await self._open(self._on_push, push=True)
         self.pub.transport.write(_command(b"PING"))
         await asyncio.wait_for(self._auth_checked, 5.0)
         for key in self.channels:
@@ -478,6 +495,19 @@ class RedisBridge:
         elif kind == b"pong" or reply == b"PONG":
             self._last_pong = time.monotonic()
 
+    def _push_reader(self) -> Any:
+        return route.PushReader(
+            self._on_push,
+            self.node,
+            self.control,
+            self.channels,
+            self._canonical,
+            self._topics,
+            self.last_seq,
+            self.stats,
+            self.broker.tree,
+        )
+
     def _canonical_pattern(self, channel: bytes) -> bytes | None:
         """The one of our patterns whose copy of a message on ``channel`` we keep."""
         try:
@@ -510,6 +540,8 @@ class RedisBridge:
             return
         if not match.validate_topic(topic):
             return
+        if len(self._topics) < MAX_TRACKED_TOPICS:
+            self._topics[channel] = topic  # the fast path (route.PushReader) knows it now
         self._receive(topic, data)
 
     def _receive(self, topic: str, data: bytes) -> None:

@@ -413,3 +413,169 @@ def deliver(nodes: list[dict], msg: Message, origin: Outlet | None) -> int:
             key.send(msg, qos, retain)
         count += 1
     return count
+
+
+# -- messages from Redis ----------------------------------------------------------------------------
+#: the envelope mqttd puts before a payload it PUBLISHes to Redis (see mqttd/redis_bridge.py)
+ENVELOPE_MAGIC = b"\x00MQD\x01"
+ENVELOPE_SIZE = 22  # magic 5, flags 1, origin node 8, sequence 8
+#: topics whose sequence numbers a node keeps before it forgets the oldest (per origin)
+MAX_TRACKED_TOPICS = 100_000
+_MISSING = object()
+
+
+def resp_end(buf: bytes, pos: int) -> int:
+    """End of the RESP2 element that starts at ``pos``, or -1 while it is incomplete.
+    ValueError for what RESP2 does not have (the caller falls back to a generic parser)."""
+    n = len(buf)
+    if pos >= n:
+        return -1
+    nl = buf.find(b"\r\n", pos)
+    if nl < 0:
+        return -1
+    t = buf[pos]
+    if t in (43, 45, 58):  # + simple string, - error, : integer
+        return nl + 2
+    if t == 36:  # $ bulk string
+        length = int(buf[pos + 1 : nl])
+        if length < 0:
+            return nl + 2
+        end = nl + 2 + length + 2
+        return end if end <= n else -1
+    if t == 42:  # * array
+        count = int(buf[pos + 1 : nl])
+        p = nl + 2
+        for _ in range(max(count, 0)):
+            p = resp_end(buf, p)
+            if p < 0:
+                return -1
+        return p
+    raise ValueError(f"RESP type {chr(t)!r}")
+
+
+def _bulk(buf: bytes, pos: int) -> tuple[bytes, int]:
+    """The bulk string at ``pos`` (known complete) and the position after it."""
+    nl = buf.find(b"\r\n", pos)
+    length = int(buf[pos + 1 : nl])
+    start = nl + 2
+    return buf[start : start + length], start + length + 2
+
+
+class PushReader:
+    """The subscription connection's stream from Redis, with a fast path for messages.
+
+    Nearly all a node receives are ``message`` / ``pmessage`` pushes that carry an mqttd
+    envelope on a channel the node has seen before: those are parsed, filtered (the node's own
+    messages, the extra copies Redis sends for overlapping patterns), checked for sequence gaps
+    and delivered here, with no list built per push. Everything else (subscription
+    confirmations, PONG, errors, raw payloads, messages with properties or the retain flag, the
+    first message of a channel) goes, in order, to ``slow(reply)`` parsed by hiredis, where the
+    bridge handles it and fills the caches the fast path reads (``topics``, ``canonical``).
+    """
+
+    def __init__(
+        self,
+        slow: Any,
+        node: bytes,
+        control: bytes,
+        channels: dict,
+        canonical: dict,
+        topics: dict,
+        last_seq: dict,
+        stats: dict,
+        tree: Any,
+    ) -> None:
+        import hiredis
+
+        self.slow = slow
+        self.node = node
+        self.control = control
+        self.channels = channels
+        self.canonical = canonical
+        self.topics = topics
+        self.last_seq = last_seq
+        self.stats = stats
+        self.tree = tree
+        self.generic = hiredis.Reader()
+        self.buf = b""
+        self.raw = False  # a stream the fast path cannot frame: hiredis reads all of it
+
+    def feed(self, data: bytes) -> None:
+        if self.raw:
+            return self._generic(data)
+        buf = self.buf + data if self.buf else data
+        pos = 0
+        received = 0
+        try:
+            while True:
+                end = resp_end(buf, pos)
+                if end < 0:
+                    break
+                took = self._fast(buf, pos)
+                if took < 0:
+                    self._generic(buf[pos:end])
+                else:
+                    received += took
+                pos = end
+        except ValueError:
+            self.raw = True
+            self.buf = b""
+            self.stats["received"] += received
+            return self._generic(buf[pos:])
+        self.buf = buf[pos:]
+        self.stats["received"] += received
+
+    def _generic(self, data: bytes) -> None:
+        reader = self.generic
+        reader.feed(data)
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                return
+            self.slow(reply)
+
+    def _fast(self, buf: bytes, pos: int) -> int:
+        """Handle one complete push at ``pos``: 1 delivered, 0 dropped, -1 not for here."""
+        if buf.startswith(b"*3\r\n$7\r\nmessage\r\n", pos):
+            pattern = None
+            channel, p = _bulk(buf, pos + 17)
+            if channel == self.control:
+                return -1
+        elif buf.startswith(b"*4\r\n$8\r\npmessage\r\n", pos):
+            pattern, p = _bulk(buf, pos + 18)
+            channel, p = _bulk(buf, p)
+            if channel in self.channels:
+                return 0  # the exact channel's copy is the one kept
+            canon = self.canonical.get(channel, _MISSING)
+            if canon is _MISSING:
+                return -1
+            if canon != pattern:
+                return 0  # another pattern's copy is the one kept
+        else:
+            return -1
+        topic = self.topics.get(channel)
+        if topic is None:
+            return -1
+        data, _ = _bulk(buf, p)
+        if len(data) < ENVELOPE_SIZE or not data.startswith(ENVELOPE_MAGIC):
+            return -1
+        flags = data[5]
+        if flags & 0xFC or flags == 3:
+            return -1  # retain, properties, or not an envelope of ours
+        origin = data[6:14]
+        if origin == self.node:
+            return 0  # our own: local subscribers already have it
+        seq = int.from_bytes(data[14:22], "big")
+        key = (origin, topic)
+        last_seq = self.last_seq
+        last = last_seq.get(key)
+        if last is not None and seq > last + 1:
+            self.stats["lost"] += seq - last - 1
+        elif last is None and len(last_seq) >= MAX_TRACKED_TOPICS:
+            last_seq.pop(next(iter(last_seq)))
+        last_seq[key] = seq
+        msg = Message(topic, data[ENVELOPE_SIZE:], flags, False, None, b"\x00", (origin, seq))
+        nodes = self.tree.collect(topic)
+        if nodes:
+            deliver(nodes, msg, None)
+        return 1
