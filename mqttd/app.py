@@ -22,6 +22,7 @@ authorization hook, which is on the hot path only when one is registered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -299,21 +300,24 @@ class MQTTApp:
     def authenticate(self, func: F) -> F:
         """``handler(client, username, password) -> bool | reason code``, sync or async, decides
         each CONNECT: True (or 0) accepts; False refuses with 0x86 Bad user name or password
-        (3.1.1: 0x04); a reason code >= 0x80 refuses with it. An exception refuses (0x80)."""
+        (3.1.1: 0x04); a reason code >= 0x80 refuses with it. An exception refuses (0x80), and
+        so does None (a hook that forgot to return must not let everybody in)."""
         self._authenticate = func
         return func
 
     def authorize_publish(self, func: F) -> F:
         """``handler(message, client)``, sync or async, runs before each client PUBLISH is
-        routed: True or None allows, False refuses (0x87 Not authorized in the PUBACK/PUBREC of
-        MQTT 5; 3.1.1 has no refusal, the message is dropped), an int is a reason code, and an
-        MQTTMessage is routed instead of the original (rewrite). An exception refuses (0x80)."""
+        routed: True allows, False refuses (0x87 Not authorized in the PUBACK/PUBREC of MQTT 5;
+        3.1.1 has no refusal, the message is dropped), an int is a reason code, and an
+        MQTTMessage is routed instead of the original (rewrite). An exception refuses (0x80),
+        None refuses (0x87). It runs on the event loop before each message is routed: keep a
+        plain function quick, or make it async."""
         self._authorize_publish = func
         return func
 
     def authorize_subscribe(self, func: F) -> F:
         """``handler(topic, qos, client)``, sync or async, runs for each filter of a SUBSCRIBE:
-        True or None grants the QoS asked, an int 0-2 grants at most that QoS, False refuses
+        True grants the QoS asked, an int 0-2 grants at most that QoS, False or None refuses
         (0x87; 3.1.1: 0x80), an int >= 0x80 refuses with that code."""
         self._authorize_subscribe = func
         return func
@@ -582,12 +586,14 @@ class MQTTApp:
         what: str,
         done: Callable[[Any], None] | None = None,
     ) -> None:
-        """Run a handler in its own loop callback (async ones in their own task), so neither
-        the connection that triggered it nor other deliveries wait; log what it raises."""
+        """Run a handler as a task of its own, so that neither the connection that triggered it
+        nor other deliveries wait for it; ``done`` gets what it returns; failures are logged."""
         assert self._loop is not None
-        self._loop.call_soon(self._call, func, args, what, done)
+        task = self._loop.create_task(self._handle(func, args, what, done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _call(
+    async def _handle(
         self,
         func: Callable[..., Any],
         args: tuple[Any, ...],
@@ -595,34 +601,22 @@ class MQTTApp:
         done: Callable[[Any], None] | None,
     ) -> None:
         try:
-            result = func(*args)
-        except Exception:
-            log.exception("handler %s failed (%s)", getattr(func, "__name__", func), what)
-            return
-        if inspect.isawaitable(result):
-            assert self._loop is not None
-            task = self._loop.create_task(self._wait(func, result, what, done))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        elif done is not None:
-            done(result)
-
-    async def _wait(
-        self,
-        func: Callable[..., Any],
-        result: Awaitable[Any],
-        what: str,
-        done: Callable[[Any], None] | None,
-    ) -> None:
-        try:
-            value = await result
+            if inspect.iscoroutinefunction(func):
+                result = await func(*args)
+            else:
+                # A plain function runs in a worker thread (as FastAPI runs ``def`` endpoints):
+                # a slow one must not hold up the event loop and every other client with it
+                assert self._loop is not None
+                result = await self._loop.run_in_executor(None, functools.partial(func, *args))
+                if inspect.isawaitable(result):
+                    result = await result
         except Exception:
             log.exception("handler %s failed (%s)", getattr(func, "__name__", func), what)
             return
         if done is not None:
-            done(value)
+            done(result)
 
-    def _published(self, conn: Any, msg: Any) -> None:
+    def _published(self, conn: Any, msg: Any, packet_id: int | None) -> None:
         topic = msg.topic
         message = None
         for r in self._publish_routes:
@@ -633,7 +627,7 @@ class MQTTApp:
                         msg.payload,
                         msg.qos,
                         bool(msg.retain),
-                        None,
+                        packet_id or None,
                         {PROPERTY_NAMES.get(k, str(k)): v for k, v in msg.properties.items()},
                     )
                 what = f"topic {topic!r}, client {conn.client_id!r}"
@@ -697,14 +691,14 @@ class MQTTApp:
         args = (self.client_of(conn), username, _text(password))
         return self._sync_or_async(self._authenticate, args, what, _connect_code)
 
-    def _check_publish(self, conn: Any, msg: Any) -> Any:
+    def _check_publish(self, conn: Any, msg: Any, packet_id: int | None) -> Any:
         assert self._authorize_publish is not None
         message = MQTTMessage(
             msg.topic,
             msg.payload,
             msg.qos,
             bool(msg.retain),
-            None,
+            packet_id or None,
             {PROPERTY_NAMES.get(k, str(k)): v for k, v in msg.properties.items()},
         )
         what = f"authorize publish, topic {msg.topic!r}, client {conn.client_id!r}"
@@ -761,8 +755,16 @@ class _Reply:
         conn.outlet.send(route.Message(self.topic, bytes(result), self.qos, False), self.qos, False)
 
 
+def _refuse_none(hook: str) -> int:
+    # A hook that forgot its return statement must not let everybody in
+    log.warning("%s hook returned None; refusing (return True to allow)", hook)
+    return UNSPECIFIED_ERROR if hook == "authenticate" else NOT_AUTHORIZED
+
+
 def _connect_code(result: Any) -> int:
-    if result is True or result is None:
+    if result is None:
+        return _refuse_none("authenticate")
+    if result is True:
         return SUCCESS
     if result is False:
         return BAD_USERNAME_OR_PASSWORD
@@ -773,7 +775,9 @@ def _connect_code(result: Any) -> int:
 
 
 def _publish_code(result: Any) -> int:
-    if result is True or result is None:
+    if result is None:
+        return _refuse_none("authorize_publish")
+    if result is True:
         return SUCCESS
     if result is False:
         return NOT_AUTHORIZED
@@ -784,7 +788,9 @@ def _publish_code(result: Any) -> int:
 
 
 def _subscribe_code(result: Any, asked: int) -> int:
-    if result is True or result is None:
+    if result is None:
+        return _refuse_none("authorize_subscribe")
+    if result is True:
         return asked
     if result is False:
         return NOT_AUTHORIZED

@@ -198,14 +198,14 @@ class Broker:
         #: ``authenticate(conn, username, password)``: a reason code (< 0x80 accepts), or an
         #: awaitable of one; awaited before the session is attached (packets are held meanwhile).
         self.authenticate: Callable[[Any, str | None, bytes | None], Any] | None = None
-        #: ``authorize_publish(conn, msg)`` before routing: a reason code (< 0x80 allows), a
+        #: ``authorize_publish(conn, msg, packet_id)`` before routing: a reason code (< 0x80 allows), a
         #: replacement Message, or an awaitable of either (the connection's packets wait for it).
-        self.authorize_publish: Callable[[Any, Any], Any] | None = None
+        self.authorize_publish: Callable[[Any, Any, int | None], Any] | None = None
         #: ``authorize_subscribe(conn, filter, qos)``: the QoS granted (0-2, may be lower than
         #: asked) or a refusal >= 0x80, or an awaitable of that.
         self.authorize_subscribe: Callable[[Any, str, int], Any] | None = None
         #: observers, called after the fact and never waited for
-        self.publish_observers: list[Callable[[Any, Any], None]] = []
+        self.publish_observers: list[Callable[[Any, Any, int | None], None]] = []
         self.subscribe_observers: list[Callable[[Any, str, int], None]] = []
         self.connect_observers: list[Callable[[Any], None]] = []
         self.disconnect_observers: list[Callable[[Any], None]] = []

@@ -110,7 +110,10 @@ async def _serve(broker: object) -> int:
     hint = ""
     if cfg.host in ("127.0.0.1", "localhost", "::1"):
         hint = "; local clients only, use --host 0.0.0.0 to accept remote clients"
-    log.info("%s listening on %s:%d (pid %d)%s", version_line(), host, port, os.getpid(), hint)
+    tls = " with TLS" if broker.ssl_context is not None else ""
+    log.info(
+        "%s listening on %s:%d (pid %d)%s%s", version_line(), host, port, os.getpid(), tls, hint
+    )
     sys.stdout.flush()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -627,7 +627,7 @@ class Connection(asyncio.Protocol):
             # $SYS belongs to the broker: not routed; MQTT 5 is told 0x87, as Mosquitto does
             rc = RC_NOT_AUTHORIZED
         elif broker.authorize_publish is not None:
-            rc = broker.authorize_publish(self, msg)
+            rc = broker.authorize_publish(self, msg, p.packet_id)
             if rc.__class__ is not int:
                 if inspect.isawaitable(rc):
                     # Its packets wait, in order, for the decision
@@ -650,7 +650,7 @@ class Connection(asyncio.Protocol):
         if rc < 0x80:
             broker.publish(msg, self.outlet)
             for observer in broker.publish_observers:
-                observer(self, msg)
+                observer(self, msg, p.packet_id)
         if qos == 1:
             self.outlet.write(codec.encode_ack(PUBACK, p.packet_id, v, rc if v == 5 else 0))
         elif qos == 2:

@@ -147,9 +147,11 @@ def test_publish_handler_gets_the_message_after_routing(serve) -> None:
     assert message.properties["response_topic"] == "replies/1"
     assert message.properties["correlation_data"] == b"c1"
     assert message.properties["user_property"] == [("k", "v")]
+    assert message.packet_id is not None and message.packet_id > 0  # QoS 1: the publisher's id
     # '#' also matches the parent level [MQTT-4.7.1-2]; other topics are not seen
-    pub.publish("sensors", b"parent", qos=1)
-    assert get(seen)[0].topic == "sensors"
+    pub.publish("sensors", b"parent", qos=0)
+    parent = get(seen)[0]
+    assert (parent.topic, parent.packet_id) == ("sensors", None)
     pub.publish("actuators/x", b"no", qos=1)
     quiet(seen)
     pub.stop()
@@ -215,6 +217,44 @@ def test_slow_and_failing_handlers_stall_nothing(serve, caplog: pytest.LogCaptur
 
 
 # -- programmatic publish -------------------------------------------------------------------------
+def test_blocking_plain_handler_runs_off_the_event_loop(serve) -> None:
+    """A plain (def) handler runs in a worker thread: while it blocks, messages still flow."""
+    app = local_app()
+    release = threading.Event()
+    started: queue.Queue = queue.Queue()
+
+    @app.publish_handler("block/+")
+    def blocking(message: MQTTMessage, client: MQTTClient) -> None:
+        started.put(message.payload)
+        release.wait(30)
+
+    r = serve(app)
+    sub = Paho(r, "block-sub", V311)
+    sub.subscribe("block/+", qos=1)
+    pub = Paho(r, "block-pub", V311)
+    try:
+        for i in range(3):
+            pub.publish("block/x", str(i).encode(), qos=1)
+            assert sub.message().payload == str(i).encode()  # the loop is not frozen
+        assert sorted(get(started) for _ in range(3)) == [b"0", b"1", b"2"]
+    finally:
+        release.set()
+    pub.stop()
+    sub.stop()
+
+
+def test_hooks_that_return_nothing_refuse(serve) -> None:
+    """A hook that forgot its return statement must not let everybody in."""
+    app = local_app()
+
+    @app.authenticate
+    def forgetful(client: MQTTClient, username: str | None, password: str | None) -> None:
+        pass
+
+    r = serve(app)
+    assert _connect_paho(r, "forgot", V5, "u", "p") == 0x80
+
+
 def test_app_publish_reaches_subscribers_and_is_retained(serve) -> None:
     app = local_app()
     r = serve(app)
