@@ -85,6 +85,9 @@ class Row:
     make: Callable[[], Any]
     warmup: float | None = None
     duration: float | None = None
+    # Fresh brokers for every round, not only for the row: a broker that held 10,000
+    # connections keeps most of that memory, so "RSS before" of a second round would be wrong.
+    fresh_each_round: bool = False
 
 
 def free_port() -> int:
@@ -211,6 +214,7 @@ def rows(idle_connections: int) -> list[Row]:
             lambda: Idle(idle_connections),
             warmup=1.0,
             duration=1.0,
+            fresh_each_round=True,
         ),
     ]
 
@@ -243,25 +247,34 @@ def run_pairs(args, tmp: str, mosquitto: str | None) -> dict[str, Comparison]:
         if args.only and row.key not in args.only:
             continue
         log(f"== {row.title}")
-        with ExitStack() as stack:
-            mq, mq_port = start_mqttd()
-            stack.callback(stop, mq)
-            opt_b = opts(args, mq_port, mq.pid, "mqttd", row)
-            if mosquitto:
-                mo, mo_port = start_mosquitto(mosquitto, tmp)
-                stack.callback(stop, mo, signal.SIGTERM)
-                opt_a = opts(args, mo_port, mo.pid, "mosquitto", row)
-                cmp = compare(row.make, opt_a, opt_b, args.rounds, on_run=on_run)
-            else:  # mqttd alone: the absolute budgets and the checks still apply
-                cmp = Comparison("mosquitto", "mqttd")
-                for i in range(args.rounds):
-                    cmp.b.append(run_any(row.make(), opt_b))
-                    on_run("B", i + 1, cmp.b[-1])
-            for name, p in (("mqttd", mq),):
-                if p.poll() is not None:
-                    log(f"warning: {name} exited during {row.key}")
+        cmp = Comparison("mosquitto", "mqttd")
+        for rounds in [1] * args.rounds if row.fresh_each_round else [args.rounds]:
+            part = run_fresh(args, tmp, mosquitto, row, rounds)
+            cmp.a += part.a
+            cmp.b += part.b
         out[row.key] = cmp
     return out
+
+
+def run_fresh(args, tmp: str, mosquitto: str | None, row: Row, rounds: int) -> Comparison:
+    """``rounds`` A B rounds of ``row`` against a freshly started mqttd and Mosquitto."""
+    with ExitStack() as stack:
+        mq, mq_port = start_mqttd()
+        stack.callback(stop, mq)
+        opt_b = opts(args, mq_port, mq.pid, "mqttd", row)
+        if mosquitto:
+            mo, mo_port = start_mosquitto(mosquitto, tmp)
+            stack.callback(stop, mo, signal.SIGTERM)
+            opt_a = opts(args, mo_port, mo.pid, "mosquitto", row)
+            cmp = compare(row.make, opt_a, opt_b, rounds, on_run=on_run)
+        else:  # mqttd alone: the absolute budgets and the checks still apply
+            cmp = Comparison("mosquitto", "mqttd")
+            for i in range(rounds):
+                cmp.b.append(run_any(row.make(), opt_b))
+                on_run("B", i + 1, cmp.b[-1])
+        if mq.poll() is not None:
+            log(f"warning: mqttd exited during {row.key}")
+    return cmp
 
 
 def redis_info(port: int) -> dict[str, Any]:
