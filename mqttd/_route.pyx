@@ -463,6 +463,8 @@ def deliver(list nodes, Message msg, origin):
 # -- messages from Redis (twin: mqttd/_pure/_route.py, same names) -----------------------------------
 ENVELOPE_MAGIC = b"\x00MQD\x01"
 ENVELOPE_SIZE = 22
+BATCH_MAGIC = b"\x00MQD\x02"
+BATCH_HEADER_SIZE = 24
 MAX_TRACKED_TOPICS = 100_000
 cdef object _MISSING = object()
 
@@ -636,6 +638,8 @@ cdef class PushReader:
         if topic is None:
             return -1
         dlen = _bulk(p, pos, n, &dstart)
+        if dlen >= 5 and memcmp(p + dstart, b"\x00MQD\x02", 5) == 0:
+            return self._batch(<str>topic, buf, p, dstart, dlen)
         if dlen < ENVELOPE_SIZE or memcmp(p + dstart, b"\x00MQD\x01", 5) != 0:
             return -1
         flags = p[dstart + 5]
@@ -646,17 +650,67 @@ cdef class PushReader:
         origin = buf[dstart + 6:dstart + 14]
         for i in range(8):
             seq = (seq << 8) | p[dstart + 14 + i]
-        key = (origin, topic)
-        last_seq = self.last_seq
-        last = last_seq.get(key)
-        if last is not None and seq > <unsigned long long>last + 1:
-            self.stats["lost"] += seq - <unsigned long long>last - 1
-        elif last is None and len(last_seq) >= MAX_TRACKED_TOPICS:
-            last_seq.pop(next(iter(last_seq)))
-        last_seq[key] = seq
+        self._track(origin, topic, seq, seq)
         msg = Message(topic, buf[dstart + ENVELOPE_SIZE:dstart + dlen], flags, False, None,
                       b"\x00", (origin, seq))
         nodes = self.tree.collect(topic)
         if nodes:
             deliver(nodes, msg, None)
         return 1
+
+    cdef int _track(self, bytes origin, str topic, unsigned long long first,
+                    unsigned long long last_now) except -1:
+        key = (origin, topic)
+        last_seq = self.last_seq
+        last = last_seq.get(key)
+        if last is not None and first > <unsigned long long>last + 1:
+            self.stats["lost"] += first - <unsigned long long>last - 1
+        elif last is None and len(last_seq) >= MAX_TRACKED_TOPICS:
+            last_seq.pop(next(iter(last_seq)))
+        last_seq[key] = last_now
+        return 0
+
+    cdef int _batch(self, str topic, bytes buf, const unsigned char* p, Py_ssize_t d,
+                    Py_ssize_t n) except -2:
+        """A batch at ``p + d`` of ``n`` bytes: all checked before any is delivered."""
+        cdef Py_ssize_t pos, length, i, count
+        cdef unsigned long long first = 0
+        cdef int qos
+        cdef bytes origin
+        cdef Message msg
+        if n < BATCH_HEADER_SIZE or p[d + 5] != 0:
+            return -1
+        count = (p[d + 22] << 8) | p[d + 23]
+        if count == 0:
+            return -1
+        pos = BATCH_HEADER_SIZE
+        for i in range(count):
+            if pos + 5 > n:
+                return -1
+            length = ((<Py_ssize_t>p[d + pos + 1] << 24) | (p[d + pos + 2] << 16)
+                      | (p[d + pos + 3] << 8) | p[d + pos + 4])
+            if p[d + pos] > 2 or pos + 5 + length > n:
+                return -1
+            pos += 5 + length
+        if pos != n:
+            return -1
+        if memcmp(p + d + 6, PyBytes_AS_STRING(self.node), 8) == 0:
+            return 0
+        origin = buf[d + 6:d + 14]
+        for i in range(8):
+            first = (first << 8) | p[d + 14 + i]
+        self._track(origin, topic, first, first + count - 1)
+        nodes = self.tree.collect(topic)
+        if not nodes:
+            return count
+        pos = d + BATCH_HEADER_SIZE
+        for i in range(count):
+            qos = p[pos]
+            length = ((<Py_ssize_t>p[pos + 1] << 24) | (p[pos + 2] << 16)
+                      | (p[pos + 3] << 8) | p[pos + 4])
+            pos += 5
+            msg = Message(topic, buf[pos:pos + length], qos, False, None, b"\x00",
+                          (origin, first + i))
+            deliver(nodes, msg, None)
+            pos += length
+        return count

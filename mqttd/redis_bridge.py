@@ -49,6 +49,14 @@ HEADER_SIZE = _HEAD.size  # 22 bytes
 F_QOS = 0x03
 F_RETAIN = 0x04
 F_PROPS = 0x08
+#: a batch: consecutive messages of one topic from one node in one PUBLISH (same header, then a
+#: count; each message is its QoS byte, its payload's length and the payload)
+MAGIC_BATCH = b"\x00MQD\x02"
+_HEAD_BATCH = struct.Struct("!5sB8sQH")
+_ITEM = struct.Struct("!BI")
+#: a batch closes at this many messages or payload bytes
+MAX_BATCH = 65535
+MAX_BATCH_BYTES = 256 * 1024
 
 #: bytes of PUBLISH commands allowed to wait for a stalled Redis before we stop forwarding
 MAX_PENDING_BYTES = 64 * 1024 * 1024
@@ -75,6 +83,42 @@ def encode_envelope(origin: bytes, seq: int, msg: Any) -> bytes:
         flags |= F_PROPS
         return _HEAD.pack(MAGIC, flags, origin, seq) + block + msg.payload
     return _HEAD.pack(MAGIC, flags, origin, seq) + msg.payload
+
+
+def decode_batch(data: bytes) -> tuple[bytes, int, list[tuple[int, bytes]]] | None:
+    """(origin, first sequence number, [(qos, payload), ...]) of a batch, or None."""
+    if len(data) < _HEAD_BATCH.size or data[:5] != MAGIC_BATCH:
+        return None
+    _, flags, origin, first, count = _HEAD_BATCH.unpack_from(data)
+    if flags:
+        return None
+    pos = _HEAD_BATCH.size
+    items = []
+    for _ in range(count):
+        if pos + _ITEM.size > len(data):
+            return None
+        qos, length = _ITEM.unpack_from(data, pos)
+        pos += _ITEM.size
+        if qos > 2 or pos + length > len(data):
+            return None
+        items.append((qos, data[pos : pos + length]))
+        pos += length
+    if pos != len(data) or not items:
+        return None
+    return origin, first, items
+
+
+class _Batch:
+    """Messages of one topic with consecutive sequence numbers, for one PUBLISH."""
+
+    __slots__ = ("topic", "first", "next", "msgs", "size")
+
+    def __init__(self, topic: str, seq: int, msg: Any) -> None:
+        self.topic = topic
+        self.first = seq
+        self.next = seq + 1
+        self.msgs = [msg]
+        self.size = len(msg.payload)
 
 
 def decode_envelope(data: bytes) -> tuple[bytes, int, int, bool, bytes, bytes] | None:
@@ -265,7 +309,9 @@ class RedisBridge:
         self.pub: _Resp | None = None
         self.sub: _Resp | None = None
         self.up = False
-        self.outbox: list[bytes] = []  # commands for the next pipelined write
+        #: commands for the next pipelined write, and batches of messages framed at the write
+        self.outbox: list[Any] = []
+        self._batch: _Batch | None = None  # the last entry of the outbox while it can grow
         self._outbox_publishes = 0  # how many of them are PUBLISH of a message
         self._flush_scheduled = False
         self._in_flight = 0  # PUBLISH commands sent, not yet answered
@@ -546,32 +592,54 @@ class RedisBridge:
 
     def _receive(self, topic: str, data: bytes) -> None:
         """One message of ``topic`` from Redis (the copy kept): to this node's subscribers."""
+        if data[:5] == MAGIC_BATCH:
+            batch = decode_batch(data)
+            if batch is None:
+                self.stats["errors"] += 1  # ours by its magic, but unreadable: dropped
+                return
+            origin, first, items = batch
+            for i, (qos, payload) in enumerate(items):
+                self._receive_one(topic, origin, first + i, qos, False, b"\x00", payload)
+            return
         env = decode_envelope(data)
         if env is None:
             # Not from mqttd (redis-cli PUBLISH, another program): a QoS 0 message
             self.stats["raw_received"] += 1
             msg = route.Message(topic, data)
         else:
-            origin, seq, qos, retain, block, payload = env
-            if origin == self.node:
-                return  # our own: local subscribers already have it
-            self.stats["received"] += 1
-            key = (origin, topic)
-            last = self.last_seq.get(key)
-            if last is not None and seq > last + 1:
-                self.stats["lost"] += seq - last - 1
-            elif last is None and len(self.last_seq) >= MAX_TRACKED_TOPICS:
-                self.last_seq.pop(next(iter(self.last_seq)))
-            self.last_seq[key] = seq
-            try:
-                props = decode_properties(block) if block != b"\x00" else None
-            except (PacketError, ValueError):
-                # Looked like an envelope but is not one we can read: dropped, counted
-                self.stats["errors"] += 1
-                return
-            msg = route.Message(topic, payload, qos, retain, props, block, (origin, seq))
-            if props and 0x02 in props:
-                msg.expires_at = time.monotonic() + props[0x02]
+            self._receive_one(topic, *env)
+            return
+        self.broker.deliver_remote(msg)
+
+    def _receive_one(
+        self,
+        topic: str,
+        origin: bytes,
+        seq: int,
+        qos: int,
+        retain: bool,
+        block: bytes,
+        payload: bytes,
+    ) -> None:
+        if origin == self.node:
+            return  # our own: local subscribers already have it
+        self.stats["received"] += 1
+        key = (origin, topic)
+        last = self.last_seq.get(key)
+        if last is not None and seq > last + 1:
+            self.stats["lost"] += seq - last - 1
+        elif last is None and len(self.last_seq) >= MAX_TRACKED_TOPICS:
+            self.last_seq.pop(next(iter(self.last_seq)))
+        self.last_seq[key] = seq
+        try:
+            props = decode_properties(block) if block != b"\x00" else None
+        except (PacketError, ValueError):
+            # Looked like an envelope but is not one we can read: dropped, counted
+            self.stats["errors"] += 1
+            return
+        msg = route.Message(topic, payload, qos, retain, props, block, (origin, seq))
+        if props and 0x02 in props:
+            msg.expires_at = time.monotonic() + props[0x02]
         self.broker.deliver_remote(msg)
 
     # -- retained messages ------------------------------------------------------------------------
@@ -589,6 +657,7 @@ class RedisBridge:
             cmd = _command(b"HDEL", self.retained_key, topic) + _command(
                 b"ZREM", self.retained_index, topic
             )
+        self._batch = None
         self.outbox.append(cmd)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -805,14 +874,43 @@ class RedisBridge:
         return seq
 
     def forward(self, msg: Any) -> None:
-        """PUBLISH ``msg`` to the other nodes, pipelined with the rest of this loop iteration."""
+        """PUBLISH ``msg`` to the other nodes, pipelined with the rest of this loop iteration.
+
+        Consecutive messages of one topic (a client publishing in a burst) go in one PUBLISH, a
+        batch (``MAGIC_BATCH``): Redis then does one command, and the receiving nodes one push,
+        for all of them. Order is kept: only a run of the same topic with nothing in between is
+        batched. A message with properties or the retain flag goes alone, as before."""
         if not self.up:
             self.stats["not_forwarded"] += 1
             return
-        channel = self.prefix_b + msg.topic.encode()
         seq = msg.origin[1] if msg.origin is not None else self.stamp(msg)
-        # PUBLISH channel envelope+payload, framed in one formatting step (the per-message cost
-        # of the Redis path: a generic command builder took 1.1 us of the 3.4 us forward)
+        self._outbox_publishes += 1
+        if not msg.retain and msg.props_block == b"\x00":
+            run = self._batch
+            if (
+                run is not None
+                and run.next == seq
+                and run.topic == msg.topic
+                and run.size < MAX_BATCH_BYTES
+                and len(run.msgs) < MAX_BATCH
+            ):
+                run.msgs.append(msg)
+                run.next = seq + 1
+                run.size += len(msg.payload)
+                return  # the flush is already scheduled
+            self._batch = _Batch(msg.topic, seq, msg)
+            self.outbox.append(self._batch)
+        else:
+            self._batch = None
+            self.outbox.append(self._publish_command(msg, seq))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _publish_command(self, msg: Any, seq: int) -> bytes:
+        """PUBLISH channel envelope+payload, framed in one formatting step (a generic command
+        builder took 1.1 us of the 3.4 us forward)."""
+        channel = self.prefix_b + msg.topic.encode()
         flags = msg.qos | (F_RETAIN if msg.retain else 0)
         block = msg.props_block
         if block == b"\x00":
@@ -820,24 +918,37 @@ class RedisBridge:
         else:
             flags |= F_PROPS
         payload = msg.payload
-        self.outbox.append(
-            b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b%b%b\r\n"
-            % (
-                len(channel),
-                channel,
-                HEADER_SIZE + len(block) + len(payload),
-                _HEAD.pack(MAGIC, flags, self.node, seq),
-                block,
-                payload,
-            )
+        return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b%b%b\r\n" % (
+            len(channel),
+            channel,
+            HEADER_SIZE + len(block) + len(payload),
+            _HEAD.pack(MAGIC, flags, self.node, seq),
+            block,
+            payload,
         )
-        self._outbox_publishes += 1
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _batch_command(self, run: _Batch) -> bytes:
+        msgs = run.msgs
+        if len(msgs) == 1:
+            return self._publish_command(msgs[0], run.first)
+        channel = self.prefix_b + run.topic.encode()
+        item = _ITEM.pack
+        parts = [_HEAD_BATCH.pack(MAGIC_BATCH, 0, self.node, run.first, len(msgs))]
+        for m in msgs:
+            payload = m.payload
+            parts.append(item(m.qos, len(payload)))
+            parts.append(payload)
+        body = b"".join(parts)
+        return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            len(channel),
+            channel,
+            len(body),
+            body,
+        )
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._batch = None
         batch, self.outbox = self.outbox, []
         publishes, self._outbox_publishes = self._outbox_publishes, 0
         if not batch:
@@ -852,7 +963,9 @@ class RedisBridge:
         ):
             self.stats["not_forwarded"] += publishes
             return
-        pub.transport.write(b"".join(batch))
+        pub.transport.write(
+            b"".join(c if c.__class__ is bytes else self._batch_command(c) for c in batch)
+        )
         self._in_flight += len(batch)
         self.stats["forwarded"] += publishes
 

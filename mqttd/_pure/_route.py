@@ -419,6 +419,10 @@ def deliver(nodes: list[dict], msg: Message, origin: Outlet | None) -> int:
 #: the envelope mqttd puts before a payload it PUBLISHes to Redis (see mqttd/redis_bridge.py)
 ENVELOPE_MAGIC = b"\x00MQD\x01"
 ENVELOPE_SIZE = 22  # magic 5, flags 1, origin node 8, sequence 8
+#: a batch of messages of one topic: the same header (first sequence number), then a count of 2
+#: bytes, then per message its QoS (1 byte), its payload's length (4) and the payload
+BATCH_MAGIC = b"\x00MQD\x02"
+BATCH_HEADER_SIZE = 24
 #: topics whose sequence numbers a node keeps before it forgets the oldest (per origin)
 MAX_TRACKED_TOPICS = 100_000
 _MISSING = object()
@@ -557,6 +561,8 @@ class PushReader:
         if topic is None:
             return -1
         data, _ = _bulk(buf, p)
+        if data.startswith(BATCH_MAGIC):
+            return self._batch(topic, data)
         if len(data) < ENVELOPE_SIZE or not data.startswith(ENVELOPE_MAGIC):
             return -1
         flags = data[5]
@@ -566,16 +572,54 @@ class PushReader:
         if origin == self.node:
             return 0  # our own: local subscribers already have it
         seq = int.from_bytes(data[14:22], "big")
-        key = (origin, topic)
-        last_seq = self.last_seq
-        last = last_seq.get(key)
-        if last is not None and seq > last + 1:
-            self.stats["lost"] += seq - last - 1
-        elif last is None and len(last_seq) >= MAX_TRACKED_TOPICS:
-            last_seq.pop(next(iter(last_seq)))
-        last_seq[key] = seq
+        self._track(origin, topic, seq, seq)
         msg = Message(topic, data[ENVELOPE_SIZE:], flags, False, None, b"\x00", (origin, seq))
         nodes = self.tree.collect(topic)
         if nodes:
             deliver(nodes, msg, None)
         return 1
+
+    def _track(self, origin: bytes, topic: str, first: int, last_now: int) -> None:
+        """Sequence numbers ``first``..``last_now`` of ``origin`` on ``topic`` arrived."""
+        key = (origin, topic)
+        last_seq = self.last_seq
+        last = last_seq.get(key)
+        if last is not None and first > last + 1:
+            self.stats["lost"] += first - last - 1
+        elif last is None and len(last_seq) >= MAX_TRACKED_TOPICS:
+            last_seq.pop(next(iter(last_seq)))
+        last_seq[key] = last_now
+
+    def _batch(self, topic: str, data: bytes) -> int:
+        """A batch: every message checked before any is delivered (else -1, the general path
+        counts it); the node's own: 0."""
+        n = len(data)
+        if n < BATCH_HEADER_SIZE or data[5] != 0:
+            return -1
+        count = int.from_bytes(data[22:24], "big")
+        items = []
+        pos = BATCH_HEADER_SIZE
+        for _ in range(count):
+            if pos + 5 > n:
+                return -1
+            qos = data[pos]
+            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            pos += 5
+            if qos > 2 or pos + length > n:
+                return -1
+            items.append((qos, pos, length))
+            pos += length
+        if pos != n or not items:
+            return -1
+        origin = data[6:14]
+        if origin == self.node:
+            return 0
+        first = int.from_bytes(data[14:22], "big")
+        self._track(origin, topic, first, first + count - 1)
+        nodes = self.tree.collect(topic)
+        if nodes:
+            for i, (qos, start, length) in enumerate(items):
+                payload = data[start : start + length]
+                msg = Message(topic, payload, qos, False, None, b"\x00", (origin, first + i))
+                deliver(nodes, msg, None)
+        return count
