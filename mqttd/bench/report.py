@@ -310,9 +310,16 @@ def format_comparison(cmp: Comparison) -> str:
         )
     m = cmp.metric
     ratio = cmp.ratio()
+    better = "higher" if m.higher_is_better else "lower"
     out.append(
         f"ratio B/A of median {m.title} ({cmp.label_b} / {cmp.label_a}): "
         + (f"{ratio:.3f}" if ratio is not None else "n/a")
-        + (" (higher is better for B)" if m.higher_is_better else " (lower is better for B)")
+        + f" ({better} is better for B)"
+    )
+    # and the other way round, for the usual reading "A (--port) is N x B (--compare)"
+    out.append(
+        f"ratio A/B of median {m.title} ({cmp.label_a} / {cmp.label_b}): "
+        + (f"{1 / ratio:.3f}" if ratio else "n/a")
+        + f" ({better} is better for A)"
     )
     return "\n".join(out)
