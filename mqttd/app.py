@@ -151,18 +151,33 @@ def _property_ids(props: dict[Any, Any] | None) -> dict[int, Any]:
     return out
 
 
+class _DefaultInt(int):
+    """A default value of MQTTApp's signature, told apart from the same value passed on purpose
+    (which wins over the config file)."""
+
+
+class _DefaultStr(str):
+    __doc__ = _DefaultInt.__doc__
+
+
+_HOST = _DefaultStr("0.0.0.0")
+_PORT = _DefaultInt(1883)
+_REDIS_PORT = _DefaultInt(6379)
+_REDIS_DB = _DefaultInt(0)
+
+
 class MQTTApp:
     """An MQTT broker you program with decorators; see the module's documentation."""
 
     def __init__(
         self,
-        host: str = "0.0.0.0",
-        port: int = 1883,
+        host: str = _HOST,
+        port: int = _PORT,
         ssl_context: ssl.SSLContext | None = None,
         config_file: str | os.PathLike[str] | None = None,
         redis_host: str | None = None,
-        redis_port: int = 6379,
-        redis_db: int = 0,
+        redis_port: int = _REDIS_PORT,
+        redis_db: int = _REDIS_DB,
         redis_password: str | None = None,
         redis_url: str | None = None,
         use_redis: bool = False,
@@ -179,8 +194,8 @@ class MQTTApp:
         **more: Any,
     ) -> None:
         """Options, lowest precedence first: mqttd's defaults (but ``host`` 0.0.0.0 as in 0.5.x),
-        the TOML ``config_file``, the arguments given here that differ from their defaults,
-        then ``MQTTD_<OPTION>`` environment variables. ``more`` takes any other option of the
+        the TOML ``config_file``, the arguments given here, then ``MQTTD_<OPTION>`` environment
+        variables. ``more`` takes any other option of the
         table in :mod:`mqttd.options` (``max_packet_size=...``, ``redis_prefix=...``)."""
         if not enable_tcp or enable_quic or quic_certfile or quic_keyfile or quic_port:
             quic = {
@@ -212,10 +227,12 @@ class MQTTApp:
             "max_messages_per_second": max_messages_per_second,
             "max_subscriptions_per_minute": max_subscriptions_per_minute,
         }
-        own_defaults = {"host": "0.0.0.0", "port": 1883, "redis_port": 6379, "redis_db": 0}
         for name, value in given_args.items():
-            if value is not None and value != own_defaults.get(name, options.BY_NAME[name].default):
-                values[name] = options.convert(name, value, f"MQTTApp({name}=...)")
+            if value is None or isinstance(value, (_DefaultInt, _DefaultStr)):
+                continue  # not given: the file's value, else the default
+            if name == "use_redis" and value is False:
+                continue
+            values[name] = options.convert(name, value, f"MQTTApp({name}=...)")
         for name, value in more.items():
             values[name] = options.convert(name, value, f"MQTTApp({name}=...)")
         values.update(options.from_env())

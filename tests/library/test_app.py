@@ -543,8 +543,10 @@ def test_config_file_and_environment(serve, tmp_path, monkeypatch) -> None:
     conf.write_text('host = "127.0.0.1"\nport = 0\nmax_connections = 1\nsys_interval = 0\n')
     app = MQTTApp(config_file=str(conf))
     assert app.config.max_connections == 1 and app.config.host == "127.0.0.1"
-    # an argument that differs from its default wins over the file ...
+    # an argument given wins over the file, even one equal to its default ...
     assert MQTTApp(config_file=str(conf), max_connections=5).config.max_connections == 5
+    assert MQTTApp(config_file=str(conf), port=1883).config.port == 1883
+    assert MQTTApp(config_file=str(conf)).config.port == 0
     # ... and MQTTD_* variables win over both
     monkeypatch.setenv("MQTTD_MAX_CONNECTIONS", "7")
     assert MQTTApp(config_file=str(conf), max_connections=5).config.max_connections == 7
