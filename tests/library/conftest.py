@@ -75,3 +75,6 @@ def local_app(**kwargs: Any) -> MQTTApp:
     kwargs.setdefault("port", 0)
     kwargs.setdefault("sys_interval", 0)
     return MQTTApp(**kwargs)
+
+
+from tests.library.programs import programs  # noqa: E402,F401  (the fixture, for tests/library)

@@ -16,7 +16,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 LISTEN_RE = re.compile(r"listening on (\S+):(\d+) \(pid (\d+)\)")
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,3 +91,22 @@ class Program:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+@pytest.fixture
+def programs() -> Iterator[Callable[..., Program]]:
+    """``programs(path, **env)`` runs a program (a bare name is one of examples/); all are
+    stopped, and checked gone, after the test."""
+    started: list[Program] = []
+
+    def start(path: Path | str, **env: str) -> Program:
+        p = Program(path if isinstance(path, Path) else EXAMPLES / path, env)
+        started.append(p)
+        return p
+
+    try:
+        yield start
+    finally:
+        for p in started:
+            p.stop()
+            assert p.proc.poll() is not None

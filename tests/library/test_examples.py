@@ -7,30 +7,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 
 from tests.interop.helpers import V5, V311, Paho, props
-from tests.library.programs import EXAMPLES, ROOT, Program
-
-
-@pytest.fixture
-def program() -> Iterator:
-    started: list[Program] = []
-
-    def start(name: str, **env: str) -> Program:
-        p = Program(EXAMPLES / name, env)
-        started.append(p)
-        return p
-
-    try:
-        yield start
-    finally:
-        for p in started:
-            p.stop()
-            assert p.proc.poll() is not None
+from tests.library.programs import EXAMPLES, ROOT
 
 
 def curl() -> str:
@@ -40,8 +22,8 @@ def curl() -> str:
     return path
 
 
-def test_basic_server(program) -> None:
-    p = program("basic_server.py")
+def test_basic_server(programs) -> None:
+    p = programs("basic_server.py")
     sub = Paho(p, "watcher", V311)
     p.expect("Connected: watcher from ('127.0.0.1'")
     sub.subscribe("sensors/temperature", qos=0)
@@ -60,8 +42,8 @@ def test_basic_server(program) -> None:
     assert p.stop() == 0  # Ctrl-C ends it cleanly
 
 
-def test_curl_subscriber_receives_another_clients_message(program) -> None:
-    p = program("basic_server.py")
+def test_curl_subscriber_receives_another_clients_message(programs) -> None:
+    p = programs("basic_server.py")
     c = subprocess.Popen(
         [curl(), "-s", "--max-time", "3", f"mqtt://127.0.0.1:{p.port}/topic"],
         stdout=subprocess.PIPE,
@@ -78,10 +60,10 @@ def test_curl_subscriber_receives_another_clients_message(program) -> None:
     pub.stop()
 
 
-def test_auth_server(program) -> None:
+def test_auth_server(programs) -> None:
     from tests.library.test_app import _connect_paho
 
-    p = program("auth_server.py")
+    p = programs("auth_server.py")
     assert _connect_paho(p, "intruder", V311, "alice", "guess") == 4
     assert _connect_paho(p, "intruder5", V5, "mallory", "x") == 0x86
     alice = Paho(p, "alice-1", V311, username="alice", password="wonderland")
@@ -101,8 +83,8 @@ def test_auth_server(program) -> None:
     admin.stop()
 
 
-def test_request_reply(program) -> None:
-    p = program("request_reply.py")
+def test_request_reply(programs) -> None:
+    p = programs("request_reply.py")
     c = Paho(p, "requester", V5)
     c.subscribe("replies/requester", qos=1)
     req = props(PacketTypes.PUBLISH, ResponseTopic="replies/requester", CorrelationData=b"42")

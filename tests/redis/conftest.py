@@ -25,6 +25,8 @@ import pytest
 import redis
 from multinode import Client
 
+from tests.library.programs import programs  # noqa: F401  (fixture: programs run as users do)
+
 REDIS_START_TIMEOUT = 10.0
 
 

@@ -12,32 +12,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.interop.helpers import V5, V311, Paho
-from tests.library.programs import EXAMPLES, Program
+from tests.library.programs import EXAMPLES
 
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture
-def programs() -> Iterator:
-    started: list[Program] = []
-
-    def start(path: Path, **env: str) -> Program:
-        p = Program(path, env)
-        started.append(p)
-        return p
-
-    try:
-        yield start
-    finally:
-        for p in started:
-            p.stop()
-            assert p.proc.poll() is not None
 
 
 def settle(pub: Paho, sub: Paho, topic: str) -> None:
