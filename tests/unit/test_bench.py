@@ -447,4 +447,5 @@ def test_cli_text_output_and_progress(shared_broker, capsys) -> None:
     assert "delivered" in out and "check: ok" in out
     assert "msg/s" in err  # one progress line per second on stderr
     assert bench_main([*args, "--warmup", "0.1", "--duration", "1.2", "--quiet"]) == 0
-    assert capsys.readouterr().err == ""
+    # --quiet: no progress lines (a forced-pure run still warns that its hot loop is Python)
+    assert "msg/s" not in capsys.readouterr().err
