@@ -12,18 +12,16 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import redis
-from multinode import Client
+from multinode import Client, Nodes, _free_port, _root_conftest
 
 from tests.library.programs import programs  # noqa: F401  (fixture: programs run as users do)
 
@@ -45,12 +43,6 @@ def find_redis_server(kind: str = "redis-server") -> str | None:
         if os.access(path, os.X_OK):
             return path
     return shutil.which("valkey-server")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
@@ -206,43 +198,6 @@ def shared_redis(redis_binary: str) -> Iterator[RedisServer]:
 
 
 # -- mqttd nodes ----------------------------------------------------------------------------------
-def _root_conftest(config: pytest.Config) -> Any:
-    """tests/conftest.py as loaded by pytest (its start_broker / stop_broker)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    path = os.path.join(os.path.dirname(here), "conftest.py")
-    mod = config.pluginmanager.get_plugin(path)
-    assert mod is not None, f"{path} is not loaded"
-    return mod
-
-
-class Nodes:
-    """Starts mqttd nodes (in parallel) and stops every one of them at the end."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.root = _root_conftest(config)
-        self.started: list[Any] = []
-
-    def start(self, server: RedisServer, n: int, *extra: str, prefix: str | None = None) -> list:
-        args = ["--redis-url", server.url, *extra]
-        if prefix is not None:
-            args += ["--redis-prefix", prefix]
-        with ThreadPoolExecutor(n) as pool:
-            futures = [pool.submit(self.root.start_broker, *args) for _ in range(n)]
-        nodes = [f.result() for f in futures if f.exception() is None]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        self.started.extend(nodes)  # stopped at the end even when a sibling failed
-        if errors:
-            raise errors[0]  # type: ignore[misc]
-        return nodes
-
-    def stop_all(self) -> None:
-        for node in self.started:
-            self.root.stop_broker(node)
-        for node in self.started:
-            assert node.proc.poll() is not None, f"node pid {node.proc.pid} still running"
-        self.started.clear()
-
-
 @pytest.fixture
 def mqttd_command(request: pytest.FixtureRequest) -> list[str]:
     """The command that starts a node, for tests that run it by hand (skipped when the suite

@@ -13,14 +13,17 @@ import itertools
 import os
 import queue
 import re
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -356,3 +359,48 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
         time.sleep(step)
+
+
+# -- ports and mqttd nodes (here, not in conftest.py: test modules import them by name, and
+# "conftest" names several modules in one run) -------------------------------------------------
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _root_conftest(config: pytest.Config) -> Any:
+    """tests/conftest.py as loaded by pytest (its start_broker / stop_broker)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(os.path.dirname(here), "conftest.py")
+    mod = config.pluginmanager.get_plugin(path)
+    assert mod is not None, f"{path} is not loaded"
+    return mod
+
+
+class Nodes:
+    """Starts mqttd nodes (in parallel) and stops every one of them at the end."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.root = _root_conftest(config)
+        self.started: list[Any] = []
+
+    def start(self, server: Any, n: int, *extra: str, prefix: str | None = None) -> list:
+        args = ["--redis-url", server.url, *extra]
+        if prefix is not None:
+            args += ["--redis-prefix", prefix]
+        with ThreadPoolExecutor(n) as pool:
+            futures = [pool.submit(self.root.start_broker, *args) for _ in range(n)]
+        nodes = [f.result() for f in futures if f.exception() is None]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        self.started.extend(nodes)  # stopped at the end even when a sibling failed
+        if errors:
+            raise errors[0]  # type: ignore[misc]
+        return nodes
+
+    def stop_all(self) -> None:
+        for node in self.started:
+            self.root.stop_broker(node)
+        for node in self.started:
+            assert node.proc.poll() is not None, f"node pid {node.proc.pid} still running"
+        self.started.clear()

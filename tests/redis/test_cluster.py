@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Nodes, _free_port
-from multinode import Client, parse_csv_line, split_envelope, unique
+from multinode import Client, Nodes, _free_port, parse_csv_line, split_envelope, unique
 from redis.cluster import RedisCluster, key_slot
 
 MARK = b"--marker--"
