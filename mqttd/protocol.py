@@ -85,6 +85,8 @@ _V3_CONNACK = {
 CONNECT_TIMEOUT = 10.0
 #: a read at least this big makes the connection wait one loop iteration before the next read
 FAIR_READ = 16 * 1024
+#: seconds a SUBACK waits at most for Redis to confirm a new subscription (then it goes anyway)
+ROUTE_WAIT = 2.0
 
 
 class Connection(asyncio.Protocol):
@@ -779,14 +781,38 @@ class Connection(asyncio.Protocol):
         ack_props = None
         if v == 5 and self.problem_info and any(c >= 0x80 for c in codes):
             ack_props = {REASON_STRING: _suback_reason(codes)}
-        self.outlet.write(codec.encode_suback(p.packet_id, codes, v, ack_props))
+        suback = codec.encode_suback(p.packet_id, codes, v, ack_props)
+        bridge = broker.bridge
+        if bridge is not None and accepted:
+            # A filter new to this node is subscribed on Redis now: the SUBACK waits for Redis
+            # to confirm, so that what another node publishes after it reaches this client.
+            waits = [w for f, _ in accepted if (w := bridge.route_ready(f)) is not None]
+            if waits:
+                tail = (suback, retained, later, sid, accepted)
+                return self._block(self._subscribed_when_routed(waits, tail))
+        self._subscribed(suback, retained, later, sid, accepted)
+
+    async def _subscribed_when_routed(self, waits: list[Any], tail: tuple) -> None:
+        await asyncio.wait(waits, timeout=ROUTE_WAIT)
+        if not self.closing:
+            self._subscribed(*tail)
+
+    def _subscribed(
+        self,
+        suback: bytes,
+        retained: list[tuple[Any, int]],
+        later: list[tuple[str, int]],
+        sid: int,
+        accepted: list[tuple[str, int]],
+    ) -> None:
         outlet = self.outlet
+        outlet.write(suback)
         for msg, granted in retained:
             # Sent with RETAIN=1 to a new subscription [MQTT-3.3.1-8]
             outlet.send(msg, min(msg.qos, granted), True)
         if later:
             self.loop.create_task(self._send_retained(later, sid))
-        for observer in broker.subscribe_observers:
+        for observer in self.broker.subscribe_observers:
             for filt, granted in accepted:
                 observer(self, filt, granted)
 

@@ -304,6 +304,8 @@ class RedisBridge:
         self.patterns: dict[bytes, set[str]] = {}
         self._regex: dict[bytes, re.Pattern[bytes]] = {}
         self._canonical: dict[bytes, bytes | None] = {}
+        #: channel or pattern -> resolved when Redis confirms our (P)SUBSCRIBE of it
+        self._confirming: dict[bytes, asyncio.Future[None]] = {}
         #: channel -> its MQTT topic, for channels seen and found valid (read by PushReader)
         self._topics: dict[bytes, str] = {}
         self.pub: _Resp | None = None
@@ -422,6 +424,7 @@ class RedisBridge:
         )
 
     async def stop(self) -> None:
+        self._confirmed()
         if self._cmd is not None:
             await self._cmd.aclose()
             self._cmd = None
@@ -456,6 +459,7 @@ class RedisBridge:
     def _lost(self, conn: _Resp, exc: Exception | None) -> None:
         if conn not in self._conns():
             return
+        self._confirmed()  # nobody waits for a subscription on a connection that is gone
         waiter = getattr(self, "_auth_checked", None)
         if waiter is not None and not waiter.done():
             # A connection reset while connecting: fail this attempt now, not after its timeout
@@ -540,6 +544,8 @@ class RedisBridge:
             self._on_message(reply[2], reply[3], reply[1])
         elif kind == b"pong" or reply == b"PONG":
             self._last_pong = time.monotonic()
+        elif kind == b"subscribe" or kind == b"psubscribe":
+            self._confirmed(reply[1])
 
     def _push_reader(self) -> Any:
         return route.PushReader(
@@ -984,8 +990,27 @@ class RedisBridge:
                 self.sub.transport.write(
                     _command(b"PSUBSCRIBE" if is_pattern else b"SUBSCRIBE", key)
                 )
+                if key not in self._confirming:
+                    self._confirming[key] = asyncio.get_running_loop().create_future()
         else:
             users.add(filt)
+
+    def route_ready(self, filt: str) -> asyncio.Future[None] | None:
+        """While Redis has not confirmed the subscription that serves ``filt`` (a ``$share``
+        prefix included), a future that completes when it does; else None."""
+        shared = match.parse_shared(filt)
+        _, key = redis_key(self.prefix_b, filt if shared is None else shared[1])
+        fut = self._confirming.get(key)
+        return fut if fut is not None and not fut.done() else None
+
+    def _confirmed(self, key: bytes | None = None) -> None:
+        """Redis confirmed the subscription of ``key`` (None: give up waiting on all of them)."""
+        futs = [self._confirming.pop(key, None)] if key is not None else self._confirming.values()
+        for fut in list(futs):
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        if key is None:
+            self._confirming.clear()
 
     def filter_removed(self, filt: str) -> None:
         """The last local subscriber of ``filt`` left: unsubscribe when no filter needs it."""

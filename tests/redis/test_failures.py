@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections import Counter
 
+import pytest
 from multinode import TIMEOUT, Client, unique
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -227,3 +228,24 @@ def test_quick_restarts_recover_within_budget(redis_server, start_nodes, clients
     print("recovery after each restart:", " ".join(f"{t:.2f}" for t in times))
     assert max(times) < RECOVERY_BUDGET, [round(t, 2) for t in times]
     assert a.alive() and b.alive()
+
+
+def test_suback_waits_for_redis_to_confirm_a_new_subscription(redis_server, start_nodes, clients):
+    """The SUBACK of a filter new to its node follows Redis's confirmation of the SUBSCRIBE, so
+    what another node publishes once the client has its SUBACK reaches the client. Redis is
+    stopped while the client subscribes: no SUBACK until it runs again."""
+    a, b = start_nodes(redis_server, 2)
+    sub = clients(b)
+    pub = clients(a)
+    topic = unique("confirm")
+    redis_server.pause()
+    try:
+        _, mid = sub.c.subscribe(topic, 1)
+        with pytest.raises(queue.Empty):
+            sub._acks.get(timeout=0.5)  # held: Redis has not confirmed
+    finally:
+        redis_server.resume()
+    got_mid, rcs = sub._acks.get(timeout=TIMEOUT)
+    assert got_mid == mid and rcs[0].value == 1
+    pub.publish(topic, b"right after the SUBACK", qos=1)  # once, no probing
+    assert sub.get().payload == b"right after the SUBACK"
