@@ -370,16 +370,22 @@ class RedisBridge:
             _, proto = await loop.create_connection(
                 factory, p.get("host", "localhost"), p.get("port", 6379), ssl=ctx
             )
+        self._authenticate(proto)
+        if p.get("db"):
+            # Pub/sub ignores it, but retained messages and session markers live in this db
+            proto.transport.write(_command(b"SELECT", str(p["db"]).encode()))
+        return proto
+
+    def _authenticate(self, proto: _Resp) -> None:
+        """AUTH first on a new connection, when the URL has a password (its answer is checked by
+        the PING that follows, see _connect)."""
+        p = self.params
         if p.get("password"):
             args = [b"AUTH"]
             if p.get("username"):
                 args.append(p["username"].encode())
             args.append(p["password"].encode())
             proto.transport.write(_command(*args))
-        if p.get("db"):
-            # Pub/sub ignores it, but retained messages and session markers live in this db
-            proto.transport.write(_command(b"SELECT", str(p["db"]).encode()))
-        return proto
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -511,11 +517,17 @@ class RedisBridge:
                 delay = min(delay * 2, BACKOFF_MAX)
 
     # -- replies ----------------------------------------------------------------------------------
+    def _connecting_failed(self, reply: Any) -> bool:
+        """An error reply while connecting fails the attempt (with Redis's words): True."""
+        waiter = getattr(self, "_auth_checked", None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError(str(reply)))
+            return True
+        return False
+
     def _on_pub_reply(self, reply: Any) -> None:
         if isinstance(reply, hiredis.ReplyError):
-            waiter = getattr(self, "_auth_checked", None)
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(ConnectionError(str(reply)))
+            if self._connecting_failed(reply):
                 return
             self.stats["errors"] += 1
             # while connecting, the failure is the connection attempt's (reported with it)
@@ -530,9 +542,7 @@ class RedisBridge:
 
     def _on_push(self, reply: Any) -> None:
         if isinstance(reply, hiredis.ReplyError):
-            waiter = getattr(self, "_auth_checked", None)
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(ConnectionError(str(reply)))
+            if self._connecting_failed(reply):
                 return
             self.stats["errors"] += 1
             (log.warning if self.up else log.debug)("Redis error on the subscription: %s", reply)
@@ -1005,12 +1015,13 @@ class RedisBridge:
 
     def _confirmed(self, key: bytes | None = None) -> None:
         """Redis confirmed the subscription of ``key`` (None: give up waiting on all of them)."""
-        futs = [self._confirming.pop(key, None)] if key is not None else self._confirming.values()
-        for fut in list(futs):
+        if key is None:
+            futs, self._confirming = list(self._confirming.values()), {}
+        else:
+            futs = [self._confirming.pop(key, None)]
+        for fut in futs:
             if fut is not None and not fut.done():
                 fut.set_result(None)
-        if key is None:
-            self._confirming.clear()
 
     def filter_removed(self, filt: str) -> None:
         """The last local subscriber of ``filt`` left: unsubscribe when no filter needs it."""

@@ -103,13 +103,7 @@ class RedisClusterBridge(RedisBridge):
         _, proto = await loop.create_connection(
             lambda: _Resp(on_reply, self._lost), addr[0], addr[1], ssl=ctx
         )
-        p = self.params
-        if p.get("password"):
-            args = [b"AUTH"]
-            if p.get("username"):
-                args.append(p["username"].encode())
-            args.append(p["password"].encode())
-            proto.transport.write(_command(*args))
+        self._authenticate(proto)
         return proto
 
     async def _load_slots(self) -> None:
@@ -220,9 +214,7 @@ class RedisClusterBridge(RedisBridge):
     # -- replies ------------------------------------------------------------------------------------
     def _on_reply(self, addr: Address, reply: Any) -> None:
         if isinstance(reply, hiredis.ReplyError):
-            waiter = self._auth_checked
-            if not waiter.done():
-                waiter.set_exception(ConnectionError(str(reply)))
+            if self._connecting_failed(reply):
                 return
             text = str(reply)
             if text.startswith(("MOVED", "ASK")):
