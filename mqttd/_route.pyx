@@ -469,6 +469,24 @@ MAX_TRACKED_TOPICS = 100_000
 cdef object _MISSING = object()
 
 
+cdef int _track_seq(dict last_seq, dict stats, bytes origin, str topic,
+                    unsigned long long first, unsigned long long last_now) except -1:
+    key = (origin, topic)
+    last = last_seq.get(key)
+    if last is not None and first > <unsigned long long>last + 1:
+        stats["lost"] += first - <unsigned long long>last - 1
+    elif last is None and len(last_seq) >= MAX_TRACKED_TOPICS:
+        last_seq.pop(next(iter(last_seq)))
+    last_seq[key] = last_now
+    return 0
+
+
+def track_seq(dict last_seq, dict stats, bytes origin, str topic, first, last_now):
+    """Sequence numbers ``first``..``last_now`` of ``origin`` on ``topic`` arrived (see the
+    twin's docstring)."""
+    _track_seq(last_seq, stats, origin, topic, first, last_now)
+
+
 cdef Py_ssize_t _line_end(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t n):
     """Index of the CR of the next CRLF at or after ``pos``, or -1."""
     while pos + 1 < n:
@@ -650,25 +668,13 @@ cdef class PushReader:
         origin = buf[dstart + 6:dstart + 14]
         for i in range(8):
             seq = (seq << 8) | p[dstart + 14 + i]
-        self._track(origin, topic, seq, seq)
+        _track_seq(self.last_seq, self.stats, origin, topic, seq, seq)
         msg = Message(topic, buf[dstart + ENVELOPE_SIZE:dstart + dlen], flags, False, None,
                       b"\x00", (origin, seq))
         nodes = self.tree.collect(topic)
         if nodes:
             deliver(nodes, msg, None)
         return 1
-
-    cdef int _track(self, bytes origin, str topic, unsigned long long first,
-                    unsigned long long last_now) except -1:
-        key = (origin, topic)
-        last_seq = self.last_seq
-        last = last_seq.get(key)
-        if last is not None and first > <unsigned long long>last + 1:
-            self.stats["lost"] += first - <unsigned long long>last - 1
-        elif last is None and len(last_seq) >= MAX_TRACKED_TOPICS:
-            last_seq.pop(next(iter(last_seq)))
-        last_seq[key] = last_now
-        return 0
 
     cdef int _batch(self, str topic, bytes buf, const unsigned char* p, Py_ssize_t d,
                     Py_ssize_t n) except -2:
@@ -699,7 +705,7 @@ cdef class PushReader:
         origin = buf[d + 6:d + 14]
         for i in range(8):
             first = (first << 8) | p[d + 14 + i]
-        self._track(origin, topic, first, first + count - 1)
+        _track_seq(self.last_seq, self.stats, origin, topic, first, first + count - 1)
         nodes = self.tree.collect(topic)
         if not nodes:
             return count

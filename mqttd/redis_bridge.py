@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mqttd.redis")
 
 #: envelope: magic + version, flags, origin node id, sequence number; then properties, payload
-MAGIC = b"\x00MQD\x01"
+MAGIC = route.ENVELOPE_MAGIC  # b"\x00MQD\x01"
 _HEAD = struct.Struct("!5sB8sQ")
 HEADER_SIZE = _HEAD.size  # 22 bytes
 F_QOS = 0x03
@@ -51,7 +51,7 @@ F_RETAIN = 0x04
 F_PROPS = 0x08
 #: a batch: consecutive messages of one topic from one node in one PUBLISH (same header, then a
 #: count; each message is its QoS byte, its payload's length and the payload)
-MAGIC_BATCH = b"\x00MQD\x02"
+MAGIC_BATCH = route.BATCH_MAGIC  # b"\x00MQD\x02"
 _HEAD_BATCH = struct.Struct("!5sB8sQH")
 _ITEM = struct.Struct("!BI")
 #: a batch closes at this many messages or payload bytes
@@ -68,8 +68,8 @@ HANDOFF_WAIT = 2.0  # seconds a node waits for another to hand a session over
 _DEL_IF_EQUAL = (
     b"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
 )
-#: topics whose sequence numbers a node keeps before it forgets the oldest (per origin)
-MAX_TRACKED_TOPICS = 100_000
+#: topics whose sequence numbers a node keeps before it forgets the oldest
+MAX_TRACKED_TOPICS = route.MAX_TRACKED_TOPICS
 
 
 class RedisUnavailable(Exception):
@@ -640,13 +640,7 @@ class RedisBridge:
         if origin == self.node:
             return  # our own: local subscribers already have it
         self.stats["received"] += 1
-        key = (origin, topic)
-        last = self.last_seq.get(key)
-        if last is not None and seq > last + 1:
-            self.stats["lost"] += seq - last - 1
-        elif last is None and len(self.last_seq) >= MAX_TRACKED_TOPICS:
-            self.last_seq.pop(next(iter(self.last_seq)))
-        self.last_seq[key] = seq
+        route.track_seq(self.last_seq, self.stats, origin, topic, seq, seq)
         try:
             props = decode_properties(block) if block != b"\x00" else None
         except (PacketError, ValueError):

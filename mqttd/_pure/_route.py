@@ -428,6 +428,21 @@ MAX_TRACKED_TOPICS = 100_000
 _MISSING = object()
 
 
+def track_seq(
+    last_seq: dict, stats: dict, origin: bytes, topic: str, first: int, last_now: int
+) -> None:
+    """Sequence numbers ``first``..``last_now`` of ``origin`` on ``topic`` arrived: a gap
+    since the last one seen counts as lost (pub/sub is at-most-once). ``last_seq`` keeps at
+    most MAX_TRACKED_TOPICS (origin, topic) pairs, forgetting the oldest."""
+    key = (origin, topic)
+    last = last_seq.get(key)
+    if last is not None and first > last + 1:
+        stats["lost"] += first - last - 1
+    elif last is None and len(last_seq) >= MAX_TRACKED_TOPICS:
+        last_seq.pop(next(iter(last_seq)))
+    last_seq[key] = last_now
+
+
 def resp_end(buf: bytes, pos: int) -> int:
     """End of the RESP2 element that starts at ``pos``, or -1 while it is incomplete.
     ValueError for what RESP2 does not have (the caller falls back to a generic parser)."""
@@ -572,23 +587,12 @@ class PushReader:
         if origin == self.node:
             return 0  # our own: local subscribers already have it
         seq = int.from_bytes(data[14:22], "big")
-        self._track(origin, topic, seq, seq)
+        track_seq(self.last_seq, self.stats, origin, topic, seq, seq)
         msg = Message(topic, data[ENVELOPE_SIZE:], flags, False, None, b"\x00", (origin, seq))
         nodes = self.tree.collect(topic)
         if nodes:
             deliver(nodes, msg, None)
         return 1
-
-    def _track(self, origin: bytes, topic: str, first: int, last_now: int) -> None:
-        """Sequence numbers ``first``..``last_now`` of ``origin`` on ``topic`` arrived."""
-        key = (origin, topic)
-        last_seq = self.last_seq
-        last = last_seq.get(key)
-        if last is not None and first > last + 1:
-            self.stats["lost"] += first - last - 1
-        elif last is None and len(last_seq) >= MAX_TRACKED_TOPICS:
-            last_seq.pop(next(iter(last_seq)))
-        last_seq[key] = last_now
 
     def _batch(self, topic: str, data: bytes) -> int:
         """A batch: every message checked before any is delivered (else -1, the general path
@@ -615,7 +619,7 @@ class PushReader:
         if origin == self.node:
             return 0
         first = int.from_bytes(data[14:22], "big")
-        self._track(origin, topic, first, first + count - 1)
+        track_seq(self.last_seq, self.stats, origin, topic, first, first + count - 1)
         nodes = self.tree.collect(topic)
         if nodes:
             for i, (qos, start, length) in enumerate(items):
