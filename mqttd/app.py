@@ -37,6 +37,13 @@ from typing import Any, TypeVar
 
 from mqttd import options
 from mqttd._speedups import match, route
+from mqttd.auth import (  # noqa: F401  (QUOTA_EXCEEDED: re-exported for hooks)
+    BAD_USERNAME_OR_PASSWORD,
+    NOT_AUTHORIZED,
+    QUOTA_EXCEEDED,
+    SUCCESS,
+    UNSPECIFIED_ERROR,
+)
 from mqttd.broker import Broker
 from mqttd.constants import (
     CONTENT_TYPE,
@@ -52,12 +59,9 @@ log = logging.getLogger("mqttd")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: reason codes a hook may return (MQTT 5 §2.4); 3.1.1 clients get their nearest equivalent
-SUCCESS = 0x00
-UNSPECIFIED_ERROR = 0x80
-BAD_USERNAME_OR_PASSWORD = 0x86
-NOT_AUTHORIZED = 0x87
-QUOTA_EXCEEDED = 0x97
+# Reason codes a hook may return (MQTT 5 §2.4; 3.1.1 clients get their nearest equivalent) are
+# those of mqttd.auth, re-exported here: SUCCESS, UNSPECIFIED_ERROR, BAD_USERNAME_OR_PASSWORD,
+# NOT_AUTHORIZED, QUOTA_EXCEEDED.
 
 #: MQTT 5 PUBLISH properties by the names MQTTMessage.properties uses
 PROPERTY_NAMES: dict[int, str] = {

@@ -16,6 +16,9 @@ SUCCESS = 0x00
 CONTINUE = 0x18
 NOT_AUTHORIZED = 0x87
 BAD_USERNAME_OR_PASSWORD = 0x86
+#: and the library's hooks (mqttd.app) too
+UNSPECIFIED_ERROR = 0x80
+QUOTA_EXCEEDED = 0x97
 
 
 class Authenticator(Protocol):
