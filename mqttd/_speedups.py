@@ -3,44 +3,117 @@
 Each compiled module (``mqttd._codec``, ``mqttd._match``, ``mqttd._route``) has a twin in
 ``mqttd._pure`` with the same behaviour; the twin is the reference the compiled module is tested
 against, and the fallback where no compiler was available. ``MQTTD_NO_EXTENSIONS=1`` forces the
-twins. A compiled module that fails to import is reported in one warning line naming it.
+twins. Compiled modules that do not load are reported in one warning line naming them; in a source
+checkout without built extensions that line says how to build them in place.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
 import logging
 import os
 from types import ModuleType
+from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger("mqttd")
 
 FORCED_PURE = os.environ.get("MQTTD_NO_EXTENSIONS", "") == "1"
 NAMES = ("_codec", "_match", "_route")
+#: this package's directory: a compiled module is used only from here
+HERE = os.path.dirname(os.path.realpath(__file__))
 
 #: module name -> True when the compiled module is in use
 COMPILED: dict[str, bool] = {}
+#: module name -> why its compiled version is not in use (empty when forced pure)
+FAILED: dict[str, str] = {}
+#: another mqttd package directory that offered compiled modules this one lacks (a shadowed
+#: editable install); None when there is none
+FOREIGN: str | None = None
 
 
 def _load(name: str) -> ModuleType:
+    global FOREIGN
+    full = f"mqttd.{name}"
     if not FORCED_PURE:
         try:
-            mod = importlib.import_module(f"mqttd.{name}")
-            COMPILED[name] = True
-            return mod
+            spec = importlib.util.find_spec(full)
+            origin = spec.origin if spec is not None else None
+            where = os.path.dirname(os.path.realpath(origin)) if origin else None
+            if where is None:
+                FAILED[name] = "not built"
+            elif where != HERE:
+                # An editable install's import hook serves its own tree's .so files to any
+                # package named mqttd: compiled code of another tree (maybe another version)
+                # must not run under this one's Python code.
+                FOREIGN = where
+                FAILED[name] = "not built"
+            else:
+                mod = importlib.import_module(full)
+                COMPILED[name] = True
+                return mod
         except ImportError as exc:
-            log.warning(
-                "mqttd: compiled module mqttd.%s did not load (%s); using the pure-Python twin",
-                name,
-                exc,
-            )
+            FAILED[name] = str(exc)
     COMPILED[name] = False
     return importlib.import_module(f"mqttd._pure.{name}")
+
+
+def checkout_root() -> str | None:
+    """The source checkout this package runs from (setup.py and the .pyx sources beside it),
+    or None for an installed package."""
+    root = os.path.dirname(HERE)
+    if os.path.exists(os.path.join(root, "setup.py")) and os.path.exists(
+        os.path.join(HERE, "_codec.pyx")
+    ):
+        return root
+    return None
+
+
+def _installed_elsewhere() -> str | None:
+    """Where an installed mqttd lives when it is not this package (None if nowhere else)."""
+    if FOREIGN is not None:
+        return FOREIGN
+    import importlib.metadata
+
+    for dist in importlib.metadata.distributions(name="mqttd"):
+        location = None
+        direct = dist.read_text("direct_url.json")
+        if direct:  # an editable install points at its tree
+            info = json.loads(direct)
+            if info.get("dir_info", {}).get("editable"):
+                location = os.path.join(unquote(urlsplit(info["url"]).path), "mqttd")
+        if location is None:
+            location = str(dist.locate_file("mqttd"))
+        if os.path.isdir(location) and os.path.realpath(location) != HERE:
+            return os.path.realpath(location)
+    return None
+
+
+def _warning() -> str | None:
+    """The one warning line about compiled modules not in use, or None when all are."""
+    if not FAILED:
+        return None
+    names = ", ".join(f"mqttd.{n}" for n in FAILED)
+    root = checkout_root()
+    if root is not None and all(reason == "not built" for reason in FAILED.values()):
+        what = "no compiled extensions" if len(FAILED) == len(NAMES) else f"no compiled {names}"
+        other = _installed_elsewhere()
+        shadows = f" and shadows the installed mqttd at {other}" if other else ""
+        return (
+            f"mqttd: the source checkout at {root} has {what}{shadows}; using the pure-Python "
+            "twins (slower); build them in place with `python setup.py build_ext --inplace` "
+            "or `pip install -e .`"
+        )
+    reasons = "; ".join(f"mqttd.{n}: {reason}" for n, reason in FAILED.items())
+    return f"mqttd: compiled {names} did not load ({reasons}); using the pure-Python twins"
 
 
 codec = _load("_codec")
 match = _load("_match")
 route = _load("_route")
+if (_line := _warning()) is not None:
+    log.warning("%s", _line)
 
 
 def describe() -> str:
@@ -49,5 +122,9 @@ def describe() -> str:
         return "compiled extensions (Cython)"
     if FORCED_PURE:
         return "pure Python (MQTTD_NO_EXTENSIONS=1)"
+    if not any(COMPILED.values()):
+        if checkout_root() is not None:
+            return "pure Python (extensions not built in this checkout)"
+        return "pure Python (the compiled extensions did not load)"
     parts = [f"{n.lstrip('_')}={'compiled' if c else 'pure'}" for n, c in COMPILED.items()]
     return "mixed: " + ", ".join(parts)

@@ -78,33 +78,51 @@ class BrokerConfig:
     keyfile: str | None = None
 
     def validate(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be 0..65535, not {self.port}")
-        if not 16 <= self.max_packet_size <= MAX_PACKET_SIZE_LIMIT:
-            raise ValueError(
-                f"max packet size must be 16..{MAX_PACKET_SIZE_LIMIT} bytes, not {self.max_packet_size}"
-            )
-        if not 1 <= self.receive_maximum <= 65535:
-            raise ValueError(f"receive maximum must be 1..65535, not {self.receive_maximum}")
-        if not 1 <= self.max_inflight <= 65535:
-            raise ValueError(f"max inflight must be 1..65535, not {self.max_inflight}")
-        if not 0 <= self.topic_alias_maximum <= 65535:
-            raise ValueError(
-                f"topic alias maximum must be 0..65535, not {self.topic_alias_maximum}"
-            )
-        if not 0 <= self.max_keepalive <= 65535:
-            raise ValueError(f"max keepalive must be 0..65535 seconds, not {self.max_keepalive}")
-        if self.max_queued_messages < 0:
-            raise ValueError("max queued messages must be 0 or more")
-        if self.sys_interval < 0:
-            raise ValueError("sys interval must be 0 (off) or more seconds")
-        for name in ("max_connections", "max_connections_per_ip", "max_subscriptions_per_minute"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name.replace('_', ' ')} must be 0 (no limit) or more")
-        if self.max_messages_per_second < 0:
-            raise ValueError("max messages per second must be 0 (no limit) or more")
+        """ValueError in one line naming the first bad field (by its option name) and what it
+        may be."""
+        for name in self.__dataclass_fields__:
+            self.check(name, getattr(self, name))
         if self.keyfile and not self.certfile:
             raise ValueError("a TLS key file needs a certificate file (certfile)")
+
+    @staticmethod
+    def check(name: str, value: Any) -> None:
+        """ValueError if ``value`` is not allowed for field ``name`` (ranges, the Redis URL).
+
+        The one place the limits are written: validate() runs it on every field, and
+        mqttd.options on each option as it is read, so that the error names where the value came
+        from (the config file, a flag, an MQTTD_* variable)."""
+        if value is None:
+            return
+        #: field -> (lowest, highest, unit) allowed
+        ranges: dict[str, tuple[int, int, str]] = {
+            "port": (0, 65535, ""),
+            "max_packet_size": (16, MAX_PACKET_SIZE_LIMIT, " bytes"),
+            "receive_maximum": (1, 65535, ""),
+            "max_inflight": (1, 65535, ""),
+            "topic_alias_maximum": (0, 65535, ""),
+            "max_keepalive": (0, 65535, " seconds"),
+        }
+        #: field -> what 0 means, for the fields that are 0 or more
+        at_least_0 = {
+            "max_queued_messages": "",
+            "sys_interval": " (off)",
+            "max_connections": " (no limit)",
+            "max_connections_per_ip": " (no limit)",
+            "max_subscriptions_per_minute": " (no limit)",
+            "max_messages_per_second": " (no limit)",
+        }
+        if name in ranges:
+            low, high, unit = ranges[name]
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be {low}..{high}{unit}, not {value}")
+        elif name in at_least_0:
+            if not value >= 0:  # written so that NaN is refused too
+                raise ValueError(f"{name} must be 0{at_least_0[name]} or more, not {value}")
+        elif name == "redis_url":
+            from mqttd.redis_bridge import check_redis_url
+
+            check_redis_url(value)
 
 
 class SharedGroup:
@@ -564,13 +582,70 @@ class Broker:
 
 
 def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
-    """A server-side TLS context from PEM files (TLS 1.2 and later)."""
+    """A server-side TLS context from PEM files (TLS 1.2 and later).
+
+    ValueError in one line saying which file is wrong and why: OpenSSL only says ``PEM lib``
+    for a missing key, a key given as the certificate or the two swapped, so the PEM blocks of
+    each file are looked at first."""
+    fail = "cannot load the TLS certificate: "
+
+    def blocks(role: str, path: str) -> tuple[bool, bool, bool]:
+        """(holds a certificate, holds a private key, the key is encrypted) of a PEM file."""
+        try:
+            with open(path, "rb") as f:
+                pem = f.read()
+        except OSError as exc:
+            raise ValueError(f"{fail}cannot read {role} {path}: {exc.strerror or exc}") from None
+        # -----BEGIN PRIVATE KEY-----, or RSA / EC / ENCRYPTED ... PRIVATE KEY
+        key = any(
+            line.startswith(b"-----BEGIN ") and line.rstrip().endswith(b"PRIVATE KEY-----")
+            for line in pem.splitlines()
+        )
+        encrypted = b"ENCRYPTED PRIVATE KEY" in pem or b"Proc-Type: 4,ENCRYPTED" in pem
+        return b"-----BEGIN CERTIFICATE-----" in pem, key, encrypted
+
+    cert_has_cert, cert_has_key, encrypted = blocks("certfile", certfile)
+    key_path, key_has_cert, key_has_key = certfile, False, cert_has_key
+    if keyfile is not None:  # the key is read from there, not from the certfile
+        key_path = keyfile
+        key_has_cert, key_has_key, encrypted = blocks("keyfile", keyfile)
+    if not cert_has_cert:
+        if key_has_cert and cert_has_key:
+            raise ValueError(
+                f"{fail}certfile {certfile} holds a private key and keyfile {keyfile} a "
+                f"certificate: swapped? (--certfile {keyfile} --keyfile {certfile})"
+            )
+        if cert_has_key:
+            raise ValueError(f"{fail}certfile {certfile} holds no certificate (is it the key?)")
+        raise ValueError(
+            f"{fail}certfile {certfile} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        )
+    if not key_has_key:
+        if keyfile is None:
+            raise ValueError(f"{fail}certfile {certfile} has no private key; give --keyfile")
+        if key_has_cert:
+            raise ValueError(
+                f"{fail}keyfile {keyfile} holds no private key (is it the certificate?)"
+            )
+        raise ValueError(f"{fail}keyfile {keyfile} holds no PEM private key")
+    if encrypted:
+        # OpenSSL would ask for the passphrase on the terminal, or fail with "PEM lib"
+        raise ValueError(
+            f"{fail}the private key in {key_path} is encrypted; mqttd needs it without a "
+            f"passphrase (openssl pkey -in {key_path} -out key.pem)"
+        )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot load the TLS certificate {certfile}: {exc}") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(
+                f"{fail}the key in {key_path} does not match the certificate in {certfile}"
+            ) from None
+        raise ValueError(f"{fail}{certfile}: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise ValueError(f"{fail}{certfile}: {exc.strerror or exc}") from None
     return ctx
 
 

@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mqttd",
         description="A fast MQTT 3.1.1 / 5.0 broker. With no options it serves 127.0.0.1:1883 "
         "with in-process routing.",
-        epilog="Every option can also be set in a TOML file (--config; name = value, e.g. "
-        "max_connections = 1000) or as an MQTTD_<NAME> environment variable (MQTTD_PORT=1884); "
+        epilog="Every option can also be set in a TOML file (--config; flat name = value lines, "
+        "e.g. max_connections = 1000) or as an MQTTD_<NAME> environment variable (MQTTD_PORT=1884); "
         "flags win over the environment, which wins over the file.",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file of options (see below)")

@@ -10,7 +10,10 @@ another Redis) without editing it.
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -171,69 +174,221 @@ _NOT_CONFIG = frozenset(
     {"redis_host", "redis_port", "redis_db", "redis_password", "use_redis", "log_level"}
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: options that are BrokerConfig fields, whose limits BrokerConfig.check knows
+_CONFIG_FIELDS = frozenset(o.name for o in OPTIONS if o.name not in _NOT_CONFIG)
 
 
 def defaults() -> dict[str, Any]:
     return {o.name: o.default for o in OPTIONS}
 
 
-def convert(name: str, value: Any, where: str) -> Any:
-    """``value`` as the option's type; ValueError with a one-line reason otherwise."""
+#: what each type is called in an error
+_TYPE_NAMES: dict[type, str] = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+}
+
+
+def _toml(value: Any) -> str:
+    """``value`` as it is written in TOML, for the hints in errors."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)
+
+
+def _from_text(t: type, text: str) -> Any:
+    """``text`` as type ``t``; ValueError if it is not one."""
+    if t is bool:
+        word = text.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    return t(text)
+
+
+def convert(name: str, value: Any, where: str, *, typed: bool = False) -> Any:
+    """``value`` as the option's type, checked against its limits; ValueError with a one-line
+    reason starting with ``where`` otherwise.
+
+    ``typed``: the value comes from a file with types of its own (TOML), where ``port = "1884"``
+    is a string, not a port, and is refused; the environment and the flags are text by nature,
+    and text is converted."""
     opt = BY_NAME.get(name)
     if opt is None:
-        raise ValueError(f"{where}: unknown option {name!r}")
+        close = difflib.get_close_matches(name, BY_NAME, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"{where}: unknown option {name!r}{hint}")
     if value is None:
         return None
     t = opt.type
-    if t is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in (
-            "1",
-            "true",
-            "yes",
-            "on",
-            "0",
-            "false",
-            "no",
-            "off",
-        ):
-            return value.lower() in ("1", "true", "yes", "on")
-        raise ValueError(f"{where}: {name} must be true or false, not {value!r}")
-    if t is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ValueError(f"{where}: {name} must be a whole number, not {value!r}")
+    expected = f"{where}: {name} must be {_TYPE_NAMES[t]}"
+    if isinstance(value, str) and t is not str:
         try:
-            return int(value)
+            converted = _from_text(t, value)
         except ValueError:
-            raise ValueError(f"{where}: {name} must be a whole number, not {value!r}") from None
+            shown = f"the string {value!r}" if typed else repr(value)
+            raise ValueError(f"{expected}, not {shown}") from None
+        if typed:
+            bare = _toml(converted) if t is bool else value.strip()
+            raise ValueError(f"{expected}, not the string {value!r} (write {name} = {bare})")
+        value = converted
+    # bool is an int to Python, but true is no port; an int is a fine float (sys_interval = 5)
+    elif isinstance(value, bool) != (t is bool) or not isinstance(
+        value, (int, float) if t is float else t
+    ):
+        raise ValueError(f"{expected}, not {_toml(value)}")
     if t is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"{where}: {name} must be a number, not {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"{where}: {name} must be a number, not {value!r}") from None
-    if not isinstance(value, str):
-        raise ValueError(f"{where}: {name} must be a string, not {value!r}")
+        value = float(value)
     if name == "log_level" and value.lower() not in LOG_LEVELS:
-        raise ValueError(f"{where}: log_level must be one of {', '.join(LOG_LEVELS)}")
+        raise ValueError(
+            f"{where}: log_level must be one of {', '.join(LOG_LEVELS)}, not {value!r}"
+        )
+    try:
+        _check(name, value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     return value
 
 
+def _check(name: str, value: Any) -> None:
+    """The limits of one option: BrokerConfig's for its fields, and those of the options that
+    only make the Redis URL."""
+    if name in _CONFIG_FIELDS:
+        BrokerConfig.check(name, value)
+    elif name == "redis_port" and not 1 <= value <= 65535:
+        raise ValueError(f"redis_port must be 1..65535, not {value}")
+    elif name == "redis_db" and value < 0:
+        raise ValueError(f"redis_db must be 0 or more, not {value}")
+
+
 def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The options of a TOML config file (flat ``name = value`` lines; ``-`` or ``_``)."""
+    """The options of a TOML config file: flat ``name = value`` lines (``-`` or ``_``), each of the
+    option's own TOML type. Every error is one line naming the file and the key."""
     where = str(path)
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
     except FileNotFoundError:
         raise ValueError(f"config file {where} not found") from None
     except OSError as exc:
         raise ValueError(f"cannot read config file {where}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where} is not UTF-8 text (byte {exc.start}), so not TOML") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        mosquitto = _mosquitto_hint(text)
+        if mosquitto is not None:
+            raise ValueError(f"{where} looks like a mosquitto.conf file {mosquitto}") from None
         raise ValueError(f"{where} is not valid TOML: {exc}") from None
-    return {k.replace("-", "_"): convert(k.replace("-", "_"), v, where) for k, v in data.items()}
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if isinstance(value, dict) or (
+            isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+        ):
+            raise ValueError(_table_error(where, key, value, text))
+        out[name] = convert(name, value, where, typed=True)
+    return out
+
+
+def _table_error(where: str, key: str, value: Any, text: str) -> str:
+    """The error for a table in the file: mqttd's file is flat (tables such as [[listener]] may
+    come in a later version, so the error names the table rather than guessing at it)."""
+    inner = value if isinstance(value, dict) else value[0]
+    first = next(iter(inner.items()), None)
+    example = "port = 1883"
+    if first is not None and first[0].replace("-", "_") in BY_NAME:
+        if not isinstance(first[1], (dict, list)):
+            example = f"{first[0]} = {_toml(first[1])}"
+    escaped = re.escape(key)
+    if isinstance(value, list):
+        what = f"array of tables [[{key}]]"
+    elif first is not None and re.search(rf"^\s*{escaped}\s*\.", text, re.MULTILINE):
+        what = f"dotted key {key}.{first[0]}"
+    else:
+        what = f"table [{key}]"
+    return (
+        f"{where}: {what} is not supported: the config file is flat, name = value lines "
+        f"without a [table] header (e.g. {example})"
+    )
+
+
+#: words that start a line of mosquitto.conf: a file of such lines is Mosquitto's, not TOML
+_MOSQUITTO_WORDS = frozenset(
+    {
+        "listener", "port", "bind_address", "bind_interface", "allow_anonymous", "persistence",
+        "persistence_location", "persistence_file", "autosave_interval", "password_file",
+        "acl_file", "log_dest", "log_type", "log_timestamp", "connection_messages", "include_dir",
+        "cafile", "capath", "certfile", "keyfile", "require_certificate", "tls_version",
+        "max_connections", "max_inflight_messages", "max_queued_messages", "max_packet_size",
+        "max_keepalive", "message_size_limit", "sys_interval", "protocol", "user", "pid_file",
+        "per_listener_settings", "allow_zero_length_clientid", "retain_available", "plugin",
+        "auth_plugin", "persistent_client_expiration", "set_tcp_nodelay", "connection",
+        "address", "topic", "socket_domain", "http_dir", "queue_qos0_messages",
+    }
+)  # fmt: skip
+#: mosquitto.conf words that are an mqttd option, for the hint in the error
+_MOSQUITTO_TO_MQTTD = {
+    "port": "port",
+    "bind_address": "host",
+    "max_inflight_messages": "max_inflight",
+    "max_queued_messages": "max_queued_messages",
+    "max_packet_size": "max_packet_size",
+    "max_keepalive": "max_keepalive",
+    "sys_interval": "sys_interval",
+    "certfile": "certfile",
+    "keyfile": "keyfile",
+}
+
+
+def _mosquitto_hint(text: str) -> str | None:
+    """When ``text`` reads as mosquitto.conf (mostly ``word value`` lines with Mosquitto's words,
+    no ``=``): the line that says so and how mqttd writes such a line; None otherwise."""
+    found: list[tuple[int, list[str]]] = []
+    assignments = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if "=" in line:
+            assignments += 1
+        elif words[0] in _MOSQUITTO_WORDS:
+            found.append((number, words))
+    if not found or assignments > len(found):
+        return None
+    number, words = found[0]
+    hint = next((h for _, w in found if (h := _translated(w))), "port = 1883")
+    return f"(line {number}: {' '.join(words)!r}); mqttd reads TOML name = value lines: `{hint}`"
+
+
+def _translated(words: list[str]) -> str | None:
+    """A mosquitto.conf line as mqttd's TOML, when there is a plain equivalent."""
+    if len(words) < 2:
+        return None
+    name = "port" if words[0] == "listener" else _MOSQUITTO_TO_MQTTD.get(words[0])
+    if name is None:
+        return None
+    t = BY_NAME[name].type
+    if t is str:
+        value = _toml(words[1])
+    else:
+        try:
+            _from_text(t, words[1])  # Mosquitto's value must be one of mqttd's as it stands
+        except ValueError:
+            return None
+        value = words[1]
+    if words[0] == "listener" and len(words) > 2:  # listener PORT ADDRESS
+        return f"port = {value}` and `host = {_toml(words[2])}"
+    return f"{name} = {value}"
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
