@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import socket
+import secrets
 import ssl
 import time
 from collections.abc import Callable
@@ -231,6 +231,9 @@ class Broker:
         self.authenticators: dict[str, Authenticator] = {}
         #: the Redis bridge when redis_url is set (mqttd.redis_bridge.RedisBridge)
         self.bridge: Any = None
+        #: 128 random bits per node: unique across the nodes of a deployment, whatever their
+        #: host names or start order (secrets, not the object's address, which repeats)
+        self._assigned_prefix = f"mqttd-{secrets.token_hex(16)}-"
         self._next_assigned = 0
         self.sys_publisher: Any = None  # mqttd.systopics.SysPublisher while $SYS is on
 
@@ -320,8 +323,11 @@ class Broker:
         return self.storage.sessions()
 
     def assign_client_id(self) -> str:
+        """A client id for a client that sent none [MQTT-3.1.3-6]: this node's random part and a
+        counter, so that no two nodes of a deployment ever hand out the same one (a shared id
+        would make one client take the other over)."""
         self._next_assigned += 1
-        return f"mqttd-{socket.gethostname()[:16]}-{id(self) & 0xFFFF:04x}-{self._next_assigned}"
+        return f"{self._assigned_prefix}{self._next_assigned}"
 
     async def open_session(
         self, conn: Connection, client_id: str, clean_start: bool, version: int
