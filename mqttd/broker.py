@@ -335,27 +335,32 @@ class Broker:
         """Attach ``conn`` to the session of ``client_id``; returns (session, session_present).
 
         An existing connection with the same client id is taken over: it is closed
-        [MQTT-3.1.4-3] (MQTT 5: DISCONNECT 0x8E first), and its will, if any, is published.
+        [MQTT-3.1.4-3] (MQTT 5: DISCONNECT 0x8E first), and its will, if any, is published or
+        cancelled (:meth:`Connection.taken_over`). The old session is resumed only when the new
+        connection asks for it (Clean Start 0) and the old one outlives its connection: the state
+        of a CleanSession 1 / Session Expiry 0 session is never reused [MQTT-3.1.2-6], so the
+        new connection gets Session Present 0 [MQTT-3.2.2-3] and an empty session.
         """
         previous = await self.storage.claim(client_id, conn)
         if previous is not None:
-            previous.taken_over()
+            previous.taken_over(_resumes(previous.session, clean_start))
         handed: dict | None = None
         if self.bridge is not None:
             # Another node's connection is closed too; its session comes here if wanted
             handed = await self.bridge.acquire_session(client_id, clean_start)
         old = await self.storage.get_session(client_id)
+        resume = _resumes(old, clean_start)
         if old is not None and old.connection is not None:
             if old.connection is not previous:
-                old.connection.taken_over()
+                old.connection.taken_over(resume)
             old.connection = None  # its connection_lost now sees a takeover
         if old is not None:
             if old.expiry_handle is not None:
                 old.expiry_handle.cancel()
                 old.expiry_handle = None
             # Back before its Will Delay Interval passed: no will [MQTT-3.1.3-9]
-            self._cancel_will(old)
-        if old is not None and clean_start:
+            self.cancel_will(old)
+        if old is not None and not resume:
             self.end_session(old)
             old = None
         if old is None:
@@ -390,8 +395,8 @@ class Broker:
         """
         self.storage.release(session.client_id, conn)
         if session.connection is not conn:
-            # Taken over: the new connection is already there, so a delayed will is never
-            # published [MQTT-3.1.3-9]; an undelayed one is.
+            # Taken over: Connection.taken_over already decided about the will (a delay of 0
+            # left means: publish it now) [MQTT-3.1.4-3][MQTT-3.1.3-9]
             if will is not None and will_delay == 0:
                 self.publish(will)
             return
@@ -420,7 +425,8 @@ class Broker:
         if will is not None:
             self.publish(will)
 
-    def _cancel_will(self, session: Session) -> None:
+    def cancel_will(self, session: Session) -> None:
+        """Forget a will waiting for its delay (the client came back, or its session moved)."""
         if session.will_handle is not None:
             session.will_handle.cancel()
             session.will_handle = None
@@ -438,7 +444,7 @@ class Broker:
         if session.will is not None:
             # The session ends before the will's delay: the will goes now (MQTT 5 §3.1.3.2.2)
             will = session.will
-            self._cancel_will(session)
+            self.cancel_will(session)
             self.publish(will)
         for filt in list(session.subscriptions):
             self.unsubscribe(session, filt)
@@ -585,6 +591,13 @@ class Broker:
         if expiry is not None:
             msg.expires_at = time.monotonic() + expiry
         return msg
+
+
+def _resumes(session: Session | None, clean_start: bool) -> bool:
+    """Whether a new connection with ``clean_start`` carries on ``session``: only Clean Start 0,
+    and only a session that outlives its connection (3.1.1 CleanSession 0, MQTT 5 Session Expiry
+    above 0) [MQTT-3.1.2-6][MQTT-3.1.2-4]."""
+    return session is not None and not clean_start and session.expiry_interval != 0
 
 
 def tls_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:

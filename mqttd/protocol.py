@@ -328,8 +328,23 @@ class Connection(asyncio.Protocol):
             self.outlet.write(codec.encode_disconnect(RC_SERVER_SHUTTING_DOWN, 5))
         self.close()
 
-    def taken_over(self) -> None:
-        """Another connection took this client id over [MQTT-3.1.4-3]."""
+    def taken_over(self, resumed: bool) -> None:
+        """Another connection took this client id over [MQTT-3.1.4-3]; ``resumed``: it carries
+        on this connection's session (Clean Start 0 on a session that outlives its connection).
+
+        MQTT 5: a resumed session cancels the will, even with a Will Delay Interval of 0 (the
+        will is published unless "a new Network Connection for the ClientID is opened before
+        the Will Delay Interval has elapsed" [MQTT-3.1.2-8]; Mosquitto reads it so too, and a
+        takeover is a reconnect, not the client going away: docs/conformance.md). A session that
+        ends here publishes its will now, whatever its delay (§3.1.3.2.2: "or the Session ends,
+        whichever happens first"). MQTT 3.1.1 has no such exception: the will is published
+        [MQTT-3.1.2-8].
+        """
+        if self.version == 5 and self.will is not None:
+            if resumed:
+                self.will = None
+            else:
+                self.will_delay = 0
         if self.version == 5 and self.outlet is not None:
             self.outlet.write(codec.encode_disconnect(RC_SESSION_TAKEN_OVER, 5))
         self.close()

@@ -861,10 +861,11 @@ class RedisBridge:
             return
         if session.connection is not None:
             log.info("client %s connected to another node: closing it here", client_id)
-            session.connection.taken_over()
+            # ``want``: the new node carries this session on, which cancels an MQTT 5 will
+            session.connection.taken_over(want)
             session.connection = None
         # Its new node has it now: no delayed will from here [MQTT-3.1.3-9]
-        broker._cancel_will(session)
+        broker.cancel_will(session)
         if want and self.up and self.pub is not None:
             self._hand_over(session)
         broker.end_session(session, moved=True)
