@@ -702,12 +702,11 @@ class Connection(asyncio.Protocol):
     def on_pubrel(self, p: Any) -> None:
         pid = p.packet_id
         session = self.session
-        if pid in session.awaiting_rel:  # type: ignore[union-attr]
-            session.awaiting_rel.discard(pid)  # type: ignore[union-attr]
-            rc = 0
-        else:
-            rc = RC_PACKET_ID_NOT_FOUND if self.version == 5 else 0
-        self.outlet.write(codec.encode_ack(PUBCOMP, pid, self.version, rc))
+        # PUBCOMP 0x00 even for an id with no state left: that is a PUBREL resent after a
+        # reconnect for a message already released, which is no error (MQTT 5 §4.3.3; 0x92 is
+        # allowed too, but paho reports it to on_publish as a failure). Mosquitto answers so.
+        session.awaiting_rel.discard(pid)  # type: ignore[union-attr]
+        self.outlet.write(codec.encode_ack(PUBCOMP, pid, self.version))
 
     def on_pubcomp(self, p: Any) -> None:
         outlet = self.outlet

@@ -176,6 +176,39 @@ def test_pubrel_unknown_packet_id_gets_pubcomp(srv, uid, level):
         assert pid == 4242 and rc in (0x00, 0x92)
 
 
+@pytest.mark.parametrize("level", LEVELS)
+def test_pubrel_resent_after_reconnect_gets_pubcomp_success(srv, uid, level):
+    """A client that reconnects resends PUBREL for every QoS 2 flow it has no PUBCOMP for
+    [MQTT-4.4.0-1]; when the PUBCOMP was lost, the broker has already released the message.
+    mqttd answers PUBCOMP 0x00, as Mosquitto does: the spec allows 0x92 (Packet Identifier not
+    found, "not an error during recovery", MQTT 5 §3.7.2.1), but paho-mqtt reports 0x92 to
+    on_publish as a failed publish. The message is not delivered twice [MQTT-4.3.3-10]."""
+    from mqtt_raw import SESSION_EXPIRY_INTERVAL, prop, props
+
+    topic = f"pubrel-again/{uid}"
+    keep = {"properties": props(prop(SESSION_EXPIRY_INTERVAL, 60))} if level == 5 else {}
+    cid = f"p-{uid}"
+    marker = f"{topic}-marker"
+    with connected(srv, f"s-{uid}", level) as sub:
+        sub.subscribe([(topic, 2), (marker, 1)])
+        pub = connected(srv, cid, level, clean=False, **keep)
+        try:
+            pub.send(publish(topic, b"once", qos=2, pid=9, level=level))
+            assert parse_ack(pub.expect(PUBREC), PUBREC, level)[0] == 9
+            pub.send(pubrel(9))
+            assert parse_ack(pub.expect(PUBCOMP), PUBCOMP, level) == (9, 0)
+        finally:
+            pub.close()  # as if that PUBCOMP had been lost on the way
+        with Client(srv, level) as again:
+            assert again.connect(cid, clean=False, **keep)[0] is True
+            again.send(pubrel(9))
+            assert parse_ack(again.expect(PUBCOMP), PUBCOMP, level) == (9, 0)
+            again.publish(marker, b"end", qos=1)
+            again.disconnect()
+        got = [sub.recv_publish().payload, sub.recv_publish().payload]
+        assert got == [b"once", b"end"], "released once, nothing more before the marker"
+
+
 @pytest.mark.parametrize(
     "payload",
     [b"", bytes(range(256)) * 4, b"\x00" * 70000],
