@@ -726,13 +726,16 @@ class Connection(asyncio.Protocol):
                 if sid == 0:
                     # A Subscription Identifier of 0 is a Protocol Error (§3.8.2.1.2)
                     return self.protocol_error(RC_PROTOCOL_ERROR, "subscription identifier 0")
+        for filt, _ in p.subscriptions:
+            if not match.validate_filter(filt):
+                return self._bad_filter(filt)
         hook = broker.authorize_subscribe
         if hook is None:
             return self._subscribe(p, sid, None)
         decisions: list[Any] = []
         waits = False
         for filt, opts in p.subscriptions:
-            d = hook(self, filt, opts & 0x03) if match.validate_filter(filt) else 0
+            d = hook(self, filt, opts & 0x03)
             waits = waits or d.__class__ is not int
             decisions.append(d)
         if waits:
@@ -756,9 +759,6 @@ class Connection(asyncio.Protocol):
         later: list[tuple[str, int]] = []
         accepted: list[tuple[str, int]] = []
         for i, (filt, opts) in enumerate(p.subscriptions):
-            if not match.validate_filter(filt):
-                codes.append(RC_TOPIC_FILTER_INVALID if v == 5 else 0x80)
-                continue
             shared = match.parse_shared(filt)
             if shared is not None and opts & route.OPT_NO_LOCAL:
                 # No Local on a Shared Subscription is a Protocol Error [MQTT-3.8.3-4]
@@ -852,21 +852,24 @@ class Connection(asyncio.Protocol):
                 outlet.send(msg.with_ids((sid,)) if sid else msg, min(msg.qos, granted), True)
 
     def on_unsubscribe(self, p: Any) -> None:
-        codes = []
         for filt in p.filters:
             if not match.validate_filter(filt):
-                if self.version < 5:
-                    # 3.1.1's UNSUBACK has no codes to refuse with: close (§4.8)
-                    return self.protocol_error(RC_PROTOCOL_ERROR, f"invalid filter {filt!r}")
-                codes.append(RC_TOPIC_FILTER_INVALID)
-                continue
+                return self._bad_filter(filt)
+        codes = []
+        for filt in p.filters:
             existed = self.broker.unsubscribe(self.session, filt)  # type: ignore[arg-type]
             codes.append(RC_NORMAL if existed else RC_NO_SUBSCRIPTION_EXISTED)
         # UNSUBACK, even when nothing was subscribed [MQTT-3.10.4-5]
-        ack_props = None
-        if self.version == 5 and self.problem_info and RC_TOPIC_FILTER_INVALID in codes:
-            ack_props = {REASON_STRING: "invalid topic filter"}
-        self.outlet.write(codec.encode_unsuback(p.packet_id, codes, self.version, ack_props))
+        self.outlet.write(codec.encode_unsuback(p.packet_id, codes, self.version))
+
+    def _bad_filter(self, filt: str) -> None:
+        """A SUBSCRIBE or UNSUBSCRIBE with a filter that breaks the rules of §4.7 (``#`` not
+        last or not alone in its level, ``+`` not alone [MQTT-4.7.1-1], empty [MQTT-4.7.3-1], a
+        bad ``$share/`` form [MQTT-4.8.2-1/2]) is malformed: the connection is closed
+        [MQTT-4.8.0-1] (MQTT 5: DISCONNECT 0x81 first [MQTT-4.13.1-1]), as Mosquitto does. The
+        whole packet is refused, none of its other filters applied. 0x8F in a SUBACK stays for
+        well-formed filters that are not allowed."""
+        self.protocol_error(RC_MALFORMED, f"invalid topic filter {filt!r}")
 
     def on_pingreq(self, p: Any) -> None:
         self.outlet.write(PINGRESP)  # [MQTT-3.12.4-1]

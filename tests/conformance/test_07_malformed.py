@@ -460,6 +460,38 @@ def test_invalid_topic_filter(srv, uid, level, bad_filter):
     assert_serves(srv, level)
 
 
+@pytest.mark.parametrize("packet", ["subscribe", "unsubscribe"])
+@pytest.mark.parametrize("bad_filter", ["#/x", "", "a/b#", "+a"])
+@pytest.mark.parametrize("level", [4, 5])
+def test_invalid_filter_closes_the_connection(srv, uid, level, bad_filter, packet):
+    """mqttd's answer within the latitude the test above allows, and Mosquitto's: a filter that
+    breaks [MQTT-4.7.1-1] or [MQTT-4.7.3-1] makes the SUBSCRIBE / UNSUBSCRIBE malformed, so the
+    connection is closed [MQTT-4.8.0-1] (MQTT 5: DISCONNECT 0x81 first [MQTT-4.13.1-1]). No
+    SUBACK refusing just that filter, and the valid filter beside it is not subscribed."""
+    good = f"ok/{uid}"
+    c = Client(srv, level)
+    try:
+        c.connect(f"bf-{uid}")
+        filters = [(good, 1), (bad_filter, 1)]
+        if packet == "subscribe":
+            c.send(subscribe(3, filters, level=level))
+        else:
+            c.send(unsubscribe(3, [f for f, _ in filters], level=level))
+        assert_closed(c, (MALFORMED,))
+    finally:
+        c.close()
+    if packet == "subscribe":
+        # Nothing of that SUBSCRIBE was applied: its client's session ended with it (clean
+        # session), and a new subscriber to the valid filter is the only one served.
+        with Client(srv, level) as sub, Client(srv, level) as pub:
+            sub.connect(f"bf2-{uid}")
+            sub.subscribe(good, 1)
+            pub.connect(f"bf3-{uid}")
+            pub.publish(good, b"x", qos=1)
+            assert sub.recv_publish().payload == b"x"
+    assert_serves(srv, level)
+
+
 @pytest.mark.parametrize("level", [4, 5])
 def test_unsubscribe_invalid_filter(srv, uid, level):
     """UNSUBSCRIBE with an invalid filter: close (MQTT 5 may answer UNSUBACK 0x8F instead)."""
