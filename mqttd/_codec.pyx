@@ -67,6 +67,9 @@ cdef enum:
     PROTOCOL_ERROR = 0x82
     UNSUPPORTED_PROTOCOL_VERSION = 0x84
     PACKET_TOO_LARGE = 0x95
+    # bit 7 of a CONNECT's protocol level: the client is a bridge (Mosquitto's try_private);
+    # only 0x83 (MQIsdp) and 0x84 (MQTT) carry it
+    BRIDGE_LEVEL_BIT = 0x80
 
     T_CONNECT = 1
     T_CONNACK = 2
@@ -187,6 +190,7 @@ cdef class Connect:
     cdef public object password
     cdef public object will
     cdef object _properties
+    cdef public bint bridge
 
     packet_type = T_CONNECT
     _fields = (
@@ -199,6 +203,7 @@ cdef class Connect:
         "password",
         "will",
         "properties",
+        "bridge",
     )
 
     def __init__(
@@ -212,6 +217,7 @@ cdef class Connect:
         password=None,
         will=None,
         properties=None,
+        bridge=False,
     ):
         self.protocol_name = protocol_name
         self.protocol_level = protocol_level
@@ -222,6 +228,8 @@ cdef class Connect:
         self.password = password
         self.will = will
         self._properties = properties
+        # Sent with protocol level 0x83/0x84: a bridge (protocol_level is then 3/4)
+        self.bridge = bridge
 
     @property
     def properties(self):
@@ -806,6 +814,7 @@ cdef inline Publish _d_publish(
 
 cdef Connect _d_connect(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end):
     cdef int lvl, cf, keepalive, will_flag, will_qos, will_retain
+    cdef bint bridge
     cdef Connect c
     cdef Will w
     name = _read_str(p, &pos, end, "protocol name")
@@ -813,9 +822,14 @@ cdef Connect _d_connect(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end):
         _past_end("protocol level")
     lvl = p[pos]
     pos += 1
+    # Mosquitto bridges (try_private) set bit 7 of a 3.1 / 3.1.1 level: 0x83, 0x84. MQTT 5
+    # has subscription options for what the bit asks, and 0x85 stays unsupported.
+    bridge = lvl == (BRIDGE_LEVEL_BIT | 3) or lvl == (BRIDGE_LEVEL_BIT | 4)
+    if bridge:
+        lvl &= 0x7F
     if (name, lvl) not in _C.SUPPORTED_PROTOCOLS:
         # [MQTT-3.1.2-1/2] the broker answers CONNACK 0x01 (3.1.1) / 0x84 (5) and closes
-        _fail(UNSUPPORTED_PROTOCOL_VERSION, f"unsupported protocol {name!r} level {lvl}")
+        _fail(UNSUPPORTED_PROTOCOL_VERSION, f"unsupported protocol {name!r} level {p[pos - 1]}")
     if pos + 3 > end:
         _past_end("connect flags / keep alive")
     cf = p[pos]
@@ -835,6 +849,7 @@ cdef Connect _d_connect(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end):
     c = Connect.__new__(Connect)
     c.protocol_name = name
     c.protocol_level = lvl
+    c.bridge = bridge
     c.clean_start = (cf & 0x02) != 0
     c.keepalive = keepalive
     if lvl == 5:
@@ -1358,6 +1373,7 @@ def encode_connect(
     password=None,
     will=None,
     properties=None,
+    bridge=False,
 ):
     cdef int flags = 0x02 if clean_start else 0
     if will is not None:
@@ -1368,7 +1384,7 @@ def encode_connect(
         flags |= 0x80
     parts = [
         _str(_C.protocol_name(protocol_level)),
-        _byte(protocol_level),
+        _byte((protocol_level | BRIDGE_LEVEL_BIT) if bridge else protocol_level),
         _byte(flags),
         _u16(keepalive),
     ]
@@ -1388,7 +1404,10 @@ def encode_connect(
 
 
 def encode_connack(session_present, reason_code, protocol_level=4, properties=None):
-    body = (b"\x01" if session_present else b"\x00") + _byte(reason_code)
+    # MQTT 3.1 has no Session Present: the first byte of CONNACK's variable header is reserved
+    # (3.1 §3.2, "Reserved values. Not used"), so it is 0 at level 3 whatever the session.
+    present = session_present and protocol_level != 3
+    body = (b"\x01" if present else b"\x00") + _byte(reason_code)
     if protocol_level == 5:
         body += encode_properties(properties)
     return _packet(0x20, body)
@@ -1581,6 +1600,7 @@ def encode(packet, protocol_level):
             packet.password,
             packet.will,
             packet.properties,
+            packet.bridge,
         )
     if t == T_CONNACK:
         return encode_connack(

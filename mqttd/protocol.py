@@ -125,6 +125,7 @@ class Connection(asyncio.Protocol):
         self.aliases: dict[int, str] = {}  # topic aliases the client set [MQTT-3.3.2-7]
         self.password: bytes | None = None
         self.clean_start = True
+        self.is_bridge = False  # a Mosquitto bridge: CONNECT at level 0x83/0x84 (on_connect)
         self.counted_ip: str | None = None  # counted against the connection limits
         #: max_messages_per_second: token bucket, and whether reading is paused by it
         self.tokens = 0.0
@@ -377,6 +378,9 @@ class Connection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         v = self.version = p.protocol_level
+        # Bit 7 of the level (Mosquitto's try_private): its subscriptions become No Local and
+        # Retain As Published (_bridge_options) and it may publish its connection state into $SYS
+        self.is_bridge = p.bridge
         props = p.properties
         if v == 5:
             if props.get(RECEIVE_MAXIMUM) == 0 or props.get(MAXIMUM_PACKET_SIZE) == 0:
@@ -423,7 +427,7 @@ class Connection(asyncio.Protocol):
             why = _bad_publish_properties(will.properties)
             if why:
                 return self.protocol_error(RC_PROTOCOL_ERROR, "will: " + why)
-            if is_reserved_topic(will.topic):
+            if is_reserved_topic(will.topic) and not (p.bridge and _is_bridge_state(will.topic)):
                 will = None  # a will into $SYS is dropped silently, as Mosquitto does
         if will is not None:
             self.will = broker.make_message(
@@ -640,8 +644,13 @@ class Connection(asyncio.Protocol):
         if broker.config.max_messages_per_second:
             self._spend_token(broker.config.max_messages_per_second)
         rc: Any = 0
-        if topic[0] == "$" and is_reserved_topic(topic):
-            # $SYS belongs to the broker: not routed; MQTT 5 is told 0x87, as Mosquitto does
+        if (
+            topic[0] == "$"
+            and is_reserved_topic(topic)
+            and not (self.is_bridge and _is_bridge_state(topic))
+        ):
+            # $SYS belongs to the broker: not routed; MQTT 5 is told 0x87, as Mosquitto does.
+            # A bridge's own connection state is the exception (_is_bridge_state).
             rc = RC_NOT_AUTHORIZED
         elif broker.authorize_publish is not None:
             rc = broker.authorize_publish(self, msg, p.packet_id)
@@ -716,6 +725,8 @@ class Connection(asyncio.Protocol):
             outlet.drain_queue()
 
     def on_subscribe(self, p: Any) -> None:
+        if self.is_bridge:
+            _bridge_options(p)
         broker = self.broker
         v = self.version
         sid = 0
@@ -913,6 +924,35 @@ def _bad_publish_properties(props: dict) -> str:
         # The Response Topic is a Topic Name: no wildcards [MQTT-3.3.2-14]
         return "response topic is not a valid topic name"
     return ""
+
+
+def _is_bridge_state(topic: str) -> bool:
+    """``$SYS/broker/connection/+/state``: where a Mosquitto bridge publishes its connection
+    state, retained "1" once connected, and leaves its will, retained "0" (mosquitto.conf(5),
+    ``notifications``). The one ``$SYS`` topic a bridge may publish to, so that subscribers
+    here see whether it is up, as they would on Mosquitto."""
+    parts = topic.split("/")
+    return (
+        len(parts) == 5
+        and parts[0] == "$SYS"
+        and parts[1] == "broker"
+        and parts[2] == "connection"
+        and parts[4] == "state"
+    )
+
+
+def _bridge_options(p: Any) -> None:
+    """A bridge's subscriptions get No Local and Retain As Published, what its level bit asks
+    (MQTT 3.1 / 3.1.1 have no subscription options to say it) and what Mosquitto grants a bridge
+    (handle_subscribe.c, ``is_bridge``): what the bridge forwards here is not sent back to it
+    (else every message bridged in would return to the other broker as a second copy), and
+    retained messages keep their flag across. A shared subscription keeps its options: No Local
+    there is a Protocol Error [MQTT-3.8.3-4] and has no meaning."""
+    both = route.OPT_NO_LOCAL | route.OPT_RETAIN_AS_PUBLISHED
+    p.subscriptions = [
+        (filt, opts if filt.startswith("$share/") else opts | both)
+        for filt, opts in p.subscriptions
+    ]
 
 
 def _table(connected: bool) -> tuple:

@@ -84,6 +84,9 @@ MALFORMED = 0x81
 PROTOCOL_ERROR = 0x82
 UNSUPPORTED_PROTOCOL_VERSION = 0x84
 PACKET_TOO_LARGE = 0x95
+#: bit 7 of a CONNECT's protocol level: the client is a bridge (Mosquitto's ``try_private``);
+#: only 0x83 (MQIsdp) and 0x84 (MQTT) carry it
+BRIDGE_LEVEL_BIT = 0x80
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,6 +145,7 @@ class Connect(_Packet):
         "password",
         "will",
         "properties",
+        "bridge",
     )
     _fields = __slots__
     packet_type = CONNECT
@@ -157,6 +161,7 @@ class Connect(_Packet):
         password: bytes | None = None,
         will: Will | None = None,
         properties: dict | None = None,
+        bridge: bool = False,
     ) -> None:
         self.protocol_name = protocol_name
         self.protocol_level = protocol_level
@@ -167,6 +172,8 @@ class Connect(_Packet):
         self.password = password
         self.will = will
         self.properties = {} if properties is None else properties
+        # Sent with protocol level 0x83/0x84: a bridge (``protocol_level`` is then 3/4)
+        self.bridge = bool(bridge)
 
 
 class ConnAck(_Packet):
@@ -455,10 +462,15 @@ def _d_connect(buf: bytes, pos: int, end: int, flags: int, level: int) -> Connec
         raise _past_end("protocol level")
     lvl = buf[pos]
     pos += 1
+    # Mosquitto bridges (try_private) set bit 7 of a 3.1 / 3.1.1 level: 0x83, 0x84. MQTT 5
+    # has subscription options for what the bit asks, and 0x85 stays unsupported.
+    bridge = lvl == (BRIDGE_LEVEL_BIT | 3) or lvl == (BRIDGE_LEVEL_BIT | 4)
+    if bridge:
+        lvl &= 0x7F
     if (name, lvl) not in SUPPORTED_PROTOCOLS:
         # [MQTT-3.1.2-1/2] the broker answers CONNACK 0x01 (3.1.1) / 0x84 (5) and closes
         raise PacketError(
-            UNSUPPORTED_PROTOCOL_VERSION, f"unsupported protocol {name!r} level {lvl}"
+            UNSUPPORTED_PROTOCOL_VERSION, f"unsupported protocol {name!r} level {buf[pos - 1]}"
         )
     if pos + 3 > end:
         raise _past_end("connect flags / keep alive")
@@ -496,7 +508,7 @@ def _d_connect(buf: bytes, pos: int, end: int, flags: int, level: int) -> Connec
         password, pos = _read_bin(buf, pos, end, "password")
     _check_end(pos, end, "CONNECT")
     return Connect(
-        name, lvl, bool(cf & 0x02), keepalive, client_id, username, password, will, props
+        name, lvl, bool(cf & 0x02), keepalive, client_id, username, password, will, props, bridge
     )
 
 
@@ -869,6 +881,7 @@ def encode_connect(
     password: bytes | None = None,
     will: Will | None = None,
     properties: dict | None = None,
+    bridge: bool = False,
 ) -> bytes:
     flags = 0x02 if clean_start else 0
     if will is not None:
@@ -877,7 +890,8 @@ def encode_connect(
         flags |= 0x40
     if username is not None:
         flags |= 0x80
-    parts = [_str(protocol_name(protocol_level)), _byte(protocol_level), bytes((flags,))]
+    level = (protocol_level | BRIDGE_LEVEL_BIT) if bridge else protocol_level
+    parts = [_str(protocol_name(protocol_level)), _byte(level), bytes((flags,))]
     parts.append(_u16(keepalive))
     if protocol_level == 5:
         parts.append(encode_properties(properties))
@@ -897,7 +911,10 @@ def encode_connect(
 def encode_connack(
     session_present: bool, reason_code: int, protocol_level: int = 4, properties: dict | None = None
 ) -> bytes:
-    body = bytes((1 if session_present else 0,)) + _byte(reason_code)
+    # MQTT 3.1 has no Session Present: the first byte of CONNACK's variable header is reserved
+    # (3.1 §3.2, "Reserved values. Not used"), so it is 0 at level 3 whatever the session.
+    present = session_present and protocol_level != 3
+    body = bytes((1 if present else 0,)) + _byte(reason_code)
     if protocol_level == 5:
         body += encode_properties(properties)
     return _packet(0x20, body)
@@ -1058,6 +1075,7 @@ def encode(packet: Any, protocol_level: int) -> bytes:
             packet.password,
             packet.will,
             packet.properties,
+            packet.bridge,
         )
     if t == CONNACK:
         return encode_connack(

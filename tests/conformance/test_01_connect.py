@@ -9,6 +9,7 @@ import pytest
 from mqtt_raw import (
     ASSIGNED_CLIENT_IDENTIFIER,
     CONNACK,
+    PUBACK,
     PUBLISH,
     SESSION_EXPIRY_INTERVAL,
     SUBACK,
@@ -17,6 +18,7 @@ from mqtt_raw import (
     assert_serves,
     connect,
     connected,
+    parse_ack,
     parse_connack,
     parse_publish,
     parse_suback,
@@ -122,6 +124,27 @@ def test_v311_session_present(srv, uid):
     with Client(srv, 4) as c:
         sp, _, _ = c.connect(cid, clean=False)
         assert sp is False  # the clean session above ended the stored one [MQTT-3.1.2-6]
+        c.disconnect()
+
+
+def test_v31_connack_first_byte_reserved(srv, uid):
+    """MQTT 3.1 has no Session Present: the first byte of CONNACK's variable header is reserved
+    ("Reserved values. Not used", 3.1 §3.2), so it stays 0 when a clean-session-0 client comes
+    back to its stored session. The session is still resumed: what was queued for it arrives."""
+    cid = f"v31sp-{uid}"
+    topic = f"v31sp/{uid}"
+    with Client(srv, 3) as c:
+        c.send(connect(cid, level=3, clean=False))
+        assert c.expect(CONNACK).body == b"\x00\x00"
+        c.subscribe(topic, 1)
+        c.disconnect()
+    with connected(srv, f"v31sp-pub-{uid}", 4) as pub:
+        pub.publish(topic, b"queued", qos=1)
+    with Client(srv, 3) as c:
+        c.send(connect(cid, level=3, clean=False))
+        assert c.expect(CONNACK).body == b"\x00\x00"
+        m = c.recv_publish()
+        assert (m.topic, m.payload) == (topic, b"queued")
         c.disconnect()
 
 
@@ -231,3 +254,116 @@ def _assert_connect_rejected(c: Client, level: int) -> None:
         assert p.type == CONNACK, f"unexpected {p!r} before close"
         _, rc, _ = parse_connack(p, level)
         assert rc != 0, "a rejected CONNECT must not get CONNACK 0"
+
+
+# --- Mosquitto bridges: bit 7 of the protocol level (try_private) ------------------------------
+
+
+def bridge_connect(client_id: str, level: int, **kw: object) -> bytes:
+    """A CONNECT at ``level`` (3 or 4) with bit 7 of the level set, as a Mosquitto bridge sends it
+    (0x83 / 0x84)."""
+    data = bytearray(connect(client_id, level=level, **kw))  # type: ignore[arg-type]
+    assert data[1] < 0x80, "a one-byte Remaining Length keeps the offsets below"
+    at = 2 + 2 + (6 if level == 3 else 4)  # fixed header, protocol name
+    assert data[at] == level
+    data[at] |= 0x80
+    return bytes(data)
+
+
+def _accepted(c: Client) -> bool:
+    """The CONNACK that came is CONNACK 0 of MQTT 3.1 / 3.1.1 form."""
+    return c.expect(CONNACK).body == b"\x00\x00"
+
+
+@pytest.mark.parametrize("level", [3, 4])
+def test_bridge_level_accepted(srv, uid, level):
+    """Level 0x83 / 0x84 is a bridge at 3.1 / 3.1.1: CONNACK 0 of that level."""
+    with Client(srv, level) as c:
+        c.send(bridge_connect(f"br{level}-{uid}", level))
+        assert _accepted(c)
+        c.ping()
+        c.disconnect()
+
+
+@pytest.mark.parametrize("level", [3, 4])
+def test_bridge_subscriptions_no_local_retain_as_published(srv, uid, level):
+    """A bridge's subscriptions are No Local and Retain As Published (what the bit asks; Mosquitto
+    does so): what it publishes is not sent back to it, and a retained message reaches it with
+    RETAIN=1. An ordinary client subscribed alike gets its own message back with RETAIN=0."""
+    topic = f"brsub{level}/{uid}"
+    with Client(srv, level) as br, connected(srv, f"brsub-o-{level}-{uid}", 4) as other:
+        br.send(bridge_connect(f"brsub{level}-{uid}", level))
+        assert _accepted(br)
+        br.subscribe(f"{topic}/#", 1)
+        other.subscribe(f"{topic}/#", 1)
+        br.publish(f"{topic}/own", b"from-bridge", qos=1)
+        m = other.recv_publish()
+        assert (m.topic, m.retain) == (f"{topic}/own", False)
+        other.publish(f"{topic}/kept", b"retained", qos=1, retain=True)
+        # The first PUBLISH the bridge gets is the other client's: its own did not come back
+        m = br.recv_publish()
+        assert (m.topic, m.payload, m.retain) == (f"{topic}/kept", b"retained", True)
+        m = other.recv_publish()
+        assert (m.topic, m.retain) == (f"{topic}/kept", False)  # [MQTT-3.3.1-9]
+        other.publish(f"{topic}/kept", b"", qos=1, retain=True)  # clear it
+        br.disconnect()
+
+
+@pytest.mark.parametrize("level", [3, 4])
+def test_bridge_connection_state_in_sys(srv, uid, level):
+    """A bridge publishes its state to ``$SYS/broker/connection/<id>/state`` (retained "1") and
+    leaves a will there (retained "0"); both are kept, so a later subscriber sees the state."""
+    cid = f"brsys{level}-{uid}"
+    state = f"$SYS/broker/connection/{cid}/state"
+    br = Client(srv, level)
+    try:
+        br.send(
+            bridge_connect(
+                cid,
+                level,
+                clean=False,
+                will_topic=state,
+                will_payload=b"0",
+                will_qos=1,
+                will_retain=True,
+            )
+        )
+        assert _accepted(br)
+        br.send(publish(state, b"1", qos=1, pid=1, retain=True, level=level))
+        assert parse_ack(br.expect(PUBACK), PUBACK, level)[0] == 1
+        with connected(srv, f"brsys-w-{level}-{uid}", 4) as watch:
+            watch.subscribe(f"$SYS/broker/connection/{cid}/#", 0)
+            m = watch.recv_publish()
+            assert (m.topic, m.payload, m.retain) == (state, b"1", True)
+            br.kill()  # no DISCONNECT: the will goes out [MQTT-3.1.2-8]
+            m = watch.recv_publish()
+            assert (m.topic, m.payload) == (state, b"0")
+        with connected(srv, f"brsys-l-{level}-{uid}", 4) as late:
+            late.subscribe(state, 0)
+            m = late.recv_publish()
+            assert (m.payload, m.retain) == (b"0", True)
+            late.expect_quiet()
+    finally:
+        br.close()
+
+
+@pytest.mark.mosquitto_deviation(
+    "without ACLs Mosquitto lets any client publish into $SYS; MQTT 5 §4.7.2: the Server SHOULD "
+    "prevent Clients from using such Topic Names to exchange messages with other Clients"
+)
+def test_sys_connection_state_only_from_a_bridge(srv, uid):
+    """Only a bridge may publish into ``$SYS``, and only ``$SYS/broker/connection/+/state``: an
+    ordinary client's state message and a bridge's other ``$SYS`` topics are dropped."""
+    cid = f"brsysx-{uid}"
+    with connected(srv, f"brsysx-c-{uid}", 4) as c:
+        c.publish(f"$SYS/broker/connection/{cid}/state", b"evil", qos=1, retain=True)
+    with Client(srv, 4) as br:
+        br.send(bridge_connect(cid, 4))
+        assert _accepted(br)
+        br.publish(f"$SYS/broker/connection/{cid}/other", b"evil", qos=1, retain=True)
+        br.publish(f"$SYS/broker/connection/{cid}/state/x", b"evil", qos=1, retain=True)
+        br.publish(f"$SYS/broker/{cid}/state", b"evil", qos=1, retain=True)
+        br.disconnect()
+    with connected(srv, f"brsysx-l-{uid}", 4) as late:
+        late.subscribe([(f"$SYS/broker/connection/{cid}/#", 0), (f"$SYS/broker/{cid}/#", 0)])
+        late.expect_quiet()

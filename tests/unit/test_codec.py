@@ -51,6 +51,9 @@ VECTORS: list[tuple[int, str, str, bool]] = [
         "connect4_w",
         True,
     ),
+    # Mosquitto bridges (try_private) set bit 7 of the level: 0x84 (3.1.1), 0x83 (3.1)
+    (4, "100e 0004 4d515454 84 00 003c 0002 6331", "connect4_bridge", True),
+    (3, "1010 0006 4d5149736470 83 00 003c 0002 6331", "connect3_bridge", True),
     # --- CONNACK ----------------------------------------------------------------------------------
     (4, "2002 01 00", "connack4", True),
     (3, "2002 00 05", "connack3_rc5", True),
@@ -127,6 +130,22 @@ def expected(codec: ModuleType, name: str):  # noqa: C901 - a flat table of pack
             username="u",
             password=b"p",
             will=c.Will(topic="w", payload=b"bye", qos=1, retain=False),
+        ),
+        "connect4_bridge": c.Connect(
+            protocol_name="MQTT",
+            protocol_level=4,
+            clean_start=False,
+            keepalive=60,
+            client_id="c1",
+            bridge=True,
+        ),
+        "connect3_bridge": c.Connect(
+            protocol_name="MQIsdp",
+            protocol_level=3,
+            clean_start=False,
+            keepalive=60,
+            client_id="c1",
+            bridge=True,
         ),
         "connack4": c.ConnAck(session_present=True, reason_code=0),
         "connack3_rc5": c.ConnAck(session_present=False, reason_code=5),
@@ -343,6 +362,12 @@ ERRORS: list[tuple[int, bytes, int, str]] = [
     (0, conn("02", "0001 63", "0004 4d515454 03"), 0x84, "MQTT level 3"),
     (0, conn("02", "0001 63", "0006 4d5149736470 04"), 0x84, "MQIsdp level 4"),
     (0, conn("02", "0001 63", "0004 4d515454 06"), 0x84, "MQTT level 6"),
+    # The bridge bit is known on the levels that have it, with their own names only
+    (0, conn("02", "0001 63", "0004 4d515454 85"), 0x84, "MQTT level 0x85"),
+    (0, conn("02", "0001 63", "0004 4d515454 83"), 0x84, "MQTT level 0x83"),
+    (0, conn("02", "0001 63", "0006 4d5149736470 84"), 0x84, "MQIsdp level 0x84"),
+    (0, conn("02", "0001 63", "0004 4d515454 80"), 0x84, "MQTT level 0x80"),
+    (0, conn("02", "0001 63", "0004 4d515454 c4"), 0x84, "MQTT level 0xc4"),
     (0, conn("03", "0001 63"), 0x81, "CONNECT reserved flag [MQTT-3.1.2-3]"),
     (0, conn("0a", "0001 63"), 0x81, "will QoS 1 without will flag [MQTT-3.1.2-11]"),
     (0, conn("22", "0001 63"), 0x81, "will retain without will flag [MQTT-3.1.2-15]"),
@@ -420,6 +445,34 @@ def test_error_carries_preceding_packets(codec: ModuleType):
         r.feed(h("c000 300a 0003 612f62 68656c6c6f 3807 0003 612f62 0001 c000"))
     assert ei.value.reason_code == 0x81
     assert ei.value.packets == [codec.PingReq(), codec.Publish(topic="a/b", payload=b"hello")]
+
+
+def test_bridge_connect(codec: ModuleType):
+    """A bridge's CONNECT (level 0x84 / 0x83) gives the real level and ``bridge``; the Reader
+    goes on at the real level, and an ordinary CONNECT is no bridge."""
+    r = codec.Reader()
+    (p,) = r.feed(h("100e 0004 4d515454 84 02 003c 0002 6331"))
+    assert (p.protocol_level, p.bridge, r.protocol_level) == (4, True, 4)
+    r = codec.Reader()
+    (p,) = r.feed(h("1010 0006 4d5149736470 83 02 003c 0002 6331"))
+    assert (p.protocol_level, p.bridge, r.protocol_level) == (3, True, 3)
+    (p,) = codec.Reader().feed(h("100e 0004 4d515454 04 02 003c 0002 6331"))
+    assert p.bridge is False
+    assert codec.Connect().bridge is False
+    assert codec.encode_connect("c1", 4, bridge=True) == h(
+        "100e 0004 4d515454 84 02 003c 0002 6331"
+    )
+    assert "bridge=True" in repr(codec.Connect(bridge=True))
+    assert codec.Connect(bridge=True) != codec.Connect()
+
+
+@pytest.mark.parametrize("level,first", [(3, "00"), (4, "01"), (5, "01")])
+def test_connack_session_present_by_level(codec: ModuleType, level: int, first: str):
+    """Session Present is 3.1.1's and 5's [MQTT-3.2.2-2]; MQTT 3.1's first CONNACK byte is
+    reserved (3.1 §3.2): 0 at level 3 even for a resumed session."""
+    wire = codec.encode_connack(True, 0, level)
+    assert wire[:4] == h("2002" if level < 5 else "2003") + h(first) + b"\x00"
+    assert codec.encode_connack(False, 0, level)[2] == 0
 
 
 def test_password_without_username_allowed_at_level_5(codec: ModuleType):

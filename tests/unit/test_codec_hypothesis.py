@@ -118,6 +118,8 @@ def connect_spec(draw: Any, level: int) -> tuple[str, dict]:
             "password": password,
             "will": will,
             "properties": draw(props(C.CONNECT, level)),
+            # a Mosquitto bridge sets bit 7 of the level, at 3.1 / 3.1.1 only
+            "bridge": draw(st.booleans()) if level < 5 else False,
         },
     )
 
@@ -156,7 +158,11 @@ def packet_spec(level: int) -> st.SearchStrategy:
     options = [
         connect_spec(level),
         _spec(
-            "ConnAck", session_present=st.booleans(), reason_code=byte, properties=props(2, level)
+            "ConnAck",
+            # MQTT 3.1 has no Session Present: that byte is reserved, always 0 (3.1 §3.2)
+            session_present=st.booleans() if level > 3 else st.just(False),
+            reason_code=byte,
+            properties=props(2, level),
         ),
         publish_spec(level),
         st.sampled_from([C.PUBACK, C.PUBREC, C.PUBREL, C.PUBCOMP]).flatmap(
