@@ -33,17 +33,18 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from mqttd import options
 from mqttd._speedups import match, route
-from mqttd.auth import (  # noqa: F401  (QUOTA_EXCEEDED: re-exported for hooks)
-    BAD_USERNAME_OR_PASSWORD,
-    NOT_AUTHORIZED,
-    QUOTA_EXCEEDED,
-    SUCCESS,
-    UNSPECIFIED_ERROR,
-)
+
+# "X as X" re-exports explicitly (see below), so that a program checked with mypy --strict, which
+# does not re-export imported names implicitly, may import them from here
+from mqttd.auth import BAD_USERNAME_OR_PASSWORD as BAD_USERNAME_OR_PASSWORD
+from mqttd.auth import NOT_AUTHORIZED as NOT_AUTHORIZED
+from mqttd.auth import QUOTA_EXCEEDED as QUOTA_EXCEEDED
+from mqttd.auth import SUCCESS as SUCCESS
+from mqttd.auth import UNSPECIFIED_ERROR as UNSPECIFIED_ERROR
 from mqttd.broker import Broker
 from mqttd.constants import (
     CONTENT_TYPE,
@@ -56,8 +57,6 @@ from mqttd.constants import (
 )
 
 log = logging.getLogger("mqttd")
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 # Reason codes a hook may return (MQTT 5 §2.4; 3.1.1 clients get their nearest equivalent) are
 # those of mqttd.auth, re-exported here: SUCCESS, UNSPECIFIED_ERROR, BAD_USERNAME_OR_PASSWORD,
@@ -126,6 +125,181 @@ class MQTTClient:
 
     def __str__(self) -> str:
         return f"MQTTClient(id={self.client_id}, user={self.username})"
+
+
+# -- what a handler must be ------------------------------------------------------------------------
+# Callback protocols, so that mypy --strict finds a wrong handler in the user's program: one
+# that takes other arguments than those the library passes, or answers with something the
+# library cannot use. The parameters are positional-only because the library passes them by
+# position: the handler may name them as it likes. Each decorator takes the plain form or the
+# async one (any callable returning an awaitable), and gives the handler back as it was (a
+# TypeVar bound to the two), so that it keeps its own signature for the program's other uses.
+
+#: what a subscribe handler may return: sent to the new subscriber (bytes-like or str), or nothing
+SubscribeReply: TypeAlias = bytes | bytearray | memoryview | str | None
+#: what ``@app.authenticate`` may return: True/False, or an MQTT reason code (0 accepts)
+AuthenticateResult: TypeAlias = bool | int
+#: what ``@app.authorize_publish`` may return: True/False, a reason code, or a rewritten message
+AuthorizePublishResult: TypeAlias = bool | int | MQTTMessage
+#: what ``@app.authorize_subscribe`` may return: True/False, the QoS 0-2 granted at most, or a
+#: reason code >= 0x80
+AuthorizeSubscribeResult: TypeAlias = bool | int
+
+
+class SubscribeHandler(Protocol):
+    """``@app.subscribe``: ``handler(topic, client) -> bytes | str | None``."""
+
+    def __call__(self, topic: str, client: MQTTClient, /) -> SubscribeReply: ...
+
+
+class AsyncSubscribeHandler(Protocol):
+    """``@app.subscribe``: ``async handler(topic, client) -> bytes | str | None``."""
+
+    def __call__(self, topic: str, client: MQTTClient, /) -> Awaitable[SubscribeReply]: ...
+
+
+class PublishHandler(Protocol):
+    """``@app.publish_handler``: ``handler(message, client) -> None`` (an observer: nothing it
+    could return would be used)."""
+
+    def __call__(self, message: MQTTMessage, client: MQTTClient, /) -> None: ...
+
+
+class AsyncPublishHandler(Protocol):
+    """``@app.publish_handler``: ``async handler(message, client) -> None``."""
+
+    def __call__(self, message: MQTTMessage, client: MQTTClient, /) -> Awaitable[None]: ...
+
+
+class ClientHandler(Protocol):
+    """``@app.on_connect``, ``@app.on_disconnect``: ``handler(client) -> None``."""
+
+    def __call__(self, client: MQTTClient, /) -> None: ...
+
+
+class AsyncClientHandler(Protocol):
+    """``@app.on_connect``, ``@app.on_disconnect``: ``async handler(client) -> None``."""
+
+    def __call__(self, client: MQTTClient, /) -> Awaitable[None]: ...
+
+
+class AuthenticateHook(Protocol):
+    """``@app.authenticate``: ``hook(client, username, password) -> bool | int``."""
+
+    def __call__(
+        self, client: MQTTClient, username: str | None, password: str | None, /
+    ) -> AuthenticateResult: ...
+
+
+class AsyncAuthenticateHook(Protocol):
+    """``@app.authenticate``: ``async hook(client, username, password) -> bool | int``."""
+
+    def __call__(
+        self, client: MQTTClient, username: str | None, password: str | None, /
+    ) -> Awaitable[AuthenticateResult]: ...
+
+
+class AuthorizePublishHook(Protocol):
+    """``@app.authorize_publish``: ``hook(message, client) -> bool | int | MQTTMessage``."""
+
+    def __call__(self, message: MQTTMessage, client: MQTTClient, /) -> AuthorizePublishResult: ...
+
+
+class AsyncAuthorizePublishHook(Protocol):
+    """``@app.authorize_publish``: ``async hook(message, client) -> bool | int | MQTTMessage``."""
+
+    def __call__(
+        self, message: MQTTMessage, client: MQTTClient, /
+    ) -> Awaitable[AuthorizePublishResult]: ...
+
+
+class AuthorizeSubscribeHook(Protocol):
+    """``@app.authorize_subscribe``: ``hook(topic, qos, client) -> bool | int``."""
+
+    def __call__(self, topic: str, qos: int, client: MQTTClient, /) -> AuthorizeSubscribeResult: ...
+
+
+class AsyncAuthorizeSubscribeHook(Protocol):
+    """``@app.authorize_subscribe``: ``async hook(topic, qos, client) -> bool | int``."""
+
+    def __call__(
+        self, topic: str, qos: int, client: MQTTClient, /
+    ) -> Awaitable[AuthorizeSubscribeResult]: ...
+
+
+SubscribeHandlerT = TypeVar("SubscribeHandlerT", bound=SubscribeHandler | AsyncSubscribeHandler)
+PublishHandlerT = TypeVar("PublishHandlerT", bound=PublishHandler | AsyncPublishHandler)
+ClientHandlerT = TypeVar("ClientHandlerT", bound=ClientHandler | AsyncClientHandler)
+AuthenticateHookT = TypeVar("AuthenticateHookT", bound=AuthenticateHook | AsyncAuthenticateHook)
+AuthorizePublishHookT = TypeVar(
+    "AuthorizePublishHookT", bound=AuthorizePublishHook | AsyncAuthorizePublishHook
+)
+AuthorizeSubscribeHookT = TypeVar(
+    "AuthorizeSubscribeHookT", bound=AuthorizeSubscribeHook | AsyncAuthorizeSubscribeHook
+)
+
+# The arguments each decorator's handlers are called with, by position (for the check below)
+_SUBSCRIBE_ARGS = ("topic", "client")
+_PUBLISH_ARGS = ("message", "client")
+_CLIENT_ARGS = ("client",)
+_AUTHENTICATE_ARGS = ("client", "username", "password")
+_AUTHORIZE_SUBSCRIBE_ARGS = ("topic", "qos", "client")
+
+
+def _check_handler(func: object, decorator: str, args: tuple[str, ...]) -> None:
+    """Refuse, as it is registered, a handler that cannot be called with ``args``: called only
+    at the first event, it would fail at every one, each time with a traceback in the log (and
+    an authentication hook would refuse every client). Whatever can take them is accepted:
+    extra parameters with defaults, ``*args``, bound methods, partials, callable objects."""
+    if not callable(func):
+        raise TypeError(f"@app.{decorator} handler must be callable, not {type(func).__name__}")
+    try:
+        sig = _signature(func)
+    except (TypeError, ValueError):
+        # Some callables written in C have no signature to read: nothing to hold against them,
+        # and a wrong one still fails, logged, when it is called
+        return
+    try:
+        sig.bind(*args)
+    except TypeError:
+        raise TypeError(
+            f"@app.{decorator} handler {_describe(func, sig)} must accept ({', '.join(args)})"
+        ) from None
+
+
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    options: dict[str, Any] = {}
+    if sys.version_info >= (3, 14):
+        # From 3.14 annotations are evaluated when read: one naming what is imported only under
+        # TYPE_CHECKING must not fail the check, which needs the parameters, not their types
+        import annotationlib
+
+        options["annotation_format"] = annotationlib.Format.FORWARDREF
+    try:
+        # What will be called is what must take the arguments, not the function a decorator
+        # wrapped (its __wrapped__): a (*args) wrapper that adds an argument of its own, as a
+        # dependency injector does, is fine though the function alone could not be called so
+        return inspect.signature(func, follow_wrapped=False, **options)
+    except ValueError:
+        # A wrapper written in C (functools.lru_cache) shows its signature only by __wrapped__
+        return inspect.signature(func, **options)
+
+
+def _describe(func: object, sig: inspect.Signature) -> str:
+    """``name(parameters)`` as the user wrote them, annotations left out (they are long and say
+    nothing about what can be passed)."""
+    bare = sig.replace(
+        parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+        return_annotation=sig.empty,
+    )
+    return f"{_name(func)}{bare}"
+
+
+def _name(func: object) -> str:
+    if isinstance(func, functools.partial):
+        return f"partial({_name(func.func)})"
+    name = getattr(func, "__name__", None)
+    return name if isinstance(name, str) else type(func).__name__  # a callable object: its class
 
 
 @dataclass
@@ -280,7 +454,9 @@ class MQTTApp:
         return self._broker
 
     # -- decorators ------------------------------------------------------------------------------
-    def subscribe(self, topic: str, qos: int = 0) -> Callable[[F], F]:
+    def subscribe(
+        self, topic: str, qos: int = 0
+    ) -> Callable[[SubscribeHandlerT], SubscribeHandlerT]:
         """``handler(topic, client)`` runs when a client subscribes with a filter equal to
         ``topic``, or, for a filter without wildcards, one that ``topic`` matches. A ``bytes``
         or ``str`` it returns is sent to that subscriber as a PUBLISH on that topic at the
@@ -289,57 +465,66 @@ class MQTTApp:
         may lower it)."""
         _check_pattern(topic)
 
-        def decorator(func: F) -> F:
+        def decorator(func: SubscribeHandlerT) -> SubscribeHandlerT:
+            _check_handler(func, "subscribe", _SUBSCRIBE_ARGS)
             self._subscribe_routes.append(_Route(topic, func, qos))
             return func
 
         return decorator
 
-    def publish_handler(self, topic: str | None = None) -> Callable[[F], F]:
+    def publish_handler(
+        self, topic: str | None = None
+    ) -> Callable[[PublishHandlerT], PublishHandlerT]:
         """``handler(message, client)`` observes each PUBLISH from a client whose topic matches
         ``topic`` (every one when None), after it was routed (locally and through Redis), once,
         on the node where it entered. It never delays delivery."""
         if topic is not None:
             _check_pattern(topic)
 
-        def decorator(func: F) -> F:
+        def decorator(func: PublishHandlerT) -> PublishHandlerT:
+            _check_handler(func, "publish_handler", _PUBLISH_ARGS)
             self._publish_routes.append(_Route(topic, func))
             return func
 
         return decorator
 
-    def on_connect(self, func: F) -> F:
+    def on_connect(self, func: ClientHandlerT) -> ClientHandlerT:
         """``handler(client)`` after the client got its CONNACK."""
+        _check_handler(func, "on_connect", _CLIENT_ARGS)
         self._on_connect.append(func)
         return func
 
-    def on_disconnect(self, func: F) -> F:
+    def on_disconnect(self, func: ClientHandlerT) -> ClientHandlerT:
         """``handler(client)`` after the client's connection ended."""
+        _check_handler(func, "on_disconnect", _CLIENT_ARGS)
         self._on_disconnect.append(func)
         return func
 
-    def authenticate(self, func: F) -> F:
+    def authenticate(self, func: AuthenticateHookT) -> AuthenticateHookT:
         """``handler(client, username, password) -> bool | reason code``, sync or async, decides
         each CONNECT: True (or 0) accepts; False refuses with 0x86 Bad user name or password
         (3.1.1: 0x04); a reason code >= 0x80 refuses with it. An exception refuses (0x80), and
         so does None (a hook that forgot to return must not let everybody in)."""
+        _check_handler(func, "authenticate", _AUTHENTICATE_ARGS)
         self._authenticate = func
         return func
 
-    def authorize_publish(self, func: F) -> F:
+    def authorize_publish(self, func: AuthorizePublishHookT) -> AuthorizePublishHookT:
         """``handler(message, client)``, sync or async, runs before each client PUBLISH is
         routed: True allows, False refuses (0x87 Not authorized in the PUBACK/PUBREC of MQTT 5;
         3.1.1 has no refusal, the message is dropped), an int is a reason code, and an
         MQTTMessage is routed instead of the original (rewrite). An exception refuses (0x80),
         None refuses (0x87). It runs on the event loop before each message is routed: keep a
         plain function quick, or make it async."""
+        _check_handler(func, "authorize_publish", _PUBLISH_ARGS)
         self._authorize_publish = func
         return func
 
-    def authorize_subscribe(self, func: F) -> F:
+    def authorize_subscribe(self, func: AuthorizeSubscribeHookT) -> AuthorizeSubscribeHookT:
         """``handler(topic, qos, client)``, sync or async, runs for each filter of a SUBSCRIBE:
         True grants the QoS asked, an int 0-2 grants at most that QoS, False or None refuses
         (0x87; 3.1.1: 0x80), an int >= 0x80 refuses with that code."""
+        _check_handler(func, "authorize_subscribe", _AUTHORIZE_SUBSCRIBE_ARGS)
         self._authorize_subscribe = func
         return func
 
