@@ -13,16 +13,18 @@ Run: ``python -m pytest benchmarks/bench_receive.py --benchmark-only -q``
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from mqttd._speedups import codec, route
+from mqttd._speedups import codec
 from mqttd.broker import Broker, BrokerConfig
-from mqttd.protocol import Connection
-from mqttd.redis_bridge import RedisBridge, _PushResp, redis_key
+from mqttd.connection import Connection
+from mqttd.redis.bridge import RedisBridge
+from mqttd.redis.envelope import HEAD, MAGIC
+from mqttd.redis.keys import _glob_regex, redis_key
+from mqttd.redis.resp import _PushResp
 
 N = 1_000
 PAYLOAD = b"x" * 64
@@ -62,8 +64,7 @@ def _connect(cid: bytes) -> bytes:
 def node() -> Iterator[tuple[Broker, asyncio.AbstractEventLoop, Sink]]:
     loop = asyncio.new_event_loop()
     broker = Broker(BrokerConfig(port=0, sys_interval=0))
-    broker.loop = loop
-    broker.flusher = route.Flusher(loop)
+    broker.attach(loop)
     sub = Connection(broker)
     sink = Sink()
     sub.connection_made(sink)
@@ -99,18 +100,15 @@ def test_redis_receive_path(benchmark: Any, node: Any) -> None:
     bridge = RedisBridge(broker, "redis://127.0.0.1:1")
     _, key = redis_key(b"", "bench/+")
     bridge.patterns[key] = {"bench/+"}
-    from mqttd.redis_bridge import _glob_regex
-
     bridge._regex[key] = _glob_regex(key)
     conn = _PushResp(bridge._push_reader(), lambda *a: None)
     seq = [0] * 8  # per topic, as a publishing node numbers them
-    head = struct.Struct("!5sB8sQ")
 
     def batch() -> bytes:
         out = []
         for i in range(N):
             seq[i % 8] += 1
-            data = head.pack(b"\x00MQD\x01", 0, b"othernod", seq[i % 8]) + PAYLOAD
+            data = HEAD.pack(MAGIC, 0, b"othernod", seq[i % 8]) + PAYLOAD
             ch = b"bench/%d" % (i % 8)
             out.append(
                 b"*4\r\n$8\r\npmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"

@@ -5,8 +5,7 @@ As a library: ``from mqttd import MQTTApp, MQTTMessage, MQTTClient`` (see :mod:`
 
 from __future__ import annotations
 
-__version__ = "0.6.0"
-
-from mqttd.app import MQTTApp, MQTTClient, MQTTMessage, QoS  # noqa: E402
+from mqttd.app import MQTTApp, MQTTClient, MQTTMessage, QoS
+from mqttd.version import __version__
 
 __all__ = ["MQTTApp", "MQTTClient", "MQTTMessage", "QoS", "__version__"]

@@ -27,10 +27,9 @@ import inspect
 import json
 import logging
 import os
-import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol, TypeAlias, TypeVar
@@ -55,6 +54,7 @@ from mqttd.constants import (
     SUBSCRIPTION_IDENTIFIER,
     USER_PROPERTY,
 )
+from mqttd.node import Node, run, serve, setup_logging
 
 log = logging.getLogger("mqttd")
 
@@ -425,7 +425,7 @@ class MQTTApp:
         self._authenticate: Callable[..., Any] | None = None
         self._authorize_publish: Callable[..., Any] | None = None
         self._authorize_subscribe: Callable[..., Any] | None = None
-        self._broker: Broker | None = None
+        self._node: Node | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -438,8 +438,8 @@ class MQTTApp:
     @property
     def port(self) -> int:
         """The port; after start, the one bound (useful with port 0)."""
-        if self._broker is not None and self._broker.addresses:
-            return self._broker.addresses[0][1]
+        if self._node is not None and self._node.addresses:
+            return self._node.addresses[0][1]
         return self.config.port
 
     @property
@@ -449,9 +449,9 @@ class MQTTApp:
     @property
     def broker(self) -> Broker:
         """The running broker (for what the decorators do not cover)."""
-        if self._broker is None:
+        if self._node is None:
             raise RuntimeError("the app is not running (await app.start() first)")
-        return self._broker
+        return self._node.broker
 
     # -- decorators ------------------------------------------------------------------------------
     def subscribe(
@@ -573,35 +573,29 @@ class MQTTApp:
     async def start(self) -> None:
         """Listen (and join Redis) in the running event loop; returns once clients can connect.
         Raises OSError (port taken), ValueError (bad TLS files) or
-        ``mqttd.redis_bridge.RedisUnavailable``."""
-        if self._broker is not None:
+        ``mqttd.redis.RedisUnavailable``, having closed whatever it opened."""
+        node = self._prepare()
+        try:
+            await node.start()
+        except BaseException:
+            self._node = None
+            raise
+        log.info("%s", node.start_line())
+
+    def _prepare(self) -> Node:
+        """The node of this run, with the hooks installed on its broker (they may run as soon
+        as the socket listens)."""
+        if self._node is not None:
             raise RuntimeError("the app is already running")
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        broker = Broker(self.config, ssl_context=self.ssl_context)
-        self._install(broker)
-        self._broker = broker  # hooks may run as soon as the socket listens
-        try:
-            await broker.start()
-        except BaseException:
-            self._broker = None
-            await broker.stop()
-            raise
-        from mqttd.cli import version_line
-
-        host, port = broker.addresses[0]
-        log.info(
-            "%s listening on %s:%d (pid %d)%s",
-            version_line(),
-            host,
-            port,
-            os.getpid(),
-            " with TLS" if broker.ssl_context is not None else "",
-        )
+        node = self._node = Node(self.config, ssl_context=self.ssl_context)
+        self._install(node.broker)
+        return node
 
     async def serve_forever(self) -> None:
         """Start if needed, then wait until :meth:`shutdown`."""
-        if self._broker is None:
+        if self._node is None:
             await self.start()
         assert self._stopped is not None
         await self._stopped.wait()
@@ -609,13 +603,10 @@ class MQTTApp:
     async def shutdown(self, timeout: float = 30.0) -> None:
         """Stop listening, tell MQTT 5 clients (DISCONNECT 0x8B), close every connection, leave
         Redis, and give running handlers up to ``timeout`` seconds to finish."""
-        broker, self._broker = self._broker, None
-        if broker is None:
+        node, self._node = self._node, None
+        if node is None:
             return
-        try:
-            await asyncio.wait_for(broker.stop(), timeout)
-        except TimeoutError:
-            log.warning("shutdown: the broker did not stop within %.1f s", timeout)
+        await node.shutdown(timeout)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
@@ -650,53 +641,22 @@ class MQTTApp:
         if ssl_context is not None:
             self.ssl_context = ssl_context
         if not logging.getLogger().handlers and not log.handlers:
-            logging.basicConfig(
-                level=getattr(logging, str(self._values["log_level"]).upper()),
-                format="%(asctime)s mqttd[%(process)d] %(levelname)s: %(message)s",
-            )
-        try:
-            import uvloop
-        except ImportError:
-            status_of: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run
-        else:
-            status_of = uvloop.run
-        try:
-            status = status_of(self._main())
-        except KeyboardInterrupt:
-            status = 0
+            setup_logging(str(self._values["log_level"]))
+        status = run(self._main)
         if status:
             raise SystemExit(status)
 
     async def _main(self) -> int:
-        from mqttd.redis_bridge import RedisUnavailable
-
-        try:
-            await self.start()
-        except (OSError, RedisUnavailable, ValueError) as exc:
-            cfg = self.config
-            if isinstance(exc, OSError) and exc.errno == 98:
-                why = f"port {cfg.port} on {cfg.host} is already in use"
-            else:
-                why = str(exc)
-            print(f"mqttd: error: {why}", file=sys.stderr)
-            return 1
-        loop = asyncio.get_running_loop()
+        # serve() starts the node, says a start error in one line, logs the start line and
+        # waits for a signal, or for shutdown() from a handler (which sets _stopped)
+        node = self._prepare()
         assert self._stopped is not None
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        waiters = [loop.create_task(stop.wait()), loop.create_task(self._stopped.wait())]
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for w in waiters:
-            w.cancel()
-        log.info("stopping")
-        await self.shutdown()
-        return 0
+        return await serve(node, stopping=self.shutdown, until=self._stopped)
 
     # -- figures ---------------------------------------------------------------------------------
     def get_metrics(self) -> dict[str, Any]:
         """Counters since start: connections, messages in and out, subscriptions, Redis."""
-        b = self._broker
+        b = self._node.broker if self._node is not None else None
         if b is None:
             return {"running": False}
         stats = b.stats
@@ -718,14 +678,14 @@ class MQTTApp:
             "sessions": len(b.sessions),
             "connections_per_ip": dict(b.clients_per_ip),
         }
-        if b.bridge is not None:
-            out["redis"] = b.bridge.health()
+        if b.peers.remote:
+            out["redis"] = b.peers.health()
         return out
 
     def health_check(self) -> dict[str, Any]:
         """``status`` is "healthy", or "degraded" with the reasons in ``errors`` (Redis away,
         connection limit reached); plus the broker's own figures."""
-        b = self._broker
+        b = self._node.broker if self._node is not None else None
         errors: list[str] = []
         out: dict[str, Any] = {
             "status": "healthy",
@@ -741,9 +701,10 @@ class MQTTApp:
         out.update(b.health_check())
         out["status"] = "healthy"
         out["connections"] = b.clients
-        if b.bridge is not None:
-            out["redis_connected"] = bool(b.bridge.up)
-            if not b.bridge.up:
+        if b.peers.remote:
+            up = b.peers.health().get("redis") == "up"
+            out["redis_connected"] = up
+            if not up:
                 errors.append("Redis connection not available")
         cap = self.config.max_connections
         if cap and b.clients >= cap:

@@ -1,9 +1,11 @@
 """The broker: sessions, subscriptions, retained messages and routing, for one node.
 
-This layer knows MQTT semantics but no bytes: packets arrive decoded from
-:mod:`mqttd.protocol`, and messages leave through :mod:`mqttd._route` (compiled, or its pure twin),
-which writes them into each session's output buffer. Routing is in-process: this is the embedded
-default that needs no Redis.
+This layer knows MQTT semantics but no bytes and no sockets: packets arrive decoded from
+:mod:`mqttd.connection`, and messages leave through :mod:`mqttd._route` (compiled, or its pure
+twin), which writes them into each session's output buffer. What other nodes must hear of, or
+have a say in, goes through :attr:`Broker.peers` (:mod:`mqttd.peers`): nothing for a node alone,
+Redis when :mod:`mqttd.node` joined one. The node also gives the broker its event loop
+(:meth:`Broker.attach`), the clock and timers of the session expiry and will delay.
 """
 
 from __future__ import annotations
@@ -14,20 +16,24 @@ import math
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mqttd._speedups import codec, match, route
+from mqttd.peers import LOCAL, Peers
+from mqttd.redis.url import check_redis_url
 from mqttd.storage import MemoryStorage, Storage
 
 if TYPE_CHECKING:
     from mqttd.auth import Authenticator
-    from mqttd.protocol import Connection
+    from mqttd.connection import Connection
 
 log = logging.getLogger("mqttd")
 
 MAX_PACKET_SIZE_LIMIT = 268_435_460  # 1 + 4 + 268,435,455: the largest packet MQTT can frame
+#: seconds a SUBACK waits at most for the other nodes to route a new filter here (then it goes)
+ROUTE_WAIT = 2.0
 
 Message = route.Message
 Outlet = route.Outlet
@@ -120,26 +126,24 @@ class BrokerConfig:
             if not value >= 0:  # written so that NaN is refused too
                 raise ValueError(f"{name} must be 0{at_least_0[name]} or more, not {value}")
         elif name == "redis_url":
-            from mqttd.redis_bridge import check_redis_url
-
             check_redis_url(value)
 
 
 class SharedGroup:
     """Subscribers of one ``$share/{name}/{filter}``: each message goes to one of them."""
 
-    __slots__ = ("name", "filter", "members", "_next", "bridge")
+    __slots__ = ("name", "filter", "members", "_next", "peers")
 
-    def __init__(self, name: str, filter: str, bridge: Any = None) -> None:
+    def __init__(self, name: str, filter: str, peers: Peers = LOCAL) -> None:
         self.name = name
         self.filter = filter
         self.members: dict[Any, int] = {}  # Outlet -> options
         self._next = 0
-        self.bridge = bridge  # with Redis: one delivery per group across all nodes
+        self.peers = peers  # with other nodes: one delivery per group across all of them
 
     def pick(self, msg: Any, origin: Any) -> tuple[Any, int] | None:
         """Round robin over the members, preferring ones that are connected."""
-        if self.bridge is not None and not self.bridge.is_mine(self.name, self.filter, msg):
+        if not self.peers.is_mine(self.name, self.filter, msg):
             return None  # another node's member gets this one
         members = list(self.members.items())
         n = len(members)
@@ -180,22 +184,15 @@ class Session:
 class Broker:
     """One mqttd node with in-process routing."""
 
-    def __init__(
-        self,
-        config: BrokerConfig | None = None,
-        storage: Storage | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
+    def __init__(self, config: BrokerConfig | None = None, storage: Storage | None = None) -> None:
         self.config = config or BrokerConfig()
         self.config.validate()
-        #: TLS for the listener: given, or made from config.certfile / config.keyfile
-        self.ssl_context = ssl_context
         #: retained messages, sessions and client-id ownership (in memory unless told otherwise)
         self.storage: Storage = storage if storage is not None else MemoryStorage()
         self.tree = match.SubscriptionTree()
         self.shared: dict[tuple[str, str], SharedGroup] = {}
         self.connections: set[Connection] = set()
-        self.server: asyncio.base_events.Server | None = None
+        #: the event loop (or a test's fake one), given by attach(): the clock, the timers
         self.loop: asyncio.AbstractEventLoop | None = None
         self.flusher: Any = None
         self.started_at = time.time()
@@ -229,73 +226,29 @@ class Broker:
         self.disconnect_observers: list[Callable[[Any], None]] = []
         #: enhanced authentication methods by name (MQTT 5 §4.12); see mqttd.auth
         self.authenticators: dict[str, Authenticator] = {}
-        #: the Redis bridge when redis_url is set (mqttd.redis_bridge.RedisBridge)
-        self.bridge: Any = None
+        #: the other nodes (mqttd.peers): none unless the node joined them through Redis
+        self.peers: Peers = LOCAL
         #: 128 random bits per node: unique across the nodes of a deployment, whatever their
         #: host names or start order (secrets, not the object's address, which repeats)
         self._assigned_prefix = f"mqttd-{secrets.token_hex(16)}-"
         self._next_assigned = 0
-        self.sys_publisher: Any = None  # mqttd.systopics.SysPublisher while $SYS is on
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        from mqttd.protocol import Connection
-
-        self.loop = asyncio.get_running_loop()
-        self.flusher = route.Flusher(self.loop)
-        cfg = self.config
-        if cfg.redis_url:
-            from mqttd.redis_bridge import RedisBridge, RedisStorage
-
-            bridge = RedisBridge(self, cfg.redis_url, cfg.redis_prefix)
-            await bridge.start()  # RedisUnavailable: one line for the user
-            self.bridge = bridge
-            if type(self.storage) is MemoryStorage:
-                self.storage = RedisStorage(bridge)
-            count = await bridge.load_retained()
-            log.info("loaded %d retained messages from Redis", count)
-        if self.ssl_context is None and cfg.certfile:
-            self.ssl_context = tls_context(cfg.certfile, cfg.keyfile)
-        self.server = await self.loop.create_server(
-            lambda: Connection(self),
-            cfg.host,
-            cfg.port,
-            reuse_address=True,
-            backlog=1024,
-            ssl=self.ssl_context,
-        )
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run on ``loop``: its clock and timers for sessions and wills, its turns for the
+        coalesced writes (mqttd.node does this at start; a test may give a fake loop)."""
+        self.loop = loop
+        self.flusher = route.Flusher(loop)
         self.started_at = time.time()
-        from mqttd import systopics
 
-        self.sys_publisher = systopics.start_publisher(self)  # None when sys_interval is 0
-
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        if self.server is None:
-            return []
-        out = []
-        for s in self.server.sockets:
-            name = s.getsockname()
-            out.append((name[0], name[1]))
-        return out
-
-    async def stop(self) -> None:
-        if self.sys_publisher is not None:
-            self.sys_publisher.stop()
-            self.sys_publisher = None
-        if self.server is not None:
-            self.server.close()
+    def close_connections(self) -> None:
+        """The node is stopping: every connection is told (MQTT 5: DISCONNECT 0x8B) and closed,
+        and no session expires or publishes a will later."""
         for conn in list(self.connections):
             conn.shutdown()
-        if self.server is not None:
-            await self.server.wait_closed()
-            self.server = None
         for session in self.sessions.values():
             if session.expiry_handle is not None:
                 session.expiry_handle.cancel()
-        if self.bridge is not None:
-            await self.bridge.stop()
-            self.bridge = None
 
     def health_check(self) -> dict[str, Any]:
         """Figures for a health endpoint: connections, messages, and the Redis state."""
@@ -310,9 +263,9 @@ class Broker:
             "messages_sent": flusher.messages_sent if flusher is not None else 0,
             "messages_dropped": flusher.messages_dropped if flusher is not None else 0,
         }
-        if self.bridge is not None:
-            out.update(self.bridge.health())
-            if not self.bridge.up:
+        if self.peers.remote:
+            out.update(self.peers.health())
+            if out.get("redis") != "up":
                 out["status"] = "degraded"  # local clients are served; other nodes are not
         return out
 
@@ -344,10 +297,8 @@ class Broker:
         previous = await self.storage.claim(client_id, conn)
         if previous is not None:
             previous.taken_over(_resumes(previous.session, clean_start))
-        handed: dict | None = None
-        if self.bridge is not None:
-            # Another node's connection is closed too; its session comes here if wanted
-            handed = await self.bridge.acquire_session(client_id, clean_start)
+        # Another node's connection is closed too; its session comes here if wanted
+        handed = await self.peers.acquire_session(client_id, clean_start)
         old = await self.storage.get_session(client_id)
         resume = _resumes(old, clean_start)
         if old is not None and old.connection is not None:
@@ -376,7 +327,7 @@ class Broker:
             self.storage.put_session(session)
             present = False
             if handed is not None:
-                self.bridge.restore_session(session, handed)  # type: ignore[union-attr]
+                self.peers.restore_session(session, handed)
                 present = True
         else:
             session = old
@@ -439,8 +390,8 @@ class Broker:
 
     def end_session(self, session: Session, moved: bool = False) -> None:
         """The session ends (``moved``: it went to another node, which now holds it)."""
-        if self.bridge is not None and not moved and session.expiry_interval:
-            self.bridge.forget_session(session.client_id)
+        if not moved and session.expiry_interval:
+            self.peers.forget_session(session.client_id)
         if session.will is not None:
             # The session ends before the will's delay: the will goes now (MQTT 5 §3.1.3.2.2)
             will = session.will
@@ -458,14 +409,13 @@ class Broker:
         shared = match.parse_shared(filt)
         outlet = session.outlet
         inner = filt if shared is None else shared[1]
-        first = self.bridge is not None and inner not in self.tree
+        first = inner not in self.tree
         if shared is not None:
             group = self.shared.get(shared)
             if group is None:
-                group = self.shared[shared] = SharedGroup(shared[0], inner, self.bridge)
+                group = self.shared[shared] = SharedGroup(shared[0], inner, self.peers)
                 self.tree.add(inner, group, 0)
-                if self.bridge is not None:
-                    self.bridge.announce_groups()
+                self.peers.announce_groups()
             new = outlet not in group.members
             group.members[outlet] = options
         else:
@@ -473,7 +423,7 @@ class Broker:
         session.subscriptions[filt] = options
         self.stats["subscriptions_total"] += 1
         if first:
-            self.bridge.filter_added(inner)  # type: ignore[union-attr]
+            self.peers.filter_added(inner)
         return new
 
     def unsubscribe(self, session: Session, filt: str) -> bool:
@@ -490,13 +440,18 @@ class Broker:
                 if not group.members:
                     del self.shared[shared]
                     self.tree.remove(group.filter, group)
-                    if self.bridge is not None:
-                        self.bridge.announce_groups()
+                    self.peers.announce_groups()
         else:
             self.tree.remove(filt, session.outlet)
-        if self.bridge is not None and inner not in self.tree:
-            self.bridge.filter_removed(inner)
+        if inner not in self.tree:
+            self.peers.filter_removed(inner)
         return True
+
+    def routes_ready(self, filters: list[str]) -> Awaitable[Any] | None:
+        """Something to wait for until what other nodes publish to ``filters`` reaches this node
+        (at most ROUTE_WAIT seconds), or None when it already does."""
+        waits = [w for f in filters if (w := self.peers.route_ready(f)) is not None]
+        return asyncio.wait(waits, timeout=ROUTE_WAIT) if waits else None
 
     def retained_matching(self, filt: str) -> list[Any] | None:
         """Retained messages for a new subscription to ``filt``, if the store has them at hand
@@ -548,17 +503,14 @@ class Broker:
     # -- publishing ------------------------------------------------------------------------------
     def publish(self, msg: Any, origin: Any = None) -> int:
         """Route one message to every matching subscriber on this node; keep it if retained."""
-        # $SYS is per node, as in Mosquitto: never forwarded
-        forward = self.bridge is not None and not msg.topic.startswith("$SYS")
         if msg.retain:
             # Kept, or cleared by an empty payload [MQTT-3.3.1-6][MQTT-3.3.1-7]
             self.storage.retain(msg)
-        if forward:
-            self.bridge.stamp(msg)  # its identity across nodes, before any shared group picks
+        peers = self.peers
+        peers.stamp(msg)  # its identity across nodes, before any shared group picks
         nodes = self.tree.collect(msg.topic)
         count = route.deliver(nodes, msg, origin) if nodes else 0
-        if forward:
-            self.bridge.forward(msg)  # the other nodes' subscribers, through Redis
+        peers.forward(msg)  # the other nodes' subscribers ($SYS stays here, as in Mosquitto)
         return count
 
     def deliver_remote(self, msg: Any) -> int:

@@ -6,8 +6,9 @@ message: a client that subscribes to ``$SYS/#`` gets the current values at once.
 published once, at start. Topics starting with '$' are not matched by filters starting with a
 wildcard [MQTT-4.7.2-1] (the subscription tree enforces that), so ``#`` subscribers never see them.
 
-Clients must not write into this tree: :func:`is_reserved_topic` tells the PUBLISH path which
-topic names to drop (Mosquitto drops them too, acknowledging with 0x87 Not authorized at MQTT 5).
+Clients must not write into this tree: :func:`mqttd.topics.is_reserved_topic` tells the PUBLISH
+path which topic names to drop (Mosquitto drops them too, acknowledging with 0x87 Not authorized
+at MQTT 5).
 
 The load averages are Mosquitto's: per-minute rates, smoothed exponentially over 1, 5 and 15
 minutes (``rate + exp(-dt/window) * (previous - rate)``), printed with two decimals.
@@ -21,27 +22,17 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-import mqttd
+from mqttd.version import __version__
 
 if TYPE_CHECKING:
     from mqttd.broker import Broker
 
 log = logging.getLogger("mqttd")
 
-SYS_ROOT = "$SYS"
 PREFIX = "$SYS/broker/"
 
 #: (topic suffix, window in seconds) of the load averages
 _WINDOWS = (("1min", 60.0), ("5min", 300.0), ("15min", 900.0))
-
-
-def is_reserved_topic(topic: str) -> bool:
-    """True when a client may not publish to ``topic``: the broker's own ``$SYS`` tree.
-
-    Topic names starting with '$' are reserved for the server's own use (MQTT 5 §4.7.2); a client
-    PUBLISH (or will) into ``$SYS`` would overwrite the broker's retained status values.
-    """
-    return topic.startswith(SYS_ROOT) and (len(topic) == 4 or topic[4] == "/")
 
 
 class SysPublisher:
@@ -67,7 +58,7 @@ class SysPublisher:
         loop = self.broker.loop
         assert loop is not None, "start the broker first"
         self.last_update = loop.time()
-        self._publish("version", f"mqttd {mqttd.__version__}")
+        self._publish("version", f"mqttd {__version__}")
         self.update(self.last_update)
         self.handle = loop.call_later(self.interval, self._tick)
 
@@ -153,12 +144,12 @@ class SysPublisher:
 
     def redis_values(self) -> dict[str, str]:
         """``redis/...``: the Redis bridge's state and its counts of what pub/sub lost."""
-        bridge = self.broker.bridge
-        if bridge is None:
+        peers = self.broker.peers
+        if not peers.remote:
             return {}
-        st = bridge.stats
+        st = peers.health()
         return {
-            "redis/state": "up" if bridge.up else "down",
+            "redis/state": st["redis"],
             "redis/messages/forwarded": str(st["forwarded"]),
             "redis/messages/not forwarded": str(st["not_forwarded"]),
             "redis/messages/received": str(st["received"] + st["raw_received"]),

@@ -14,7 +14,8 @@ import pytest
 from mqtt_raw import AUTH, CONNACK, Client, connect, decode_props, frame, parse_connack, prop, props
 
 from mqttd.auth import CONTINUE, NOT_AUTHORIZED, SUCCESS
-from mqttd.broker import Broker, BrokerConfig
+from mqttd.broker import BrokerConfig
+from mqttd.node import Node
 
 METHOD = "X-CHALLENGE"
 
@@ -43,13 +44,13 @@ class Challenge:
 def auth_broker() -> Iterator[tuple[tuple[str, int], Challenge]]:
     challenge = Challenge()
     loop = asyncio.new_event_loop()
-    broker = Broker(BrokerConfig(port=0, sys_interval=0))
-    broker.authenticators[METHOD] = challenge
+    node = Node(BrokerConfig(port=0, sys_interval=0))
+    node.broker.authenticators[METHOD] = challenge
     ready = threading.Event()
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        loop.run_until_complete(broker.start())
+        loop.run_until_complete(node.start())
         ready.set()
         loop.run_forever()
 
@@ -57,9 +58,9 @@ def auth_broker() -> Iterator[tuple[tuple[str, int], Challenge]]:
     t.start()
     assert ready.wait(10)
     try:
-        yield broker.addresses[0], challenge
+        yield node.addresses[0], challenge
     finally:
-        asyncio.run_coroutine_threadsafe(broker.stop(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(node.shutdown(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         t.join(10)
         loop.close()

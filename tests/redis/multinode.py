@@ -32,7 +32,7 @@ V311 = MQTTProtocolVersion.MQTTv311
 V5 = MQTTProtocolVersion.MQTTv5
 TIMEOUT = 5.0
 
-#: the envelope mqttd puts before the payload on Redis (mqttd/redis_bridge.py)
+#: the envelope mqttd puts before the payload on Redis (mqttd/redis/envelope.py)
 MAGIC = b"\x00MQD\x01"
 HEADER_SIZE = 22
 

@@ -134,7 +134,7 @@ def test_app_publish_reaches_another_node(start_nodes, redis_server) -> None:
 def test_redis_host_port_db_password(redis_server) -> None:
     """The 0.5.x way of naming Redis (host, port, db, password) reaches the same server; a
     wrong password fails the start with one clear error."""
-    from mqttd.redis_bridge import RedisUnavailable
+    from mqttd.redis import RedisUnavailable
     from tests.library.conftest import AppRunner, local_app
 
     password = "p@ss/w:rd"  # needs quoting inside a URL

@@ -11,7 +11,9 @@ import pytest
 
 import mqttd
 from mqttd.broker import Broker, BrokerConfig
-from mqttd.systopics import SysPublisher, is_reserved_topic, start_publisher
+from mqttd.node import Node
+from mqttd.systopics import SysPublisher, start_publisher
+from mqttd.topics import is_reserved_topic
 
 
 @pytest.mark.parametrize(
@@ -33,16 +35,16 @@ def test_is_reserved_topic(topic: str, reserved: bool) -> None:
     assert is_reserved_topic(topic) is reserved
 
 
-def _with_broker(interval: float, body: Callable[[Broker], Any]) -> Any:
-    """Run ``body`` against a broker started on a free port, stopped afterwards."""
+def _with_broker(interval: float, body: Callable[[Node], Any]) -> Any:
+    """Run ``body`` against a node started on a free port, stopped afterwards."""
 
     async def main() -> Any:
-        broker = Broker(BrokerConfig(host="127.0.0.1", port=0, sys_interval=interval))
-        await broker.start()
+        node = Node(BrokerConfig(host="127.0.0.1", port=0, sys_interval=interval))
+        await node.start()
         try:
-            return body(broker)
+            return body(node)
         finally:
-            await broker.stop()
+            await node.shutdown()
 
     return asyncio.run(main())
 
@@ -61,8 +63,9 @@ def _published(broker: Broker) -> list[str]:
 
 
 def test_interval_zero_starts_nothing() -> None:
-    def body(broker: Broker) -> None:
-        assert broker.sys_publisher is None
+    def body(node: Node) -> None:
+        broker = node.broker
+        assert node.sys_publisher is None
         assert start_publisher(broker) is None
 
     _with_broker(0, body)
@@ -74,8 +77,8 @@ def test_interval_must_be_positive() -> None:
 
 
 def test_start_publishes_version_and_snapshot() -> None:
-    def body(broker: Broker) -> None:
-        pub = broker.sys_publisher
+    def body(node: Node) -> None:
+        pub = node.sys_publisher
         assert isinstance(pub, SysPublisher)
         got = pub.published
         assert got["$SYS/broker/version"] == f"mqttd {mqttd.__version__}".encode()
@@ -88,8 +91,9 @@ def test_start_publishes_version_and_snapshot() -> None:
 
 
 def test_only_changed_values_are_published() -> None:
-    def body(broker: Broker) -> None:
-        pub = broker.sys_publisher
+    def body(node: Node) -> None:
+        broker = node.broker
+        pub = node.sys_publisher
         assert isinstance(pub, SysPublisher)
         now = pub.last_update
         pub.update(now)  # the retained $SYS values themselves are counted now
@@ -116,8 +120,9 @@ def test_only_changed_values_are_published() -> None:
 def test_load_averages_follow_mosquitto() -> None:
     """A rate of 600 per minute for one minute, from 0: ``600 * (1 - exp(-60 / window))``."""
 
-    def body(broker: Broker) -> None:
-        pub = broker.sys_publisher
+    def body(node: Node) -> None:
+        broker = node.broker
+        pub = node.sys_publisher
         assert isinstance(pub, SysPublisher)
         start = pub.last_update
         broker.stats["bytes_received"] += 600

@@ -37,15 +37,9 @@ import hiredis
 from redis.cluster import key_slot
 
 from mqttd._speedups import match
-from mqttd.redis_bridge import (
-    GROUP_TTL,
-    HEALTH_TIMEOUT,
-    MAX_PENDING_BYTES,
-    RedisBridge,
-    _command,
-    _Resp,
-    encode_envelope,
-)
+from mqttd.redis.bridge import GROUP_TTL, HEALTH_TIMEOUT, MAX_PENDING_BYTES, RedisBridge
+from mqttd.redis.envelope import encode_envelope
+from mqttd.redis.resp import _command, _Resp
 
 if TYPE_CHECKING:
     from mqttd.broker import Broker

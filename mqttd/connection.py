@@ -1,19 +1,26 @@
-"""One client connection: an asyncio ``Protocol`` that feeds bytes to the codec and dispatches.
+"""One client connection's MQTT state machine, without sockets and without an event loop.
 
-``data_received`` only feeds the :class:`Reader` and dispatches each packet through one table
-from packet type to handler (one table before CONNECT, one after). Everything the connection
-sends goes through its session's :class:`Outlet`, whose writes are coalesced once per event-loop
-iteration. The broker's semantics (sessions, subscriptions, routing) live in :mod:`mqttd.broker`.
+The core takes bytes in (:meth:`Connection.data_received`) and sends bytes out through one writer
+(:meth:`Connection._send`): the ``link`` it was given in :meth:`Connection.connection_made` (an
+asyncio transport, a WebSocket adapter, a test's fake: anything with ``write``, ``close``,
+``pause_reading``, ``resume_reading`` and ``get_extra_info``) until a session is attached, then
+that session's :class:`Outlet`, whose writes are coalesced once per loop turn. Time comes from the
+broker's loop (``time``, ``call_later``, ``call_soon``, ``create_task``), which a test replaces
+with a fake clock (tests/unit/test_connection.py). This module imports neither asyncio nor
+socket: :mod:`mqttd.listener` adapts it to an asyncio stream (TCP, TLS).
+
+``data_received`` feeds the :class:`Reader` and dispatches each packet through one table from
+packet type to handler per state (before CONNECT, connected, authenticating, waiting), as
+Mosquitto's ``read_handle.c``. The broker's semantics (sessions, subscriptions, routing) live in
+:mod:`mqttd.broker`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
-import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mqttd import auth
 from mqttd._speedups import codec, match, route
@@ -21,24 +28,53 @@ from mqttd.constants import (
     ASSIGNED_CLIENT_IDENTIFIER,
     AUTHENTICATION_DATA,
     AUTHENTICATION_METHOD,
+    BAD_AUTHENTICATION_METHOD,
+    BAD_USER_NAME_OR_PASSWORD,
+    CLIENT_IDENTIFIER_NOT_VALID,
+    CONNACK_BAD_USERNAME_OR_PASSWORD,
+    CONNACK_IDENTIFIER_REJECTED,
+    CONNACK_NOT_AUTHORIZED,
+    CONNACK_SERVER_UNAVAILABLE,
+    CONNACK_UNACCEPTABLE_PROTOCOL_VERSION,
+    DISCONNECT_WITH_WILL_MESSAGE,
+    KEEP_ALIVE_TIMEOUT,
+    MALFORMED_PACKET,
     MAXIMUM_PACKET_SIZE,
+    NO_SUBSCRIPTION_EXISTED,
+    NORMAL_DISCONNECTION,
+    NOT_AUTHORIZED,
+    PACKET_IDENTIFIER_NOT_FOUND,
     PAYLOAD_FORMAT_INDICATOR,
+    PROTOCOL_ERROR,
+    QUOTA_EXCEEDED,
+    RE_AUTHENTICATE,
     REASON_STRING,
     RECEIVE_MAXIMUM,
+    RECEIVE_MAXIMUM_EXCEEDED,
     REQUEST_PROBLEM_INFORMATION,
     REQUEST_RESPONSE_INFORMATION,
     RESPONSE_INFORMATION,
     RESPONSE_TOPIC,
     RETAIN_AVAILABLE,
+    RETAIN_NOT_SUPPORTED,
+    SERVER_BUSY,
     SERVER_KEEP_ALIVE,
+    SERVER_SHUTTING_DOWN,
+    SERVER_UNAVAILABLE,
     SESSION_EXPIRY_INTERVAL,
+    SESSION_TAKEN_OVER,
+    SUBACK_FAILURE,
     SUBSCRIPTION_IDENTIFIER,
     TOPIC_ALIAS,
+    TOPIC_ALIAS_INVALID,
     TOPIC_ALIAS_MAXIMUM,
+    TOPIC_FILTER_INVALID,
+    TOPIC_NAME_INVALID,
+    UNSUPPORTED_PROTOCOL_VERSION,
     WILL_DELAY_INTERVAL,
 )
 from mqttd.errors import PacketError
-from mqttd.systopics import is_reserved_topic
+from mqttd.topics import is_reserved_topic
 
 if TYPE_CHECKING:
     from mqttd.broker import Broker, Session
@@ -48,57 +84,55 @@ log = logging.getLogger("mqttd")
 PUBACK, PUBREC, PUBREL, PUBCOMP = 4, 5, 6, 7
 PINGRESP = codec.encode_pingresp()
 
-# MQTT 5 reason codes used here (§2.4)
-RC_NORMAL = 0x00
-RC_DISCONNECT_WITH_WILL = 0x04
-RC_NO_SUBSCRIPTION_EXISTED = 0x11
-RC_UNSPECIFIED = 0x80
-RC_MALFORMED = 0x81
-RC_PROTOCOL_ERROR = 0x82
-RC_CLIENT_ID_NOT_VALID = 0x85
-RC_NOT_AUTHORIZED = 0x87
-RC_REAUTHENTICATE = 0x19
-RC_BAD_AUTH_METHOD = 0x8C
-RC_SERVER_SHUTTING_DOWN = 0x8B
-RC_KEEPALIVE_TIMEOUT = 0x8D
-RC_SESSION_TAKEN_OVER = 0x8E
-RC_TOPIC_FILTER_INVALID = 0x8F
-RC_TOPIC_NAME_INVALID = 0x90
-RC_PACKET_ID_NOT_FOUND = 0x92
-RC_RECEIVE_MAXIMUM_EXCEEDED = 0x93
-RC_TOPIC_ALIAS_INVALID = 0x94
-RC_QUOTA_EXCEEDED = 0x97
-
 # CONNACK return codes of MQTT 3.1 / 3.1.1 (§3.2.2.3) for the MQTT 5 reasons we refuse with.
 _V3_CONNACK = {
-    0x84: 0x01,
-    0x85: 0x02,
-    0x88: 0x03,
-    0x89: 0x03,
-    0x97: 0x03,
-    0x86: 0x04,
-    0x87: 0x05,
-    0x8C: 0x05,
+    UNSUPPORTED_PROTOCOL_VERSION: CONNACK_UNACCEPTABLE_PROTOCOL_VERSION,
+    CLIENT_IDENTIFIER_NOT_VALID: CONNACK_IDENTIFIER_REJECTED,
+    SERVER_UNAVAILABLE: CONNACK_SERVER_UNAVAILABLE,
+    SERVER_BUSY: CONNACK_SERVER_UNAVAILABLE,
+    QUOTA_EXCEEDED: CONNACK_SERVER_UNAVAILABLE,
+    BAD_USER_NAME_OR_PASSWORD: CONNACK_BAD_USERNAME_OR_PASSWORD,
+    NOT_AUTHORIZED: CONNACK_NOT_AUTHORIZED,
+    BAD_AUTHENTICATION_METHOD: CONNACK_NOT_AUTHORIZED,
 }
+
+
+class Loop(Protocol):
+    """What a connection needs of the event loop: a clock, timers, turns, tasks. The broker's
+    loop (mqttd.broker.Broker.attach): asyncio's, or a test's fake clock."""
+
+    def time(self) -> float: ...
+    def call_later(self, delay: float, callback: Any, *args: Any) -> Any: ...
+    def call_soon(self, callback: Any, *args: Any) -> Any: ...
+    def create_task(self, coro: Any) -> Any: ...
+
+
+class Link(Protocol):
+    """Where a connection's bytes go: what it needs of an asyncio transport."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
 
 #: seconds a new connection has to send its CONNECT
 CONNECT_TIMEOUT = 10.0
 #: a read at least this big makes the connection wait one loop iteration before the next read
 FAIR_READ = 16 * 1024
-#: seconds a SUBACK waits at most for Redis to confirm a new subscription (then it goes anyway)
-ROUTE_WAIT = 2.0
 
 
-class Connection(asyncio.Protocol):
-    """The server side of one network connection."""
+class Connection:
+    """The server side of one network connection, fed by an adapter (mqttd.listener)."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         loop = broker.loop
         assert loop is not None, "the broker is started before it accepts connections"
-        self.loop: asyncio.AbstractEventLoop = loop
+        self.loop: Loop = loop
         self.reader = codec.Reader(broker.config.max_packet_size)
-        self.transport: Any = None
+        self.transport: Link | Any = None  # the link, once connection_made
         self.session: Session | None = None
         self.outlet: Any = None
         self.version = 0
@@ -109,7 +143,7 @@ class Connection(asyncio.Protocol):
         self.will_delay = 0
         self.keepalive = 0
         self.last_rx = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Any = None  # the loop's handle of the CONNECT deadline or keepalive check
         self.closing = False
         self.handlers = _PRE_CONNECT
         self.connect_packet: Any = None  # the CONNECT while its authentication runs
@@ -134,10 +168,10 @@ class Connection(asyncio.Protocol):
         self.sub_times: deque[float] | None = None  # max_subscriptions_per_minute
         self.app_client: Any = None  # the library's MQTTClient view, made on first use
 
-    # -- asyncio.Protocol ------------------------------------------------------------------------
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.peer = transport.get_extra_info("peername")
+    # -- events from the adapter -----------------------------------------------------------------
+    def connection_made(self, link: Link) -> None:
+        self.transport = link
+        self.peer = link.get_extra_info("peername")
         self.broker.connections.add(self)
         self.broker.stats["connections_total"] += 1
         self.last_rx = self.loop.time()
@@ -214,7 +248,7 @@ class Connection(asyncio.Protocol):
     def _defer(self, p: Any) -> None:
         self.backlog.append(p)  # type: ignore[union-attr]
 
-    def _unblock(self, task: asyncio.Task) -> None:
+    def _unblock(self, task: Any) -> None:
         if task.cancelled() or self.closing:
             self.backlog = None
             self.handlers = self.next_handlers
@@ -282,6 +316,16 @@ class Connection(asyncio.Protocol):
         elif will is not None:
             broker.publish(will)
 
+    # -- output ----------------------------------------------------------------------------------
+    def _send(self, data: bytes) -> None:
+        """The one way out: the session's Outlet once attached (coalesced with what the router
+        writes), the link itself before (CONNACK refusals, AUTH challenges)."""
+        outlet = self.outlet
+        if outlet is not None and outlet.transport is self.transport:
+            outlet.write(data)
+        else:
+            self.transport.write(data)
+
     # -- closing ---------------------------------------------------------------------------------
     def close(self) -> None:
         """Flush what is queued for this client, then close the network connection."""
@@ -304,13 +348,13 @@ class Connection(asyncio.Protocol):
             reason_code,
         )
         if self.session is None:
-            if reason_code == 0x84:
+            if reason_code == UNSUPPORTED_PROTOCOL_VERSION:
                 # Unsupported protocol level: CONNACK 0x01 in 3.1.1 form, then close [MQTT-3.1.2-2]
-                self.transport.write(b"\x20\x02\x00\x01")
+                self._send(codec.encode_connack(False, _V3_CONNACK[reason_code], 4))
             elif self.version == 5 and reason_code >= 0x80:
-                self.transport.write(codec.encode_connack(False, reason_code, 5))
+                self._send(codec.encode_connack(False, reason_code, 5))
         elif self.version == 5:
-            self.outlet.write(codec.encode_disconnect(reason_code, 5))
+            self._send(codec.encode_disconnect(reason_code, 5))
         self.close()
 
     def refuse(self, reason_code: int) -> None:
@@ -318,15 +362,17 @@ class Connection(asyncio.Protocol):
         if self.version == 5:
             data = codec.encode_connack(False, reason_code, 5)
         else:
-            data = codec.encode_connack(False, _V3_CONNACK.get(reason_code, 0x03), self.version)
-        self.transport.write(data)
+            data = codec.encode_connack(
+                False, _V3_CONNACK.get(reason_code, CONNACK_SERVER_UNAVAILABLE), self.version
+            )
+        self._send(data)
         self.will = None
         self.close()
 
     def shutdown(self) -> None:
         """The broker is stopping: tell an MQTT 5 client (0x8B Server shutting down), close."""
         if self.version == 5 and self.session is not None:
-            self.outlet.write(codec.encode_disconnect(RC_SERVER_SHUTTING_DOWN, 5))
+            self._send(codec.encode_disconnect(SERVER_SHUTTING_DOWN, 5))
         self.close()
 
     def taken_over(self, resumed: bool) -> None:
@@ -347,7 +393,7 @@ class Connection(asyncio.Protocol):
             else:
                 self.will_delay = 0
         if self.version == 5 and self.outlet is not None:
-            self.outlet.write(codec.encode_disconnect(RC_SESSION_TAKEN_OVER, 5))
+            self._send(codec.encode_disconnect(SESSION_TAKEN_OVER, 5))
         self.close()
 
     def _connect_timeout(self) -> None:
@@ -365,7 +411,7 @@ class Connection(asyncio.Protocol):
             self.timer = None
             log.info("closing %s: keepalive %d s expired", self.client_id, self.keepalive)
             if self.version == 5:
-                self.outlet.write(codec.encode_disconnect(RC_KEEPALIVE_TIMEOUT, 5))
+                self._send(codec.encode_disconnect(KEEP_ALIVE_TIMEOUT, 5))
             self.close()
         else:
             self.timer = self.loop.call_later(limit - idle, self._keepalive_check)
@@ -385,14 +431,14 @@ class Connection(asyncio.Protocol):
         if v == 5:
             if props.get(RECEIVE_MAXIMUM) == 0 or props.get(MAXIMUM_PACKET_SIZE) == 0:
                 # Receive Maximum / Maximum Packet Size of 0 is a Protocol Error (§3.1.2.11)
-                return self.protocol_error(RC_PROTOCOL_ERROR, "zero receive/packet maximum")
+                return self.protocol_error(PROTOCOL_ERROR, "zero receive/packet maximum")
             if AUTHENTICATION_DATA in props and AUTHENTICATION_METHOD not in props:
                 # Authentication Data without a Method is a Protocol Error (§3.1.2.11.10)
-                return self.protocol_error(RC_PROTOCOL_ERROR, "authentication data, no method")
+                return self.protocol_error(PROTOCOL_ERROR, "authentication data, no method")
             if props.get(REQUEST_PROBLEM_INFORMATION, 1) not in (0, 1) or props.get(
                 REQUEST_RESPONSE_INFORMATION, 0
             ) not in (0, 1):
-                return self.protocol_error(RC_PROTOCOL_ERROR, "request flag not 0 or 1")
+                return self.protocol_error(PROTOCOL_ERROR, "request flag not 0 or 1")
             # 0: no Reason String / User Property except in PUBLISH, CONNACK, DISCONNECT
             # [MQTT-3.1.2-29]
             self.problem_info = props.get(REQUEST_PROBLEM_INFORMATION, 1) == 1
@@ -401,11 +447,11 @@ class Connection(asyncio.Protocol):
         if not client_id:
             if v == 3 or (v == 4 and not p.clean_start):
                 # 3.1.1: empty id needs CleanSession=1 [MQTT-3.1.3-8]; 3.1: id of 1..23 chars
-                return self.refuse(RC_CLIENT_ID_NOT_VALID)
+                return self.refuse(CLIENT_IDENTIFIER_NOT_VALID)
             client_id = broker.assign_client_id()
             self.assigned_id = True
         elif v == 3 and len(client_id) > 23:
-            return self.refuse(RC_CLIENT_ID_NOT_VALID)
+            return self.refuse(CLIENT_IDENTIFIER_NOT_VALID)
         self.client_id = client_id
         self.username = p.username
         self.password = p.password
@@ -418,15 +464,15 @@ class Connection(asyncio.Protocol):
                 self.keepalive = self.server_keepalive = cfg.max_keepalive
             elif p.keepalive > cfg.max_keepalive:
                 # 3.1.1 cannot be told another keepalive: refused, as Mosquitto does
-                return self.refuse(RC_CLIENT_ID_NOT_VALID)
+                return self.refuse(CLIENT_IDENTIFIER_NOT_VALID)
 
         will = p.will
         if will is not None:
             if not match.validate_topic(will.topic):
-                return self.protocol_error(RC_TOPIC_NAME_INVALID, "invalid will topic")
+                return self.protocol_error(TOPIC_NAME_INVALID, "invalid will topic")
             why = _bad_publish_properties(will.properties)
             if why:
-                return self.protocol_error(RC_PROTOCOL_ERROR, "will: " + why)
+                return self.protocol_error(PROTOCOL_ERROR, "will: " + why)
             if is_reserved_topic(will.topic) and not (p.bridge and _is_bridge_state(will.topic)):
                 will = None  # a will into $SYS is dropped silently, as Mosquitto does
         if will is not None:
@@ -441,7 +487,7 @@ class Connection(asyncio.Protocol):
             and broker.clients_per_ip.get(ip, 0) >= cfg.max_connections_per_ip
         ):
             log.info("refusing %s from %s: connection limit", client_id, ip)
-            return self.refuse(RC_QUOTA_EXCEEDED)  # 3.1.1: 0x03 Server unavailable
+            return self.refuse(QUOTA_EXCEEDED)  # 3.1.1: 0x03 Server unavailable
         self.counted_ip = ip
         broker.clients += 1
         broker.clients_per_ip[ip] = broker.clients_per_ip.get(ip, 0) + 1
@@ -452,7 +498,7 @@ class Connection(asyncio.Protocol):
             authenticator = broker.authenticators.get(method)
             if authenticator is None:
                 # A method we do not know (MQTT 5 §4.12)
-                return self.refuse(RC_BAD_AUTH_METHOD)
+                return self.refuse(BAD_AUTHENTICATION_METHOD)
             self.auth_method = method
             self.authenticator = authenticator
             self.handlers = _AUTHENTICATING
@@ -489,8 +535,8 @@ class Connection(asyncio.Protocol):
             broker.detach(session, self)
             return
         session.expiry_interval = session_expiry
-        if session_expiry and broker.bridge is not None:
-            broker.bridge.mark_session(self.client_id)  # other nodes find it here
+        if session_expiry:
+            broker.peers.mark_session(self.client_id)  # other nodes find it here
         self.session = session
         outlet = self.outlet = session.outlet
         outlet.transport = self.transport
@@ -549,42 +595,39 @@ class Connection(asyncio.Protocol):
             props: dict[int, Any] = {AUTHENTICATION_METHOD: self.auth_method}
             if data is not None:
                 props[AUTHENTICATION_DATA] = data
-            self.outlet.write(codec.encode_auth(auth.SUCCESS, props))
+            self._send(codec.encode_auth(auth.SUCCESS, props))
         elif rc == auth.CONTINUE:
             props = {AUTHENTICATION_METHOD: self.auth_method}  # type: ignore[no-redef]
             if data is not None:
                 props[AUTHENTICATION_DATA] = data
             data_out = codec.encode_auth(auth.CONTINUE, props)
-            if connecting:
-                self.transport.write(data_out)
-            else:
-                self.outlet.write(data_out)
+            self._send(data_out)
         elif connecting:
-            self.refuse(rc if rc >= 0x80 else RC_NOT_AUTHORIZED)
+            self.refuse(rc if rc >= 0x80 else NOT_AUTHORIZED)
         else:
             # Re-authentication failed: DISCONNECT with the reason [MQTT-4.12.1-2]
-            self.protocol_error(rc if rc >= 0x80 else RC_NOT_AUTHORIZED, "re-authentication")
+            self.protocol_error(rc if rc >= 0x80 else NOT_AUTHORIZED, "re-authentication")
 
     def on_auth(self, p: Any) -> None:
         if self.authenticator is None:
             # AUTH without an Authentication Method in CONNECT is a Protocol Error
             # [MQTT-4.12.0-1]
-            return self.protocol_error(RC_PROTOCOL_ERROR, "AUTH without authentication method")
+            return self.protocol_error(PROTOCOL_ERROR, "AUTH without authentication method")
         if p.properties.get(AUTHENTICATION_METHOD) != self.auth_method:
             # The method must stay the one named in CONNECT [MQTT-4.12.0-5]
-            return self.protocol_error(RC_PROTOCOL_ERROR, "AUTH with another method")
+            return self.protocol_error(PROTOCOL_ERROR, "AUTH with another method")
         data = p.properties.get(AUTHENTICATION_DATA)
         if p.reason_code == auth.CONTINUE:
             rc, out = self.authenticator.step(self, data)
-        elif p.reason_code == RC_REAUTHENTICATE and self.session is not None:
+        elif p.reason_code == RE_AUTHENTICATE and self.session is not None:
             rc, out = self.authenticator.start(self, data)
         else:
-            return self.protocol_error(RC_PROTOCOL_ERROR, f"AUTH reason {p.reason_code:#x}")
+            return self.protocol_error(PROTOCOL_ERROR, f"AUTH reason {p.reason_code:#x}")
         self._auth_result(rc, out)
 
     def on_second_connect(self, p: Any) -> None:
         # A second CONNECT is a Protocol Violation [MQTT-3.1.0-2]
-        self.protocol_error(RC_PROTOCOL_ERROR, "second CONNECT")
+        self.protocol_error(PROTOCOL_ERROR, "second CONNECT")
 
     def on_not_connected(self, p: Any) -> None:
         # The first packet from a client must be CONNECT [MQTT-3.1.0-1]
@@ -594,7 +637,7 @@ class Connection(asyncio.Protocol):
     def on_unexpected(self, p: Any) -> None:
         # A packet only a server sends (CONNACK, SUBACK, UNSUBACK, PINGRESP), or AUTH with no
         # authentication method in use (MQTT 5 §4.12): a Protocol Error.
-        self.protocol_error(RC_PROTOCOL_ERROR, f"unexpected packet type {p.packet_type}")
+        self.protocol_error(PROTOCOL_ERROR, f"unexpected packet type {p.packet_type}")
 
     def on_publish(self, p: Any) -> None:
         broker = self.broker
@@ -604,12 +647,12 @@ class Connection(asyncio.Protocol):
         if props:
             why = _bad_publish_properties(props)
             if why:
-                return self.protocol_error(RC_PROTOCOL_ERROR, why)
+                return self.protocol_error(PROTOCOL_ERROR, why)
         if props and TOPIC_ALIAS in props:
             alias = props[TOPIC_ALIAS]
             if alias == 0 or alias > broker.config.topic_alias_maximum:
                 # 0, or above the maximum we announced [MQTT-3.3.2-8][MQTT-3.3.2-9]
-                return self.protocol_error(RC_TOPIC_ALIAS_INVALID, f"topic alias {alias}")
+                return self.protocol_error(TOPIC_ALIAS_INVALID, f"topic alias {alias}")
             if topic:
                 if match.validate_topic(topic):
                     self.aliases[alias] = topic
@@ -617,13 +660,13 @@ class Connection(asyncio.Protocol):
                 topic = self.aliases.get(alias)
                 if topic is None:
                     # An empty topic with an alias nobody set (§3.3.2.3.4)
-                    return self.protocol_error(RC_PROTOCOL_ERROR, f"unknown topic alias {alias}")
+                    return self.protocol_error(PROTOCOL_ERROR, f"unknown topic alias {alias}")
         elif not topic and v == 5:
             # A zero-length topic needs a Topic Alias (§3.3.2.1)
-            return self.protocol_error(RC_PROTOCOL_ERROR, "empty topic without alias")
+            return self.protocol_error(PROTOCOL_ERROR, "empty topic without alias")
         if not match.validate_topic(topic):
             # Topic names must not contain wildcards [MQTT-3.3.2-2] nor be empty [MQTT-4.7.3-1]
-            return self.protocol_error(RC_TOPIC_NAME_INVALID, f"invalid topic name {topic!r}")
+            return self.protocol_error(TOPIC_NAME_INVALID, f"invalid topic name {topic!r}")
         qos = p.qos
         session = self.session
         if qos == 2:
@@ -633,9 +676,9 @@ class Connection(asyncio.Protocol):
                 self.outlet.write(codec.encode_ack(PUBREC, pid, v))
                 return
             if len(session.awaiting_rel) >= broker.config.receive_maximum:  # type: ignore[union-attr]
-                return self.protocol_error(RC_RECEIVE_MAXIMUM_EXCEEDED, "receive maximum")
+                return self.protocol_error(RECEIVE_MAXIMUM_EXCEEDED, "receive maximum")
         if p.retain and not broker.config.retain_available:
-            return self.protocol_error(0x9A, "retain not supported")
+            return self.protocol_error(RETAIN_NOT_SUPPORTED, "retain not supported")
         if props:
             msg = broker.make_message(topic, p.payload, qos, p.retain, props)
         else:
@@ -651,7 +694,7 @@ class Connection(asyncio.Protocol):
         ):
             # $SYS belongs to the broker: not routed; MQTT 5 is told 0x87, as Mosquitto does.
             # A bridge's own connection state is the exception (_is_bridge_state).
-            rc = RC_NOT_AUTHORIZED
+            rc = NOT_AUTHORIZED
         elif broker.authorize_publish is not None:
             rc = broker.authorize_publish(self, msg, p.packet_id)
             if rc.__class__ is not int:
@@ -697,7 +740,7 @@ class Connection(asyncio.Protocol):
         entry = outlet.inflight.get(pid)
         if entry is None or entry[3] == route.AWAIT_PUBACK:
             if self.version == 5:
-                outlet.write(codec.encode_ack(PUBREL, pid, 5, RC_PACKET_ID_NOT_FOUND))
+                outlet.write(codec.encode_ack(PUBREL, pid, 5, PACKET_IDENTIFIER_NOT_FOUND))
             return
         if p.reason_code >= 0x80:
             # MQTT 5: a failed PUBREC ends the exchange (§4.3.3)
@@ -736,7 +779,7 @@ class Connection(asyncio.Protocol):
                 sid = ids[0]
                 if sid == 0:
                     # A Subscription Identifier of 0 is a Protocol Error (§3.8.2.1.2)
-                    return self.protocol_error(RC_PROTOCOL_ERROR, "subscription identifier 0")
+                    return self.protocol_error(PROTOCOL_ERROR, "subscription identifier 0")
         for filt, _ in p.subscriptions:
             if not match.validate_filter(filt):
                 return self._bad_filter(filt)
@@ -773,19 +816,19 @@ class Connection(asyncio.Protocol):
             shared = match.parse_shared(filt)
             if shared is not None and opts & route.OPT_NO_LOCAL:
                 # No Local on a Shared Subscription is a Protocol Error [MQTT-3.8.3-4]
-                return self.protocol_error(RC_PROTOCOL_ERROR, "No Local on a shared subscription")
+                return self.protocol_error(PROTOCOL_ERROR, "No Local on a shared subscription")
             granted = opts & 0x03
             if decisions is not None:
                 d = decisions[i]
                 if d >= 0x80:
-                    codes.append(d if v == 5 else 0x80)  # 3.1.1 has only 0x80 Failure
+                    codes.append(d if v == 5 else SUBACK_FAILURE)  # 3.1.1 has only 0x80
                     continue
                 if d < granted:
                     granted = d
                     opts = (opts & ~0x03) | granted
             if limit:
                 if not self._subscription_allowed(limit):
-                    codes.append(RC_QUOTA_EXCEEDED if v == 5 else 0x80)
+                    codes.append(QUOTA_EXCEEDED if v == 5 else SUBACK_FAILURE)
                     continue
             # The identifier rides in the stored value, replaced with the subscription
             # [MQTT-3.8.4-3]
@@ -807,18 +850,17 @@ class Connection(asyncio.Protocol):
         if v == 5 and self.problem_info and any(c >= 0x80 for c in codes):
             ack_props = {REASON_STRING: _suback_reason(codes)}
         suback = codec.encode_suback(p.packet_id, codes, v, ack_props)
-        bridge = broker.bridge
-        if bridge is not None and accepted:
+        if accepted:
             # A filter new to this node is subscribed on Redis now: the SUBACK waits for Redis
             # to confirm, so that what another node publishes after it reaches this client.
-            waits = [w for f, _ in accepted if (w := bridge.route_ready(f)) is not None]
-            if waits:
+            routed = broker.routes_ready([f for f, _ in accepted])
+            if routed is not None:
                 tail = (suback, retained, later, sid, accepted)
-                return self._block(self._subscribed_when_routed(waits, tail))
+                return self._block(self._subscribed_when_routed(routed, tail))
         self._subscribed(suback, retained, later, sid, accepted)
 
-    async def _subscribed_when_routed(self, waits: list[Any], tail: tuple) -> None:
-        await asyncio.wait(waits, timeout=ROUTE_WAIT)
+    async def _subscribed_when_routed(self, routed: Any, tail: tuple) -> None:
+        await routed
         if not self.closing:
             self._subscribed(*tail)
 
@@ -846,7 +888,7 @@ class Connection(asyncio.Protocol):
         times = self.sub_times
         if times is None:
             times = self.sub_times = deque()
-        now = time.monotonic()
+        now = self.loop.time()
         while times and now - times[0] >= 60.0:
             times.popleft()
         if len(times) >= limit:
@@ -869,7 +911,7 @@ class Connection(asyncio.Protocol):
         codes = []
         for filt in p.filters:
             existed = self.broker.unsubscribe(self.session, filt)  # type: ignore[arg-type]
-            codes.append(RC_NORMAL if existed else RC_NO_SUBSCRIPTION_EXISTED)
+            codes.append(NORMAL_DISCONNECTION if existed else NO_SUBSCRIPTION_EXISTED)
         # UNSUBACK, even when nothing was subscribed [MQTT-3.10.4-5]
         self.outlet.write(codec.encode_unsuback(p.packet_id, codes, self.version))
 
@@ -880,7 +922,7 @@ class Connection(asyncio.Protocol):
         [MQTT-4.8.0-1] (MQTT 5: DISCONNECT 0x81 first [MQTT-4.13.1-1]), as Mosquitto does. The
         whole packet is refused, none of its other filters applied. 0x8F in a SUBACK stays for
         well-formed filters that are not allowed."""
-        self.protocol_error(RC_MALFORMED, f"invalid topic filter {filt!r}")
+        self.protocol_error(MALFORMED_PACKET, f"invalid topic filter {filt!r}")
 
     def on_pingreq(self, p: Any) -> None:
         self.outlet.write(PINGRESP)  # [MQTT-3.12.4-1]
@@ -892,9 +934,9 @@ class Connection(asyncio.Protocol):
             if expiry is not None and session is not None:
                 if session.expiry_interval == 0 and expiry != 0:
                     # Non-zero expiry after connecting with zero is a Protocol Error (§3.14.2.2.2)
-                    return self.protocol_error(RC_PROTOCOL_ERROR, "session expiry raised")
+                    return self.protocol_error(PROTOCOL_ERROR, "session expiry raised")
                 session.expiry_interval = expiry
-            if p.reason_code == RC_DISCONNECT_WITH_WILL:
+            if p.reason_code == DISCONNECT_WITH_WILL_MESSAGE:
                 self.close()  # the will stays and is published in connection_lost
                 return
         # A normal DISCONNECT discards the will [MQTT-3.1.2-10][MQTT-3.14.4-3]
@@ -904,9 +946,9 @@ class Connection(asyncio.Protocol):
 
 def _suback_reason(codes: list[int]) -> str:
     reasons = {
-        RC_TOPIC_FILTER_INVALID: "invalid topic filter",
-        RC_QUOTA_EXCEEDED: "subscription rate limit",
-        RC_NOT_AUTHORIZED: "not authorized",
+        TOPIC_FILTER_INVALID: "invalid topic filter",
+        QUOTA_EXCEEDED: "subscription rate limit",
+        NOT_AUTHORIZED: "not authorized",
     }
     return ", ".join(sorted({reasons.get(c, "refused") for c in codes if c >= 0x80}))
 

@@ -18,45 +18,48 @@ and reconnects with backoff, subscribing again to every filter.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import os
 import re
 import ssl as ssl_module
-import struct
 import time
 import zlib
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
 
 import hiredis
 from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
-from mqttd._speedups import codec, match, route
+from mqttd._speedups import match, route
 from mqttd.errors import PacketError
-from mqttd.storage import MemoryStorage
+from mqttd.redis.envelope import (
+    F_PROPS,
+    F_RETAIN,
+    HEAD,
+    HEADER_SIZE,
+    MAGIC,
+    MAGIC_BATCH,
+    MAX_BATCH,
+    _pack,
+    _retained_message,
+    _unpack,
+    decode_batch,
+    decode_envelope,
+    decode_properties,
+    encode_batch,
+    encode_envelope,
+)
+from mqttd.redis.keys import _glob_regex, redis_key
+from mqttd.redis.resp import _command, _PushResp, _Resp
+from mqttd.redis.url import RedisUnavailable
 
 if TYPE_CHECKING:
     from mqttd.broker import Broker
 
 log = logging.getLogger("mqttd.redis")
 
-#: envelope: magic + version, flags, origin node id, sequence number; then properties, payload
-MAGIC = route.ENVELOPE_MAGIC  # b"\x00MQD\x01"
-_HEAD = struct.Struct("!5sB8sQ")
-HEADER_SIZE = _HEAD.size  # 22 bytes
-F_QOS = 0x03
-F_RETAIN = 0x04
-F_PROPS = 0x08
-#: a batch: consecutive messages of one topic from one node in one PUBLISH (same header, then a
-#: count; each message is its QoS byte, its payload's length and the payload)
-MAGIC_BATCH = route.BATCH_MAGIC  # b"\x00MQD\x02"
-_HEAD_BATCH = struct.Struct("!5sB8sQH")
-_ITEM = struct.Struct("!BI")
-#: a batch closes at this many messages or payload bytes
-MAX_BATCH = 65535
+#: a batch closes at this many payload bytes (or at MAX_BATCH messages, all its count can say)
 MAX_BATCH_BYTES = 256 * 1024
 
 #: bytes of PUBLISH commands allowed to wait for a stalled Redis before we stop forwarding
@@ -73,42 +76,6 @@ _DEL_IF_EQUAL = (
 MAX_TRACKED_TOPICS = route.MAX_TRACKED_TOPICS
 
 
-class RedisUnavailable(Exception):
-    """Redis could not be reached at start; the message is one line for the user."""
-
-
-def encode_envelope(origin: bytes, seq: int, msg: Any) -> bytes:
-    flags = msg.qos | (F_RETAIN if msg.retain else 0)
-    block = msg.props_block
-    if block != b"\x00":
-        flags |= F_PROPS
-        return _HEAD.pack(MAGIC, flags, origin, seq) + block + msg.payload
-    return _HEAD.pack(MAGIC, flags, origin, seq) + msg.payload
-
-
-def decode_batch(data: bytes) -> tuple[bytes, int, list[tuple[int, bytes]]] | None:
-    """(origin, first sequence number, [(qos, payload), ...]) of a batch, or None."""
-    if len(data) < _HEAD_BATCH.size or data[:5] != MAGIC_BATCH:
-        return None
-    _, flags, origin, first, count = _HEAD_BATCH.unpack_from(data)
-    if flags:
-        return None
-    pos = _HEAD_BATCH.size
-    items = []
-    for _ in range(count):
-        if pos + _ITEM.size > len(data):
-            return None
-        qos, length = _ITEM.unpack_from(data, pos)
-        pos += _ITEM.size
-        if qos > 2 or pos + length > len(data):
-            return None
-        items.append((qos, data[pos : pos + length]))
-        pos += length
-    if pos != len(data) or not items:
-        return None
-    return origin, first, items
-
-
 class _Batch:
     """Messages of one topic with consecutive sequence numbers, for one PUBLISH."""
 
@@ -122,225 +89,14 @@ class _Batch:
         self.size = len(msg.payload)
 
 
-def decode_envelope(data: bytes) -> tuple[bytes, int, int, bool, bytes, bytes] | None:
-    """(origin, seq, qos, retain, properties block, payload), or None for a raw payload."""
-    if len(data) < HEADER_SIZE or data[:5] != MAGIC:
-        return None
-    _, flags, origin, seq = _HEAD.unpack_from(data)
-    if flags & F_QOS == 3 or flags & 0xF0:
-        return None  # not an envelope we wrote: taken as a raw payload
-    pos = HEADER_SIZE
-    block = b"\x00"
-    if flags & F_PROPS:
-        try:
-            length, end = codec.decode_varint(data, pos)
-        except PacketError:
-            return None
-        if end + length > len(data):
-            return None
-        block = data[pos : end + length]
-        pos = end + length
-    return origin, seq, flags & F_QOS, bool(flags & F_RETAIN), block, data[pos:]
-
-
-def _pack(msg: Any) -> str:
-    """A message as text, for a session handed to another node."""
-    return base64.b64encode(
-        msg.topic.encode() + b"\x00" + encode_envelope(b"\x00" * 8, 0, msg)
-    ).decode()
-
-
-def _unpack(text: str) -> Any:
-    raw = base64.b64decode(text)
-    topic, _, data = raw.partition(b"\x00")
-    _, _, qos, retain, block, payload = decode_envelope(data)  # type: ignore[misc]
-    props = decode_properties(block) if block != b"\x00" else None
-    return route.Message(topic.decode(), payload, qos, retain, props, block)
-
-
-def _retained_message(topic_b: bytes, data: bytes) -> Any:
-    """A retained message as kept in Redis (envelope + payload), or None if unreadable."""
-    env = decode_envelope(data)
-    if env is None:
-        return None
-    origin, _, qos, _, block, payload = env
-    try:
-        props = decode_properties(block) if block != b"\x00" else None
-    except (PacketError, ValueError):
-        return None
-    msg = route.Message(
-        topic_b.decode(errors="replace"), payload, qos, True, props, block, (origin, 0)
-    )
-    if props and 0x02 in props:
-        # The time it already waited is not kept: the interval starts again here
-        msg.expires_at = time.monotonic() + props[0x02]
-    return msg
-
-
-def decode_properties(block: bytes) -> dict:
-    """The MQTT 5 properties of an encoded property block (as carried in the envelope)."""
-    if block == b"\x00":
-        return {}
-    body = b"\x00\x01t" + block
-    packet = b"\x30" + codec.encode_varint(len(body)) + body
-    (pub,) = codec.Reader(protocol_level=5, max_packet_size=1 << 28).feed(packet)
-    return pub.properties
-
-
-_GLOB_SPECIAL = re.compile(rb"([\\*?\[\]])")
-
-
-def _glob_escape(data: bytes) -> bytes:
-    return _GLOB_SPECIAL.sub(rb"\\\1", data)
-
-
-def redis_key(prefix: bytes, filt: str) -> tuple[bool, bytes]:
-    """(is_pattern, channel or glob) for an MQTT filter. A pattern is at least as wide as the
-    filter (a glob ``*`` also crosses ``/``); the node's own tree does the exact matching."""
-    levels = filt.split("/")
-    if "+" not in levels and "#" not in levels:
-        return False, prefix + filt.encode()
-    out = _glob_escape(prefix)
-    if levels[-1] == "#":
-        levels = levels[:-1]
-        # "a/#" matches "a" too [MQTT-4.7.1-2]: the glob "a*" covers both
-        tail = b"*"
-    else:
-        tail = b""
-    parts = [b"*" if lv == "+" else _glob_escape(lv.encode()) for lv in levels]
-    return True, out + b"/".join(parts) + tail
-
-
-def _glob_regex(pattern: bytes) -> re.Pattern[bytes]:
-    """Redis's glob semantics for the patterns we make: ``*`` and backslash escapes."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        c = pattern[i : i + 1]
-        if c == b"\\" and i + 1 < len(pattern):
-            out.append(re.escape(pattern[i + 1 : i + 2]))
-            i += 2
-            continue
-        out.append(b".*" if c == b"*" else re.escape(c))
-        i += 1
-    return re.compile(b"".join(out) + rb"\Z", re.DOTALL)
-
-
-def _command(*args: bytes) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
-class _Resp(asyncio.Protocol):
-    """A RESP connection whose replies go to a callback (hiredis parses them)."""
-
-    def __init__(self, on_reply: Any, on_lost: Any) -> None:
-        self.reader = hiredis.Reader()
-        self.on_reply = on_reply
-        self.on_lost = on_lost
-        self.transport: Any = None
-        self.lost = False
-        self.last_rx = time.monotonic()  # Redis is alive while it sends anything
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.last_rx = time.monotonic()
-        reader = self.reader
-        reader.feed(data)
-        on_reply = self.on_reply
-        while True:
-            reply = reader.gets()
-            if reply is False:
-                return
-            on_reply(reply)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.on_lost(self, exc)
-
-
-class _PushResp(_Resp):
-    """The subscription connection: its stream goes to a ``route.PushReader``, which delivers
-    the common messages itself (compiled) and hands the rest to the bridge's ``_on_push``."""
-
-    def __init__(self, push: Any, on_lost: Any) -> None:
-        super().__init__(None, on_lost)
-        self.push = push
-
-    def data_received(self, data: bytes) -> None:
-        self.last_rx = time.monotonic()
-        self.push.feed(data)
-
-
-def is_cluster_url(url: str) -> bool:
-    """``redis+cluster://`` / ``rediss+cluster://``: join through a Redis Cluster (sharded
-    pub/sub, mqttd.redis_cluster)."""
-    return url.split("://", 1)[0].lower() in ("redis+cluster", "rediss+cluster")
-
-
-#: the schemes --redis-url takes, as the error for any other lists them
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
-
-
-def _shown(url: str) -> str:
-    """``url`` with its password masked: the error line lands in logs."""
-    return re.sub(r"^([^:/]*://[^/@:]*:)[^/@]*@", r"\1***@", url)
-
-
-def check_redis_url(url: str) -> None:
-    """ValueError in one line if ``url`` is no Redis URL mqttd can use (scheme, port, database).
-
-    The one check of a URL, run when the options are read (BrokerConfig.validate), so that a typo
-    stops the start at once instead of after a connection attempt. redis-py would take
-    ``redis://host/abc`` as database 0 and ``redis://host/3/4`` as 34: both are refused here.
-    """
-    head = f"redis_url {_shown(url)!r}"
-    scheme, sep, _ = url.partition("://")
-    if not sep or scheme.lower() not in REDIS_SCHEMES:
-        said = f"unknown scheme {scheme!r}" if sep else "no scheme"
-        accepted = ", ".join(s + "://" for s in REDIS_SCHEMES)
-        raise ValueError(f"{head}: {said}; use one of {accepted}")
-    scheme = scheme.lower()
-    example = "unix:///run/redis.sock?db=0" if scheme == "unix" else f"{scheme}://host:6379/0"
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # an unclosed [IPv6 address
-        raise ValueError(f"{head}: {exc} ({example})") from None
-    hostport = parts.netloc.rpartition("@")[2]
-    port_text = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
-    port_text = port_text.partition(":")[2]
-    if port_text and not (port_text.isascii() and port_text.isdigit() and int(port_text) < 65536):
-        raise ValueError(f"{head}: port {port_text!r} is not a number 0..65535 ({example})")
-    if scheme == "unix" and not parts.path:
-        raise ValueError(f"{head}: give the path of the socket (unix:///run/redis.sock)")
-    # unix:// has the socket as its path and the database in ?db=; the others /db or ?db=
-    db_text = "" if scheme == "unix" else parts.path.lstrip("/")
-    db_text = db_text or dict(parse_qsl(parts.query)).get("db", "")
-    if db_text and not (db_text.isascii() and db_text.isdigit()):
-        raise ValueError(f"{head}: database {db_text!r} is not a number ({example})")
-    if is_cluster_url(url) and db_text and int(db_text) != 0:
-        raise ValueError(f"{head}: a Redis Cluster has only database 0")
-    plain = url if not is_cluster_url(url) else scheme.removesuffix("+cluster") + url[len(scheme) :]
-    try:
-        parse_url(plain)  # whatever else redis-py refuses (a bad query argument)
-    except ValueError as exc:
-        raise ValueError(f"{head}: {exc}") from None
-
-
 class RedisBridge:
-    """Joins one broker to the others through Redis pub/sub."""
+    """Joins one broker to the others through Redis pub/sub.
 
-    def __new__(cls, broker: Broker, url: str, prefix: str = "") -> RedisBridge:
-        # A cluster URL gets the sharded transport; everything above the transport is shared
-        if cls is RedisBridge and is_cluster_url(url):
-            from mqttd.redis_cluster import RedisClusterBridge
+    The transport for one Redis server; ``mqttd.redis.cluster`` replaces it for a Redis Cluster
+    and keeps everything above it. ``mqttd.redis.open_bridge`` picks the class from the URL."""
 
-            return super().__new__(RedisClusterBridge)
-        return super().__new__(cls)
+    #: the broker has other nodes to tell (``mqttd.peers.Peers``; $SYS and health read it)
+    remote = True
 
     def __init__(self, broker: Broker, url: str, prefix: str = "") -> None:
         self.broker = broker
@@ -925,7 +681,10 @@ class RedisBridge:
     def stamp(self, msg: Any) -> int:
         """Give a message entering here its identity across nodes: (this node, the next
         sequence number of its topic). Numbers count per topic because a node receives only the
-        topics it subscribes to: a gap in one topic's numbers is a message pub/sub lost."""
+        topics it subscribes to: a gap in one topic's numbers is a message pub/sub lost.
+        ``$SYS`` is per node, as in Mosquitto: never stamped nor forwarded."""
+        if msg.topic.startswith("$SYS"):
+            return 0
         seqs = self.topic_seq
         seq = seqs.get(msg.topic, 0) + 1
         if seq == 1 and len(seqs) >= MAX_TRACKED_TOPICS:
@@ -941,6 +700,8 @@ class RedisBridge:
         batch (``MAGIC_BATCH``): Redis then does one command, and the receiving nodes one push,
         for all of them. Order is kept: only a run of the same topic with nothing in between is
         batched. A message with properties or the retain flag goes alone, as before."""
+        if msg.topic.startswith("$SYS"):
+            return  # per node (stamp)
         if not self.up:
             self.stats["not_forwarded"] += 1
             return
@@ -970,7 +731,7 @@ class RedisBridge:
 
     def _publish_command(self, msg: Any, seq: int) -> bytes:
         """PUBLISH channel envelope+payload, framed in one formatting step (a generic command
-        builder took 1.1 us of the 3.4 us forward)."""
+        builder took 1.1 us of the 3.4 us forward); the envelope is encode_envelope's, inline."""
         channel = self.prefix_b + msg.topic.encode()
         flags = msg.qos | (F_RETAIN if msg.retain else 0)
         block = msg.props_block
@@ -983,7 +744,7 @@ class RedisBridge:
             len(channel),
             channel,
             HEADER_SIZE + len(block) + len(payload),
-            _HEAD.pack(MAGIC, flags, self.node, seq),
+            HEAD.pack(MAGIC, flags, self.node, seq),
             block,
             payload,
         )
@@ -993,13 +754,7 @@ class RedisBridge:
         if len(msgs) == 1:
             return self._publish_command(msgs[0], run.first)
         channel = self.prefix_b + run.topic.encode()
-        item = _ITEM.pack
-        parts = [_HEAD_BATCH.pack(MAGIC_BATCH, 0, self.node, run.first, len(msgs))]
-        for m in msgs:
-            payload = m.payload
-            parts.append(item(m.qos, len(payload)))
-            parts.append(payload)
-        body = b"".join(parts)
+        body = encode_batch(self.node, run.first, msgs)
         return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
             len(channel),
             channel,
@@ -1093,36 +848,3 @@ class RedisBridge:
             "patterns": len(self.patterns),
             **self.stats,
         }
-
-
-class RedisStorage(MemoryStorage):
-    """The store of a node joined through Redis: retained messages are kept in Redis for every
-    node (and in this node's memory, which serves while Redis is away); sessions and client ids
-    stay in memory, with the bridge moving them between nodes."""
-
-    def __init__(self, bridge: RedisBridge) -> None:
-        super().__init__()
-        self.bridge = bridge
-
-    def retain(self, msg: Any) -> None:
-        super().retain(msg)
-        origin = msg.origin
-        if origin is None or origin[0] == self.bridge.node:
-            # Entered here: written to Redis once, by this node (never $SYS, which is per node)
-            if not msg.topic.startswith("$SYS"):
-                self.bridge.store_retained(msg)
-
-    def retained_now(self, filt: str) -> list[Any] | None:
-        # While Redis is up it is the one that knows what every node retained; $SYS is this
-        # node's own
-        if self.bridge.up and not filt.startswith("$SYS"):
-            return None
-        return super().retained_now(filt)
-
-    async def retained(self, filt: str) -> list[Any]:
-        if self.bridge.up and not filt.startswith("$SYS"):
-            try:
-                return await self.bridge.fetch_retained(filt)
-            except (OSError, RedisError, TimeoutError) as exc:
-                log.warning("retained messages from this node only: Redis said %s", exc)
-        return await super().retained(filt)

@@ -1,0 +1,214 @@
+"""One broker process, assembled: the MQTT core, its listener, the other nodes, ``$SYS``.
+
+:class:`Node` is the front door. It builds a :class:`~mqttd.broker.Broker` (sessions, routing,
+retained messages, wills: MQTT without sockets), joins the other nodes through Redis when the
+configuration names one (:mod:`mqttd.redis`; otherwise the broker's peers are
+:data:`mqttd.peers.LOCAL`), opens the listener whose connections are
+:class:`mqttd.listener.StreamProtocol` over :class:`mqttd.connection.Connection`, and publishes
+``$SYS``. The ``mqttd`` command (:mod:`mqttd.cli`) and :class:`mqttd.MQTTApp` both run a node
+through :func:`serve`, so start-up errors, the start line and signal handling are written once.
+
+Layers, top to bottom (docs/architecture.md): cli / app -> node -> broker, listener, redis ->
+connection -> the compiled hot paths (codec, match, route). Nothing below imports what is above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import IO, Any
+
+from mqttd import redis as redis_wing
+from mqttd import systopics
+from mqttd.broker import Broker, BrokerConfig, tls_context
+from mqttd.listener import StreamProtocol
+from mqttd.redis import RedisUnavailable, open_bridge
+from mqttd.storage import MemoryStorage, Storage
+from mqttd.version import version_line
+
+log = logging.getLogger("mqttd")
+
+#: the log line format of a node, whoever runs it
+LOG_FORMAT = "%(asctime)s mqttd[%(process)d] %(levelname)s: %(message)s"
+
+
+#: what a node's start raises for a reason the user can fix: one line says which (start_error)
+START_ERRORS = (OSError, RedisUnavailable, ValueError)
+
+
+class Node:
+    """One mqttd node: ``await node.start()``, then ``await node.shutdown()``."""
+
+    def __init__(
+        self,
+        config: BrokerConfig | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        storage: Storage | None = None,
+    ) -> None:
+        self.config = config or BrokerConfig()
+        #: the MQTT core; hooks and observers are set on it before start
+        self.broker = Broker(self.config, storage)
+        #: TLS for the listener: given, or made from config.certfile / config.keyfile at start
+        self.ssl_context = ssl_context
+        self.server: asyncio.base_events.Server | None = None
+        self.sys_publisher: systopics.SysPublisher | None = None
+        self._bridge: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Join Redis (if configured), listen, start ``$SYS``; returns once clients can connect.
+
+        Raises one of :data:`START_ERRORS` (the port is taken, Redis is away, the TLS files are
+        wrong: :meth:`start_error` says it in one line) after closing whatever it opened.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.shutdown()
+            raise
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        broker, cfg = self.broker, self.config
+        broker.attach(loop)
+        if cfg.redis_url:
+            bridge = open_bridge(broker, cfg.redis_url, cfg.redis_prefix)
+            await bridge.start()  # RedisUnavailable, having closed what it opened
+            self._bridge = broker.peers = bridge
+            if type(broker.storage) is MemoryStorage:
+                # (an attribute of the package, loaded with redis-py on first use: a node
+                # without Redis never imports it)
+                broker.storage = redis_wing.RedisStorage(bridge)
+            count = await bridge.load_retained()
+            log.info("loaded %d retained messages from Redis", count)
+        if self.ssl_context is None and cfg.certfile:
+            self.ssl_context = tls_context(cfg.certfile, cfg.keyfile)
+        self.server = await loop.create_server(
+            lambda: StreamProtocol(broker),
+            cfg.host,
+            cfg.port,
+            reuse_address=True,
+            backlog=1024,
+            ssl=self.ssl_context,
+        )
+        broker.started_at = time.time()
+        self.sys_publisher = systopics.start_publisher(broker)  # None when sys_interval is 0
+
+    def start_error(self, exc: BaseException) -> str:
+        """One line for a start that raised one of :data:`START_ERRORS`."""
+        cfg = self.config
+        if isinstance(exc, OSError):
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {cfg.port} on {cfg.host} is already in use (another broker? pick --port)"
+                )
+            return f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
+        return str(exc)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of each listening socket (the real port when the config said 0)."""
+        if self.server is None:
+            return []
+        return [s.getsockname()[:2] for s in self.server.sockets]
+
+    def start_line(self) -> str:
+        """The line a started node logs; tests and scripts read the address and pid from it."""
+        host, port = self.addresses[0]
+        hint = ""
+        if self.config.host in ("127.0.0.1", "localhost", "::1"):
+            hint = "; local clients only, use --host 0.0.0.0 to accept remote clients"
+        tls = " with TLS" if self.ssl_context is not None else ""
+        return f"{version_line()} listening on {host}:{port} (pid {os.getpid()}){tls}{hint}"
+
+    async def serve_forever(self, until: asyncio.Event | None = None) -> None:
+        """Wait until SIGINT or SIGTERM arrives (or ``until`` is set): the signals are this
+        node's while it waits, and the loop's again after."""
+        loop = asyncio.get_running_loop()
+        stop = until if until is not None else asyncio.Event()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop listening, tell MQTT 5 clients (DISCONNECT 0x8B), close every connection, stop the
+        session timers, leave Redis; within ``timeout`` seconds if given (then what is left is
+        abandoned, with a warning). Safe to call on a node that did not (fully) start."""
+        if timeout is None:
+            return await self._shutdown()
+        try:
+            await asyncio.wait_for(self._shutdown(), timeout)
+        except TimeoutError:
+            log.warning("shutdown: the node did not stop within %.1f s", timeout)
+
+    async def _shutdown(self) -> None:
+        broker = self.broker
+        if self.sys_publisher is not None:
+            self.sys_publisher.stop()
+            self.sys_publisher = None
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
+        broker.close_connections()
+        if server is not None:
+            await server.wait_closed()
+        bridge, self._bridge = self._bridge, None
+        if bridge is not None:
+            await bridge.stop()
+
+
+async def serve(
+    node: Node,
+    *,
+    stopping: Callable[[], Awaitable[None]] | None = None,
+    until: asyncio.Event | None = None,
+) -> int:
+    """Start ``node`` and run it until SIGINT or SIGTERM (or ``until`` is set); the exit status.
+
+    A start-up error is one line on stderr and status 1. ``stopping`` replaces
+    ``node.shutdown()`` (the library also waits for its handlers).
+    """
+    try:
+        await node.start()
+    except START_ERRORS as exc:
+        print(f"mqttd: error: {node.start_error(exc)}", file=sys.stderr)
+        return 1
+    log.info("%s", node.start_line())
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    await node.serve_forever(until)
+    log.info("stopping")
+    await (stopping() if stopping is not None else node.shutdown())
+    return 0
+
+
+def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run ``main()`` on uvloop when it is installed (else asyncio); Ctrl-C is status 0."""
+    try:
+        import uvloop
+    except ImportError:
+        runner: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        return runner(main())
+    except KeyboardInterrupt:
+        return 0
+
+
+def setup_logging(level: str, stream: IO[str] | None = None) -> None:
+    """Log at ``level`` ("info", ...) in the node's format, to ``stream`` (stderr if None)."""
+    logging.basicConfig(level=getattr(logging, level.upper()), format=LOG_FORMAT, stream=stream)

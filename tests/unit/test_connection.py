@@ -1,0 +1,379 @@
+"""The connection core (mqttd.connection) driven without sockets and without waiting: bytes in
+from the independent encoder of the conformance tests, bytes out read from a fake link, time from
+a fake clock that the test moves. Keepalive, the CONNECT deadline, session expiry and the will
+delay are checked to the tenth of a second in no time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from mqttd.broker import Broker, BrokerConfig
+from mqttd.connection import Connection
+from tests.conformance.mqtt_raw import (
+    CONNACK,
+    DISCONNECT,
+    PUBLISH,
+    SESSION_EXPIRY_INTERVAL,
+    SUBACK,
+    WILL_DELAY_INTERVAL,
+    Packet,
+    connect,
+    decode_varint,
+    disconnect,
+    parse_connack,
+    parse_disconnect,
+    parse_publish,
+    prop,
+    props,
+    subscribe,
+)
+
+KEEP_ALIVE_TIMEOUT = 0x8D
+
+
+class Handle:
+    """What call_later / call_soon return."""
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple) -> None:
+        self.when, self.callback, self.args = when, callback, args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeTask:
+    """A task over a coroutine that never waits for I/O (the in-memory store answers at once)."""
+
+    def __init__(self, loop: FakeLoop, coro: Any) -> None:
+        self.loop, self.coro = loop, coro
+        self.done = False
+        self.error: BaseException | None = None
+        self.callbacks: list[Callable[[FakeTask], Any]] = []
+        loop.call_soon(self._step)
+
+    def _step(self) -> None:
+        try:
+            waited = self.coro.send(None)
+        except StopIteration:
+            pass
+        except BaseException as exc:
+            self.error = exc
+        else:
+            raise AssertionError(f"the core awaited {waited!r}, which a fake loop cannot run")
+        self.done = True
+        for cb in self.callbacks:
+            self.loop.call_soon(cb, self)
+
+    def add_done_callback(self, cb: Callable[[FakeTask], Any]) -> None:
+        if self.done:
+            self.loop.call_soon(cb, self)
+        else:
+            self.callbacks.append(cb)
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> BaseException | None:
+        return self.error
+
+
+class FakeLoop:
+    """The clock, timers, turns and tasks of an event loop; time moves only in advance()."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timers: list[tuple[float, int, Handle]] = []
+        self.ready: deque[Handle] = deque()
+        self._seq = itertools.count()
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Handle:
+        h = Handle(self.now + delay, callback, args)
+        heapq.heappush(self.timers, (h.when, next(self._seq), h))
+        return h
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> Handle:
+        h = Handle(self.now, callback, args)
+        self.ready.append(h)
+        return h
+
+    def create_task(self, coro: Any) -> FakeTask:
+        return FakeTask(self, coro)
+
+    def run_ready(self) -> None:
+        while self.ready:
+            h = self.ready.popleft()
+            if not h.cancelled:
+                h.callback(*h.args)
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, running each timer at its time, and every turn it makes ready."""
+        until = self.now + seconds
+        self.run_ready()
+        while self.timers and self.timers[0][0] <= until:
+            when, _, h = heapq.heappop(self.timers)
+            self.now = when
+            if not h.cancelled:
+                h.callback(*h.args)
+            self.run_ready()
+        self.now = until
+
+
+class FakeLink:
+    """The transport side: what the core wrote, and whether it closed. Closing ends the
+    connection on the next turn, as asyncio does."""
+
+    def __init__(self, loop: FakeLoop) -> None:
+        self.loop = loop
+        self.out = bytearray()
+        self.closed = False
+        self.core: Connection | None = None
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.out += data
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            assert self.core is not None
+            self.loop.call_soon(self.core.connection_lost, None)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def packets(self) -> list[Packet]:
+        """What was written since the last call, as packets."""
+        data, self.out = bytes(self.out), bytearray()
+        out, pos = [], 0
+        while pos < len(data):
+            first = data[pos]
+            size, start = decode_varint(data, pos + 1)
+            out.append(Packet(first >> 4, first & 0x0F, data[start : start + size]))
+            pos = start + size
+        return out
+
+
+class Net:
+    """A broker on a fake loop, and connections to it."""
+
+    def __init__(self, **config: Any) -> None:
+        self.loop = FakeLoop()
+        self.broker = Broker(BrokerConfig(sys_interval=0, **config))
+        self.broker.attach(self.loop)  # type: ignore[arg-type]
+
+    def open(self, *data: bytes) -> FakeLink:
+        link = FakeLink(self.loop)
+        core = link.core = Connection(self.broker)
+        core.connection_made(link)
+        for chunk in data:
+            core.data_received(chunk)
+        self.loop.run_ready()
+        return link
+
+    def client(self, cid: str, level: int = 5, **kw: Any) -> FakeLink:
+        """A connection that sent CONNECT and got CONNACK 0."""
+        link = self.open(connect(cid, level=level, **kw))
+        (ack,) = link.packets()
+        assert ack.type == CONNACK and parse_connack(ack, level)[1] == 0
+        return link
+
+    def send(self, link: FakeLink, data: bytes) -> None:
+        assert link.core is not None
+        link.core.data_received(data)
+        self.loop.run_ready()
+
+
+def test_connack_goes_out_through_the_link() -> None:
+    net = Net()
+    link = net.open(connect("c1", level=5))
+    (ack,) = link.packets()
+    assert ack.type == CONNACK
+    assert parse_connack(ack, 5)[:2] == (False, 0)
+    assert not link.closed
+
+
+def test_refusal_goes_out_through_the_same_writer() -> None:
+    """Before a session exists the core still has one way out: a refused CONNECT (an
+    Authentication Method nobody registered) gets CONNACK 0x8C, then the link closes."""
+    net = Net()
+    link = net.open(connect("c2", level=5, properties=props(prop(0x15, "nope"))))
+    (ack,) = link.packets()
+    assert parse_connack(ack, 5)[1] == 0x8C
+    assert link.closed
+
+
+def test_connect_deadline() -> None:
+    """A socket that never sends CONNECT is closed after CONNECT_TIMEOUT (10 s)."""
+    net = Net()
+    link = net.open()
+    net.loop.advance(9.9)
+    assert not link.closed
+    net.loop.advance(0.1)
+    assert link.closed and link.packets() == []
+
+
+@pytest.mark.parametrize("level", [4, 5])
+def test_keepalive_closes_after_one_and_a_half_times(level: int) -> None:
+    """Nothing received for 1.5 x keepalive: closed as if the network failed ([MQTT-3.1.2-24],
+    5.0 [MQTT-3.1.2-22]); MQTT 5 is told 0x8D first. Traffic restarts the count."""
+    net = Net()
+    link = net.client("ka", level, keepalive=10)
+    net.loop.advance(14.75)  # (quarters: exact in binary, so the edges are exact)
+    assert not link.closed
+    net.send(link, b"\xc0\x00")  # PINGREQ at 14.75 s
+    assert [p.type for p in link.packets()] == [13]
+    net.loop.advance(14.75)
+    assert not link.closed
+    net.loop.advance(0.25)
+    assert link.closed
+    got = link.packets()
+    if level == 5:
+        assert [p.type for p in got] == [DISCONNECT]
+        assert parse_disconnect(got[0]) == KEEP_ALIVE_TIMEOUT
+    else:
+        assert got == []
+
+
+def test_session_expiry_interval() -> None:
+    """A session with Session Expiry 30 outlives its connection by exactly 30 s (MQTT 5
+    §3.1.2.11.2), then it ends."""
+    net = Net()
+    keep = props(prop(SESSION_EXPIRY_INTERVAL, 30))
+    link = net.client("exp", 5, clean=False, properties=keep)
+    link.close()
+    net.loop.advance(29.9)
+    assert "exp" in net.broker.sessions
+    net.loop.advance(0.1)
+    assert "exp" not in net.broker.sessions
+
+
+def _will_client(net: Net, cid: str, delay: int) -> FakeLink:
+    return net.client(
+        cid,
+        5,
+        clean=False,
+        properties=props(prop(SESSION_EXPIRY_INTERVAL, 60)),
+        will_topic="w/gone",
+        will_payload=b"offline",
+        will_props=props(prop(WILL_DELAY_INTERVAL, delay)),
+    )
+
+
+def _watcher(net: Net) -> FakeLink:
+    watcher = net.client("watch", 5)
+    net.send(watcher, subscribe(1, [("w/#", 1)], level=5))
+    assert [p.type for p in watcher.packets()] == [SUBACK]
+    return watcher
+
+
+def test_will_waits_for_its_delay() -> None:
+    """A will is published when its Will Delay Interval has passed [MQTT-3.1.3-9], not before."""
+    net = Net()
+    watcher = _watcher(net)
+    gone = _will_client(net, "wd", 5)
+    gone.close()
+    net.loop.advance(4.9)
+    assert watcher.packets() == []
+    net.loop.advance(0.1)
+    (pub,) = watcher.packets()
+    assert pub.type == PUBLISH
+    m = parse_publish(pub, 5)
+    assert (m.topic, m.payload) == ("w/gone", b"offline")
+
+
+def test_reconnect_within_the_delay_cancels_the_will() -> None:
+    """A new connection to the session before the delay passes: no will [MQTT-3.1.3-9]."""
+    net = Net()
+    watcher = _watcher(net)
+    gone = _will_client(net, "wc", 5)
+    gone.close()
+    net.loop.advance(3)
+    back = net.client("wc", 5, clean=False, properties=props(prop(SESSION_EXPIRY_INTERVAL, 60)))
+    net.loop.advance(10)
+    assert watcher.packets() == []
+    net.send(back, disconnect(level=5))
+    assert back.closed
+
+
+def test_session_end_publishes_a_delayed_will_early() -> None:
+    """The will goes when its delay passes "or the Session ends, whichever happens first"
+    (MQTT 5 §3.1.3.2.2): a 30 s delay, a 5 s session."""
+    net = Net()
+    watcher = _watcher(net)
+    link = net.client(
+        "se",
+        5,
+        clean=False,
+        properties=props(prop(SESSION_EXPIRY_INTERVAL, 5)),
+        will_topic="w/early",
+        will_payload=b"x",
+        will_props=props(prop(WILL_DELAY_INTERVAL, 30)),
+    )
+    link.close()
+    net.loop.advance(4.9)
+    assert watcher.packets() == []
+    net.loop.advance(0.1)
+    assert [parse_publish(p, 5).topic for p in watcher.packets()] == ["w/early"]
+
+
+def test_session_expiry_runs_after_a_lost_connection_too() -> None:
+    """The interval runs from the connection's end, with or without DISCONNECT
+    (§3.1.2.11.2): a 1 s session whose socket died is gone 1 s later."""
+    net = Net()
+    link = net.client("lost", 5, clean=False, properties=props(prop(SESSION_EXPIRY_INTERVAL, 1)))
+    assert link.core is not None
+    link.core.connection_lost(ConnectionResetError())
+    net.loop.advance(0.75)
+    assert "lost" in net.broker.sessions
+    net.loop.advance(0.25)
+    assert "lost" not in net.broker.sessions
+
+
+def test_session_expiry_max_never_expires() -> None:
+    """0xFFFFFFFF means "the Session does not expire" (§3.1.2.11.2), not -1 or 0: still there a
+    year later."""
+    net = Net()
+    link = net.client(
+        "max", 5, clean=False, properties=props(prop(SESSION_EXPIRY_INTERVAL, 2**32 - 1))
+    )
+    link.close()
+    net.loop.advance(365 * 24 * 3600)
+    assert "max" in net.broker.sessions
+
+
+def test_disconnect_can_lengthen_a_nonzero_session_expiry() -> None:
+    """CONNECT with 1 s, DISCONNECT with 60 s: the DISCONNECT's interval replaces the CONNECT's
+    (§3.14.2.2.2; only 0 to non-zero is a Protocol Error)."""
+    net = Net()
+    link = net.client("len", 5, clean=False, properties=props(prop(SESSION_EXPIRY_INTERVAL, 1)))
+    net.send(link, disconnect(0, level=5, properties=props(prop(SESSION_EXPIRY_INTERVAL, 60))))
+    assert link.closed
+    net.loop.advance(59.75)
+    assert "len" in net.broker.sessions
+    net.loop.advance(0.25)
+    assert "len" not in net.broker.sessions
+
+
+def test_keepalive_zero_is_never_closed() -> None:
+    """Keep Alive 0 turns the mechanism off [MQTT-3.1.2-10 (5.0)]: a silent client stays."""
+    net = Net()
+    link = net.client("quiet", 4, keepalive=0)
+    net.loop.advance(24 * 3600)
+    assert not link.closed
