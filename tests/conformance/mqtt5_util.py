@@ -134,8 +134,7 @@ ALLOWED_FROM_SERVER: dict[int, set[int]] = {
 }
 REPEATABLE = {USER_PROPERTY, SUBSCRIPTION_ID}
 
-RECV = 2.0  # waiting for something that must come
-QUIET = 0.3  # making sure that something does not come
+RECV = 2.0  # waiting for something that must come (what must not come: Client.until)
 
 
 # --- packet inspection -----------------------------------------------------------------------
@@ -242,17 +241,6 @@ class C5(Client):
         check_server_packet(p)
         self.stash.insert(0, p)
         return self.recv_publish(timeout, ack=ack)
-
-    def drain(self, timeout: float = QUIET) -> list[Pub]:
-        """Every PUBLISH arriving until ``timeout`` passes without one (acknowledged)."""
-        got: list[Pub] = []
-        while True:
-            try:
-                got.append(self.recv5(timeout))
-            except AssertionError as e:
-                if "no PUBLISH within" in str(e):
-                    return got
-                raise
 
 
 def _connect5(client_id: str, properties: bytes, **kw: object) -> bytes:

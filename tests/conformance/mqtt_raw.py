@@ -48,10 +48,12 @@ NAMES = {
     15: "AUTH",
 }
 
-# Timeouts: short, because the whole conformance folder must run in well under a minute.
+# Timeouts: short, because the whole conformance folder must run in well under a minute. A wait
+# that runs out raises TimeoutError (a hang), never AssertionError (a wrong value).
 RECV_TIMEOUT = 2.0  # waiting for a packet that must come
-QUIET_TIMEOUT = 0.3  # waiting to be sure that a packet does NOT come
+QUIET_TIMEOUT = 0.3  # waiting to be sure that a packet does NOT come (only where time is the rule)
 CLOSE_TIMEOUT = 2.0  # waiting for the broker to close a connection
+MARKER = b"marker"  # the payload of the message a test publishes last (see Client.until)
 
 # MQTT 5 property ids and their data types [MQTT 5 §2.2.2.2]
 BYTE, TWO, FOUR, VARINT, UTF8, BINARY, PAIR = "byte", "two", "four", "varint", "utf8", "bin", "pair"
@@ -499,7 +501,7 @@ class Client:
             try:
                 p = self.recv(max(deadline - time.monotonic(), 0.001))
             except TimeoutError:
-                raise AssertionError(f"no {NAMES[ptype]} within {timeout}s") from None
+                raise TimeoutError(f"no {NAMES[ptype]} within {timeout}s") from None
             except Closed as e:
                 raise AssertionError(
                     f"connection closed ({e}) while waiting for {NAMES[ptype]}"
@@ -511,7 +513,11 @@ class Client:
             return p
 
     def expect_quiet(self, timeout: float = QUIET_TIMEOUT) -> None:
-        """Assert that nothing arrives (and the connection stays open) for ``timeout``."""
+        """Assert that nothing arrives (and the connection stays open) for ``timeout``.
+
+        Only for rules about time (a will before its delay, a message past the Receive
+        Maximum): a late packet passes it. To show that nothing else came, use ``until`` (a
+        marker message) or ``until_pingresp``."""
         assert not self.stash, f"unexpected PUBLISH {self.stash[0]!r}"
         try:
             p = self.recv(timeout)
@@ -532,9 +538,66 @@ class Client:
             except Closed:
                 return got
             except TimeoutError:
-                raise AssertionError(
+                raise TimeoutError(
                     f"broker did not close the connection within {timeout}s (got {got!r})"
                 ) from None
+
+    def until(
+        self, marker: bytes = MARKER, timeout: float = RECV_TIMEOUT, ack: bool = True
+    ) -> list[Pub]:
+        """Every PUBLISH before the first one whose payload is ``marker`` (consumed), each
+        acknowledged as ``recv_publish`` does unless ``ack`` is false (then the caller answers
+        them; send the marker at QoS 0); any other packet before the marker fails.
+
+        The test publishes the marker after the message under test, from the same publisher,
+        on the same topic at the same QoS where it can (an Ordered Topic [MQTT-4.6.0-6]): a
+        duplicate or a stray copy travels the same ordered path and arrives before the marker,
+        however late, where a quiet period would let it pass."""
+        deadline = time.monotonic() + timeout
+        got: list[Pub] = []
+        while True:
+            left = max(deadline - time.monotonic(), 0.001)
+            if not self.stash:
+                try:
+                    p = self.recv(left)
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"marker {marker!r} not received within {timeout}s; before it: {got!r}"
+                    ) from None
+                except Closed as e:
+                    raise AssertionError(
+                        f"connection closed ({e}) while waiting for marker {marker!r}; "
+                        f"before it: {got!r}"
+                    ) from None
+                assert p.type == PUBLISH, f"unexpected packet {p!r} before marker {marker!r}"
+                self.stash.append(p)
+            m = self.recv_publish(left, ack=ack)
+            if m.payload == marker:
+                return got
+            got.append(m)
+
+    def until_pingresp(self, timeout: float = RECV_TIMEOUT) -> list[Pub]:
+        """Send PINGREQ; every PUBLISH not yet read when the PINGRESP comes (then acknowledged as
+        ``recv_publish`` does); any other packet before the PINGRESP fails.
+
+        The broker handles one connection's packets in order, so whatever it owed this client
+        for the packets sent before the PINGREQ (an ack, a retained message, a DISCONNECT) comes
+        first: a marker for what the broker answers on this connection. For messages routed
+        from other clients use ``until``."""
+        self.send(PINGREQ_BYTES)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                p = self.recv(max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                raise TimeoutError(f"no PINGRESP within {timeout}s") from None
+            except Closed as e:
+                raise AssertionError(f"connection closed ({e}) instead of a PINGRESP") from None
+            if p.type == PINGRESP:
+                break
+            assert p.type == PUBLISH, f"unexpected packet {p!r} before the PINGRESP"
+            self.stash.append(p)
+        return [self.recv_publish() for _ in range(len(self.stash))]
 
     def close(self) -> None:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from mqtt_raw import (
+    MARKER,
     PUBACK,
     PUBCOMP,
     PUBLISH,
@@ -45,7 +46,7 @@ def test_qos0_roundtrip(srv, uid, level):
             False,
             False,
         )
-        pub.expect_quiet()  # QoS 0 is not acknowledged
+        assert pub.until_pingresp() == []  # QoS 0 is not acknowledged
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -63,7 +64,8 @@ def test_qos1_flow_both_directions(srv, uid, level):
         assert (m.topic, m.payload, m.qos, m.dup) == (topic, b"one", 1, False)
         assert m.pid != 0
         sub.send(puback(m.pid))
-        sub.expect_quiet()
+        pub.publish(topic, MARKER, qos=1, pid=0x1235)
+        assert sub.until() == []  # not sent again
         sub.ping()  # the connection is still in good shape after the ack
 
 
@@ -89,7 +91,8 @@ def test_qos2_flow_both_directions(srv, uid, level):
         pid, _ = parse_ack(sub.expect(PUBREL), PUBREL, level)  # checks flags == 0b0010
         assert pid == m.pid
         sub.send(pubcomp(m.pid))
-        sub.expect_quiet()
+        pub.publish(topic, MARKER, qos=2, pid=0xBEF0)
+        assert sub.until() == []  # not sent again
         sub.ping()
 
 
@@ -144,7 +147,8 @@ def test_inflight_packet_ids_are_distinct(srv, uid):
         assert len(set(pids)) == 5 and 0 not in pids
         for m in msgs:
             sub.send(puback(m.pid))
-        sub.expect_quiet()
+        pub.publish(topic, MARKER, qos=1, pid=1)
+        assert sub.until() == []
 
 
 def test_qos2_duplicate_publish_delivered_once(srv, uid):
@@ -162,7 +166,8 @@ def test_qos2_duplicate_publish_delivered_once(srv, uid):
         assert parse_ack(pub.expect(PUBCOMP), PUBCOMP)[0] == 77
         m = sub.recv_publish()
         assert m.payload == b"once"
-        sub.expect_quiet(0.5)
+        pub.publish(topic, MARKER, qos=2, pid=78)
+        assert sub.until() == []  # exactly once
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -240,12 +245,12 @@ def test_unacked_qos1_redelivered_with_dup_on_session_resume(srv, uid):
         again = sub2.recv_publish(ack=False)
         assert (again.payload, again.pid, again.qos, again.dup) == (b"again", first.pid, 1, True)
         sub2.send(puback(again.pid))
-        sub2.expect_quiet()
+        assert sub2.until_pingresp() == []  # what a resume re-sends comes right after CONNACK
         sub2.disconnect()
     # Acknowledged now: a further resume does not send it again.
     with Client(srv, 4) as sub3:
         sub3.connect(cid, clean=False)
-        sub3.expect_quiet()
+        assert sub3.until_pingresp() == []
         sub3.disconnect()
     with Client(srv, 4) as cleanup:
         cleanup.connect(cid, clean=True)
@@ -270,7 +275,7 @@ def test_qos2_pubrel_resent_on_session_resume(srv, uid):
         assert sp is True
         assert parse_ack(sub2.expect(PUBREL), PUBREL)[0] == m.pid
         sub2.send(pubcomp(m.pid))
-        sub2.expect_quiet()
+        assert sub2.until_pingresp() == []  # what a resume re-sends comes right after CONNACK
         sub2.disconnect()
     with Client(srv, 4) as cleanup:
         cleanup.connect(cid, clean=True)
@@ -337,11 +342,13 @@ def test_v5_client_receive_maximum_respected(srv, uid):
             for i in range(5):
                 pub.publish(topic, b"%d" % i, qos=1, pid=i + 1)
         first = [sub.recv_publish(ack=False) for _ in range(2)]
-        sub.expect_quiet(0.4)  # a third would exceed Receive Maximum 2
+        # All five were routed before their PUBACKs: a third PUBLISH sent in breach of Receive
+        # Maximum 2 would come before the PINGRESP.
+        assert sub.until_pingresp() == []
         sub.send(puback(first[0].pid))
         third = sub.recv_publish(ack=False)
         assert third.payload == b"2"
-        sub.expect_quiet(0.3)
+        assert sub.until_pingresp() == []  # the PUBACK freed one slot, not two
         for m in (first[1], third):
             sub.send(puback(m.pid))
         rest = [sub.recv_publish().payload for _ in range(2)]
@@ -359,9 +366,10 @@ def test_v5_client_maximum_packet_size_respected(srv, uid):
         with connected(srv, f"p-{uid}", 5) as pub:
             pub.publish(topic, b"x" * 500, qos=1, pid=1)
             pub.publish(topic, b"small", qos=1, pid=2)
+            pub.publish(topic, MARKER, qos=1, pid=3)
         m = sub.recv_publish()
         assert m.payload == b"small"
-        sub.expect_quiet()
+        assert sub.until() == []
 
 
 def test_v5_message_expiry(srv, uid):
@@ -384,7 +392,7 @@ def test_v5_message_expiry(srv, uid):
         pub.publish(
             f"{topic}/ret", b"gone", qos=1, pid=3, retain=True, properties=props(prop(0x02, 1))
         )
-    time.sleep(2.1)
+    time.sleep(2.1)  # the rule is about time: the 1 s messages must expire while they wait
     with Client(srv, 5) as sub2:
         sp, _, _ = sub2.connect(cid, clean=False, properties=keep)
         assert sp is True
@@ -392,9 +400,9 @@ def test_v5_message_expiry(srv, uid):
         assert m.payload == b"long", "the expired message was delivered"
         remaining = m.properties.get(0x02)
         assert remaining and 55 <= remaining[0] <= 59, f"expiry forwarded as {remaining}"
-        sub2.expect_quiet()
+        assert sub2.until_pingresp() == []  # the queue is sent on resume, before the PINGRESP
         sub2.subscribe(f"{topic}/ret", 1, pid=2)
-        sub2.expect_quiet()  # the expired retained message is gone
+        assert sub2.until_pingresp() == []  # the expired retained message is gone
         sub2.disconnect(0)
     with Client(srv, 5) as cleanup:
         cleanup.connect(cid, clean=True)

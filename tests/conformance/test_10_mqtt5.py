@@ -50,6 +50,7 @@ from mqtt5_util import (
 )
 from mqtt_raw import (
     CONNACK,
+    MARKER,
     PUBACK,
     PUBCOMP,
     PUBREC,
@@ -336,7 +337,7 @@ def test_session_expiry_zero_ends_session_at_disconnect(srv, uid):
     with C5(srv) as c:
         c.open(cid, clean=False)
         assert c.session_present is False
-        c.expect_quiet()
+        assert c.until_pingresp() == []  # a resumed session's queue comes right after CONNACK
 
 
 def test_session_expiry_interval_honoured(srv, uid):
@@ -346,7 +347,7 @@ def test_session_expiry_interval_honoured(srv, uid):
     cid, topic = f"se2-{uid}", f"se2/{uid}"
     keep = prop(SESSION_EXPIRY, 2)
     _make_session(srv, cid, topic, 2)
-    time.sleep(0.5)
+    time.sleep(0.5)  # the rule is about time: resumed within the interval
     with v5(srv, f"p-{uid}") as pub:
         pub.pub5(topic, b"queued", qos=1)
     with C5(srv) as c:
@@ -354,30 +355,8 @@ def test_session_expiry_interval_honoured(srv, uid):
         assert c.session_present is True
         assert c.recv5().payload == b"queued"
         c.disconnect()
-    time.sleep(3.0)
+    time.sleep(3.0)  # the rule is about time: past the 2 s interval
     assert _session_present(srv, cid) is False, "session outlived its 2 s expiry"
-
-
-def test_session_expiry_counts_after_connection_loss(srv, uid):
-    """The interval also runs when the connection is lost without DISCONNECT (§3.1.2.11.2:
-    "when the Network Connection is closed"): a killed 1 s session is gone after 2.5 s."""
-    cid = f"sek-{uid}"
-    c = v5(srv, cid, prop(SESSION_EXPIRY, 1))
-    c.sub(f"sek/{uid}", qos=1)
-    c.kill()
-    time.sleep(2.5)
-    assert _session_present(srv, cid) is False
-
-
-def test_session_expiry_max_never_expires(srv, uid):
-    """0xFFFFFFFF means "the Session does not expire" (§3.1.2.11.2): still present after 1.5 s
-    (a server reading the value as signed -1 or as 0 fails this)."""
-    cid = f"semax-{uid}"
-    _make_session(srv, cid, f"semax/{uid}", 0xFFFFFFFF)
-    time.sleep(1.5)
-    assert _session_present(srv, cid) is True
-    with v5(srv, cid) as c:  # Clean Start 1 + expiry 0: remove it
-        c.disconnect()
 
 
 def test_disconnect_can_shorten_session_expiry(srv, uid):
@@ -389,20 +368,6 @@ def test_disconnect_can_shorten_session_expiry(srv, uid):
         c.send(disconnect(0, level=5, properties=props(prop(SESSION_EXPIRY, 0))))
         c.wait_closed()
     assert _session_present(srv, cid) is False
-
-
-def test_disconnect_can_lengthen_nonzero_session_expiry(srv, uid):
-    """CONNECT 1 then DISCONNECT 60: allowed (only 0 -> non-zero is forbidden, §3.14.2.2.2);
-    the session is still there after 2 s."""
-    cid = f"sed60-{uid}"
-    with v5(srv, cid, prop(SESSION_EXPIRY, 1)) as c:
-        c.sub(f"sed60/{uid}", qos=1)
-        c.send(disconnect(0, level=5, properties=props(prop(SESSION_EXPIRY, 60))))
-        c.wait_closed()
-    time.sleep(2.0)
-    assert _session_present(srv, cid) is True
-    with v5(srv, cid) as c:
-        c.disconnect()
 
 
 def test_disconnect_zero_to_nonzero_session_expiry_is_protocol_error(srv, uid):
@@ -435,17 +400,19 @@ def test_clean_start_discards_existing_session(srv, uid):
     """Clean Start 1 discards an existing session [MQTT-3.1.2-4] with Session Present 0
     [MQTT-3.2.2-2], even with a new non-zero expiry: its subscriptions and queued messages are
     gone."""
-    cid, topic = f"cs-{uid}", f"cs/{uid}"
+    cid, topic, marker = f"cs-{uid}", f"cs/{uid}", f"cs-marker/{uid}"
     _make_session(srv, cid, topic, 60)
     with v5(srv, f"p-{uid}") as pub:
         pub.pub5(topic, b"old", qos=1)
     with C5(srv) as c:
         c.open(cid, prop(SESSION_EXPIRY, 60), clean=True)
         assert c.session_present is False
-        c.expect_quiet()  # the queued message went with the session
+        assert c.until_pingresp() == []  # the queued message went with the session
+        c.sub(marker, qos=1)
         with v5(srv, f"p2-{uid}") as pub:
             pub.pub5(topic, b"new", qos=1)
-        c.expect_quiet()  # and so did the subscription
+            pub.pub5(marker, MARKER, qos=1)
+        assert c.until() == []  # and so did the subscription
         c.disconnect()
     with v5(srv, cid) as c:
         c.disconnect()
@@ -510,7 +477,7 @@ def test_data_after_refused_connect_not_processed(srv, uid):
     expect_connect_refused(c, (BAD_AUTH_METHOD, NOT_AUTHORIZED))
     with v5(srv, f"s-{uid}") as sub:
         sub.sub(topic, qos=1)
-        sub.expect_quiet(0.5)
+        assert sub.until_pingresp() == []  # no retained message: it was not stored
 
 
 @pytest.mark.mosquitto_deviation(

@@ -1,7 +1,8 @@
 """Helpers for the real-client interop tests: a paho-mqtt 2.x client driven from a test thread,
 and a line reader for the Mosquitto command-line clients.
 
-Every wait is on a queue with a deadline, never a fixed sleep.
+Every wait is on a queue with a deadline, never a fixed sleep. A wait that runs out raises
+TimeoutError, so that a hang never reads as a wrong value (an AssertionError).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class Paho:
             self.connack = self.connacks.get(timeout=TIMEOUT)
         except queue.Empty:
             self.stop()
-            raise AssertionError(f"{cid}: no CONNACK within {TIMEOUT}s") from None
+            raise TimeoutError(f"{cid}: no CONNACK within {TIMEOUT}s") from None
         if not expect_failure:
             assert not self.connack.reason.is_failure, f"{cid}: CONNACK {self.connack.reason}"
 
@@ -175,7 +176,7 @@ class Paho:
         try:
             got_mid, rcs = self.subacks.get(timeout=TIMEOUT)
         except queue.Empty:
-            raise AssertionError(f"no SUBACK for {topic} within {TIMEOUT}s") from None
+            raise TimeoutError(f"no SUBACK for {topic} within {TIMEOUT}s") from None
         assert got_mid == mid
         assert len(rcs) == 1 and not rcs[0].is_failure, f"SUBACK {rcs}"
         return rcs[0].value
@@ -198,7 +199,7 @@ class Paho:
         try:
             return self.messages.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"no message within {timeout}s") from None
+            raise TimeoutError(f"no message within {timeout}s") from None
 
     def messages_until(self, topic: str, payload: bytes | None = None) -> list[Received]:
         """All messages up to and including the first one on ``topic`` (with ``payload``)."""
@@ -226,7 +227,7 @@ class Paho:
         try:
             return self.disconnects.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"not disconnected within {timeout}s") from None
+            raise TimeoutError(f"not disconnected within {timeout}s") from None
 
     def disconnect(self, properties: Properties | None = None) -> None:
         """A clean DISCONNECT, waiting until paho reports the connection closed."""
@@ -299,7 +300,7 @@ class Lines:
             self.seen.append(line)
             if pred(line):
                 return line
-        raise AssertionError(f"no matching line from {self.cmd} within {timeout}s: {self.seen}")
+        raise TimeoutError(f"no matching line from {self.cmd} within {timeout}s: {self.seen}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

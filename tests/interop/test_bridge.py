@@ -130,10 +130,11 @@ def bridged(tmp_path) -> Iterator[Bridged]:
                     break
                 if _state_topic(m.topic) and m.payload == b"1":
                     state = m.topic
-            assert state is not None, (
-                f"the bridge did not report '1' on {STATE_PREFIX}<id>/state on mqttd within "
-                f"{BRIDGE_UP}s; mosquitto said:\n" + "".join(output)
-            )
+            if state is None:
+                raise TimeoutError(
+                    f"the bridge did not report '1' on {STATE_PREFIX}<id>/state on mqttd within "
+                    f"{BRIDGE_UP}s; mosquitto said:\n" + "".join(output)
+                )
         finally:
             watch.stop()
         yield Bridged(remote, Address("127.0.0.1", port), state, proc)

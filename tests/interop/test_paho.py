@@ -69,7 +69,7 @@ class Paho:
         try:
             return self.messages.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"no message within {timeout}s") from None
+            raise TimeoutError(f"no message within {timeout}s") from None
 
     def messages_until(self, topic: str) -> list:
         """All messages up to and including the first one on ``topic``."""

@@ -74,7 +74,7 @@ class Program:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"no line with {text!r}; output:\n" + "".join(self.output))
+                raise TimeoutError(f"no line with {text!r}; output:\n" + "".join(self.output))
             try:
                 line = self.lines.get(timeout=left)
             except queue.Empty:

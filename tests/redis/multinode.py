@@ -1,7 +1,8 @@
 """Helpers for the multi-node (Redis) tests: a paho-mqtt 2.x client driven from the test thread,
 MQTT topic matching as the oracle, and readers for what Redis itself carries.
 
-Every wait is on a queue with a deadline. "Nothing else arrived" is checked with a marker: the
+Every wait is on a queue with a deadline, and one that runs out raises TimeoutError (a hang),
+not AssertionError (a wrong value). "Nothing else arrived" is checked with a marker: the
 test publishes a last message the client does match and collects what came before it; a stray or
 duplicate copy would travel the same ordered path (one Redis connection per node, one MQTT
 connection per client) and so arrive before the marker.
@@ -127,7 +128,7 @@ class Client:
             rc = self._connacks.get(timeout=TIMEOUT)
         except queue.Empty:
             self.close()
-            raise AssertionError(f"{self.cid}: no CONNACK within {TIMEOUT}s") from None
+            raise TimeoutError(f"{self.cid}: no CONNACK within {TIMEOUT}s") from None
         assert not rc.is_failure, f"{self.cid}: CONNACK {rc}"
 
     def _on_message(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
@@ -142,7 +143,7 @@ class Client:
         try:
             got_mid, rcs = self._acks.get(timeout=TIMEOUT)
         except queue.Empty:
-            raise AssertionError(f"{self.cid}: no {what} within {TIMEOUT}s") from None
+            raise TimeoutError(f"{self.cid}: no {what} within {TIMEOUT}s") from None
         assert got_mid == mid, f"{self.cid}: {what} for mid {got_mid}, expected {mid}"
         return rcs
 
@@ -184,7 +185,7 @@ class Client:
         try:
             return self.messages.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"{self.cid}: no message within {timeout}s") from None
+            raise TimeoutError(f"{self.cid}: no message within {timeout}s") from None
 
     def collect(self, n: int, timeout: float = TIMEOUT) -> list[Msg]:
         """Exactly the next ``n`` messages (fails if fewer arrive in time)."""
@@ -193,7 +194,7 @@ class Client:
         while len(out) < n:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"{self.cid}: {len(out)} of {n} messages in {timeout}s")
+                raise TimeoutError(f"{self.cid}: {len(out)} of {n} messages in {timeout}s")
             try:
                 out.append(self.messages.get(timeout=left))
             except queue.Empty:
@@ -211,7 +212,7 @@ class Client:
             except queue.Empty:
                 if left <= 0:
                     got = [(x.topic, x.payload[:40]) for x in out]
-                    raise AssertionError(
+                    raise TimeoutError(
                         f"{self.cid}: marker {marker!r} not received in {timeout}s; got {got}"
                     ) from None
                 continue
@@ -315,13 +316,14 @@ class RedisWatcher:
                         self.messages.put((m["channel"], m["data"]))
 
             threading.Thread(target=read_py, daemon=True).start()
-        assert subscribed.wait(TIMEOUT), f"Redis SUBSCRIBE {channel} not confirmed"
+        if not subscribed.wait(TIMEOUT):
+            raise TimeoutError(f"Redis SUBSCRIBE {channel} not confirmed within {TIMEOUT}s")
 
     def get(self, timeout: float = TIMEOUT) -> tuple[bytes, bytes]:
         try:
             return self.messages.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"nothing seen on Redis within {timeout}s") from None
+            raise TimeoutError(f"nothing seen on Redis within {timeout}s") from None
 
     def close(self) -> None:
         if self.proc is not None:
@@ -357,7 +359,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, step: float = 0
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+            raise TimeoutError(f"{what}: not within {timeout}s (last: {last!r})")
         time.sleep(step)
 
 

@@ -63,7 +63,7 @@ def time_to_flow(pub: Client, sub: Client, topic: str, since: float, budget: flo
                 break
             if m.payload.startswith(tag + b"-"):
                 return time.monotonic() - since
-    raise AssertionError(f"{topic}: nothing from {pub.cid} at {sub.cid} for {budget + 5:.0f} s")
+    raise TimeoutError(f"{topic}: nothing from {pub.cid} at {sub.cid} for {budget + 5:.0f} s")
 
 
 def drain(c: Client) -> None:

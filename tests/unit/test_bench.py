@@ -1,11 +1,13 @@
 """The load generator (mqttd/bench): its frame counter and batch fill, compiled vs pure, on the
-same byte streams, and a short functional run against a real broker (correctness, not speed)."""
+same byte streams (``loadgen_twin``, tests/unit/conftest.py), and a short functional run against a
+real broker (correctness, not speed)."""
 
 from __future__ import annotations
 
 import json
 import random
 import struct
+from types import ModuleType
 
 import pytest
 
@@ -16,19 +18,12 @@ from mqttd.bench.idle import Idle, run_idle
 from mqttd.bench.runner import Options, percentile, run
 from mqttd.bench.scenarios import fanin, fanout, latency, p2p
 
-try:
-    from mqttd.bench import _loadgen as _compiled  # type: ignore[attr-defined]
-except ImportError:  # not built: the comparisons below are skipped, the pure checks still run
-    _compiled = None
 
-IMPLS = [pytest.param(_loadgen_py, id="pure")]
-IMPLS.append(
-    pytest.param(
-        _compiled,
-        id="compiled",
-        marks=pytest.mark.skipif(_compiled is None, reason="mqttd.bench._loadgen not built"),
-    )
-)
+@pytest.fixture(scope="session")
+def impl(loadgen_twin: ModuleType) -> ModuleType:
+    """This file's short name for ``loadgen_twin`` (tests/unit/conftest.py)."""
+    return loadgen_twin
+
 
 COUNTERS = ("messages", "foreign", "puback", "pubrec", "pubrel", "pubcomp", "pingresp", "other")
 
@@ -145,7 +140,6 @@ def mixed_stream(level: int) -> tuple[bytes, dict]:
     return stream, {"state": expected, "acks": acks}
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("level", [4, 5])
 def test_counter_whole_stream(impl, level: int) -> None:
     stream, exp = mixed_stream(level)
@@ -154,7 +148,6 @@ def test_counter_whole_stream(impl, level: int) -> None:
     assert out == exp["acks"]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("level", [4, 5])
 def test_counter_any_split(impl, level: int) -> None:
     """Byte-at-a-time and random splits give the same counts as one read."""
@@ -169,9 +162,7 @@ def test_counter_any_split(impl, level: int) -> None:
 
 
 @pytest.mark.parametrize("level", [4, 5])
-def test_compiled_matches_pure_on_random_streams(level: int) -> None:
-    if _compiled is None:
-        pytest.skip("mqttd.bench._loadgen not built")
+def test_compiled_matches_pure_on_random_streams(loadgen_compiled: ModuleType, level: int) -> None:
     rng = random.Random(1234 + level)
     for _ in range(30):
         parts = []
@@ -198,13 +189,12 @@ def test_compiled_matches_pure_on_random_streams(level: int) -> None:
         chunks = random_chunks(len(stream), rng, 700)
         bufsize = rng.choice((512, 4096, 1 << 16))
         cp, op = feed_in_chunks(_loadgen_py, stream, chunks, 5, level, bufsize)
-        cc, oc = feed_in_chunks(_compiled, stream, chunks, 5, level, bufsize)
+        cc, oc = feed_in_chunks(loadgen_compiled, stream, chunks, 5, level, bufsize)
         assert state(cc) == state(cp)
         assert oc == op
         assert cc.nbytes == len(stream)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_counter_skips_big_payload_without_buffering_it(impl) -> None:
     """A 200 kB PUBLISH is counted from its head; the rest is skipped, not buffered."""
     big = publish("big", head(0, 7, 200_000))
@@ -222,7 +212,6 @@ def test_counter_skips_big_payload_without_buffering_it(impl) -> None:
     assert c.nbytes == len(stream)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 def test_counter_rejects_five_byte_remaining_length(impl) -> None:
     c = impl.FrameCounter(1, 4, True)
     buf = bytearray(b"\x30\xff\xff\xff\xff\x01" + bytes(10))
@@ -230,7 +219,6 @@ def test_counter_rejects_five_byte_remaining_length(impl) -> None:
         c.feed(buf, len(buf))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("qos,level", [(0, 4), (1, 4), (2, 5)])
 def test_fill_publishes_patches_seq_and_packet_id(impl, qos: int, level: int) -> None:
     t = mqtt.publish_template("bench/x/3", 3, 64, qos, level)
@@ -246,13 +234,11 @@ def test_fill_publishes_patches_seq_and_packet_id(impl, qos: int, level: int) ->
         impl.fill_publishes(bytearray(t.size), 0, t.data, t.seq_off, t.pid_off, 0, 2)
 
 
-def test_compiled_fill_matches_pure() -> None:
-    if _compiled is None:
-        pytest.skip("mqttd.bench._loadgen not built")
+def test_compiled_fill_matches_pure(loadgen_compiled: ModuleType) -> None:
     t = mqtt.publish_template("a/b", 1, 100, 1, 5)
     a, b = bytearray(t.size * 100), bytearray(t.size * 100)
     _loadgen_py.fill_publishes(a, 0, t.data, t.seq_off, t.pid_off, 2**40, 100)
-    _compiled.fill_publishes(b, 0, t.data, t.seq_off, t.pid_off, 2**40, 100)
+    loadgen_compiled.fill_publishes(b, 0, t.data, t.seq_off, t.pid_off, 2**40, 100)
     assert a == b
 
 
@@ -263,7 +249,6 @@ def test_publish_template_rejects_payload_smaller_than_head() -> None:
         mqtt.publish_template("t", 0, 19, stamp=True)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("level", [4, 5])
 def test_latency_samples_from_stamped_payloads(impl, level: int) -> None:
     """fill_publishes writes the send time; FrameCounter records now - send time, only while

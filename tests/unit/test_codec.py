@@ -1,12 +1,11 @@
 """Codec unit tests: hand-written byte vectors (MQTT 3.1, 3.1.1, 5.0) and every framing error.
 
-Runs against both twins: the pure-Python reference and, when it is built, the compiled module
-(whose absence is reported as a failure by tests/unit/test_codec_hypothesis.py).
+Runs against both twins, the pure-Python reference and the compiled module (``codec_twin``,
+tests/unit/conftest.py: the compiled run fails when the extension should be there and is not).
 """
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 import pytest
@@ -15,18 +14,10 @@ from mqttd import constants as C
 from mqttd.errors import PacketError
 
 
-def _load(name: str) -> ModuleType:
-    if name == "compiled":
-        try:
-            return importlib.import_module("mqttd._codec")
-        except ImportError:
-            pytest.skip("mqttd._codec (compiled) is not built")
-    return importlib.import_module("mqttd._pure._codec")
-
-
-@pytest.fixture(params=["pure", "compiled"])
-def codec(request: pytest.FixtureRequest) -> ModuleType:
-    return _load(request.param)
+@pytest.fixture(scope="session")
+def codec(codec_twin: ModuleType) -> ModuleType:
+    """This file's short name for ``codec_twin`` (tests/unit/conftest.py)."""
+    return codec_twin
 
 
 def h(s: str) -> bytes:

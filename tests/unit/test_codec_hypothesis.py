@@ -4,12 +4,12 @@
 - the compiled twin and the pure twin agree on arbitrary (mostly mangled) byte streams: the same
   packets, then the same PacketError reason code, whatever the chunking;
 - both twins' encoders produce identical bytes;
-- the compiled module must be importable (unless MQTTD_NO_EXTENSIONS=1).
+- the compiled module must be importable (unless MQTTD_NO_EXTENSIONS=1): ``codec_twin`` and
+  ``codec_compiled`` (tests/unit/conftest.py) fail when it is not.
 """
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any
 
@@ -21,27 +21,24 @@ from mqttd import constants as C
 from mqttd._pure import _codec as pure
 from mqttd.errors import PacketError
 
-try:
-    from mqttd import _codec as compiled
-except ImportError:  # reported by test_compiled_module_is_built
-    compiled = None
-
-IMPLS = [pytest.param(pure, id="pure")]
-if compiled is not None:
-    IMPLS.append(pytest.param(compiled, id="compiled"))
-
-needs_compiled = pytest.mark.skipif(compiled is None, reason="mqttd._codec is not built")
-
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def test_compiled_module_is_built() -> None:
-    if os.environ.get("MQTTD_NO_EXTENSIONS") == "1":
-        pytest.skip("MQTTD_NO_EXTENSIONS=1: pure-Python codec requested")
-    assert compiled is not None, (
-        "mqttd._codec (compiled) did not import; build it: python setup.py build_ext --inplace"
-    )
-    assert not compiled.__file__.endswith(".py")
+@pytest.fixture(scope="session")
+def mod(codec_twin: ModuleType) -> ModuleType:
+    """This file's short name for ``codec_twin`` (tests/unit/conftest.py)."""
+    return codec_twin
+
+
+@pytest.fixture(scope="session")
+def compiled(codec_compiled: ModuleType) -> ModuleType:
+    """This file's short name for ``codec_compiled``: skipped under MQTTD_NO_EXTENSIONS=1, a
+    failure when the compiled codec should be there and is not."""
+    return codec_compiled
+
+
+def test_compiled_module_is_built(compiled: ModuleType) -> None:
+    assert compiled.__file__ is not None and not compiled.__file__.endswith(".py")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,7 +226,6 @@ level_and_packets = levels.flatmap(
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mod", IMPLS)
 @SETTINGS
 @given(lp=level_and_packet)
 def test_roundtrip(mod: ModuleType, lp: tuple[int, tuple[str, dict]]) -> None:
@@ -243,7 +239,6 @@ def test_roundtrip(mod: ModuleType, lp: tuple[int, tuple[str, dict]]) -> None:
         assert r.protocol_level == level
 
 
-@pytest.mark.parametrize("mod", IMPLS)
 @SETTINGS
 @given(lps=level_and_packets, data=st.data())
 def test_roundtrip_stream_random_splits(
@@ -341,10 +336,11 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     return out
 
 
-@needs_compiled
 @SETTINGS
 @given(stream=noisy_stream(), cuts=st.lists(st.integers(0, 400), max_size=6))
-def test_twins_agree_on_noisy_streams(stream: tuple[int, int, bytes], cuts: list[int]) -> None:
+def test_twins_agree_on_noisy_streams(
+    compiled: ModuleType, stream: tuple[int, int, bytes], cuts: list[int]
+) -> None:
     level, max_size, data = stream
     whole = outcome(pure, level, max_size, [data])
     assert outcome(compiled, level, max_size, [data]) == whole
@@ -355,10 +351,9 @@ def test_twins_agree_on_noisy_streams(stream: tuple[int, int, bytes], cuts: list
     assert split_pure[:2] == whole[:2]
 
 
-@needs_compiled
 @SETTINGS
 @given(level=st.sampled_from([0, 3, 4, 5]), data=st.binary(max_size=64))
-def test_twins_agree_on_random_bytes(level: int, data: bytes) -> None:
+def test_twins_agree_on_random_bytes(compiled: ModuleType, level: int, data: bytes) -> None:
     assert outcome(compiled, level, 1048576, [data]) == outcome(pure, level, 1048576, [data])
     one_by_one = [data[i : i + 1] for i in range(len(data))]
     assert outcome(compiled, level, 1048576, one_by_one) == outcome(
@@ -366,10 +361,11 @@ def test_twins_agree_on_random_bytes(level: int, data: bytes) -> None:
     )
 
 
-@needs_compiled
 @SETTINGS
 @given(lps=level_and_packets, cuts=st.lists(st.integers(0, 2000), max_size=10))
-def test_twins_agree_on_split_valid_streams(lps: tuple[int, list], cuts: list[int]) -> None:
+def test_twins_agree_on_split_valid_streams(
+    compiled: ModuleType, lps: tuple[int, list], cuts: list[int]
+) -> None:
     level, specs = lps
     wire = b"".join(pure.encode(make(pure, s), level) for s in specs)
     pieces = chunked(wire, [c for c in cuts if c <= len(wire)])
@@ -378,10 +374,9 @@ def test_twins_agree_on_split_valid_streams(lps: tuple[int, list], cuts: list[in
     assert outcome(compiled, level, 1048576, pieces) == res
 
 
-@needs_compiled
 @SETTINGS
 @given(lp=level_and_packet)
-def test_encoders_identical(lp: tuple[int, tuple[str, dict]]) -> None:
+def test_encoders_identical(compiled: ModuleType, lp: tuple[int, tuple[str, dict]]) -> None:
     level, spec = lp
     a = pure.encode(make(pure, spec), level)
     b = compiled.encode(make(compiled, spec), level)
@@ -394,10 +389,9 @@ def test_encoders_identical(lp: tuple[int, tuple[str, dict]]) -> None:
         )
 
 
-@needs_compiled
 @SETTINGS
 @given(n=st.integers(-5, C.MAX_VARINT + 5), data=st.binary(max_size=6), pos=st.integers(0, 6))
-def test_varint_twins(n: int, data: bytes, pos: int) -> None:
+def test_varint_twins(compiled: ModuleType, n: int, data: bytes, pos: int) -> None:
     def run(fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)

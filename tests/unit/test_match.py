@@ -2,33 +2,21 @@
 
 Cases come from MQTT 3.1.1 §4.7 / MQTT 5.0 §4.7 (the non-normative examples and the normative
 rules cited per test) and §4.8.2 (shared subscriptions). Every test runs against the pure twin
-``mqttd._pure._match`` and the compiled ``mqttd._match``; the compiled run is skipped when the
-extension is not built (tests/unit/test_match_hypothesis.py fails loudly in that case).
+``mqttd._pure._match`` and the compiled ``mqttd._match`` (``match_twin``, tests/unit/conftest.py:
+the compiled run fails when the extension should be there and is not).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 from types import ModuleType
 
 import pytest
 
 
-def _load(name: str) -> ModuleType:
-    if name == "compiled":
-        if os.environ.get("MQTTD_NO_EXTENSIONS") == "1":
-            pytest.skip("MQTTD_NO_EXTENSIONS=1")
-        try:
-            return importlib.import_module("mqttd._match")
-        except ImportError as exc:
-            pytest.skip(f"mqttd._match not built: {exc}")
-    return importlib.import_module("mqttd._pure._match")
-
-
-@pytest.fixture(params=["pure", "compiled"])
-def m(request: pytest.FixtureRequest) -> ModuleType:
-    return _load(request.param)
+@pytest.fixture(scope="session")
+def m(match_twin: ModuleType) -> ModuleType:
+    """This file's short name for ``match_twin`` (tests/unit/conftest.py)."""
+    return match_twin
 
 
 # -- validate_topic -------------------------------------------------------------------------

@@ -8,8 +8,6 @@ empty levels, '$' topics and wildcards in wrong places all come up often.
 
 from __future__ import annotations
 
-import importlib
-import os
 import re
 from types import ModuleType
 
@@ -19,36 +17,25 @@ from hypothesis import strategies as st
 
 import mqttd._pure._match as pure
 
-FORCED_PURE = os.environ.get("MQTTD_NO_EXTENSIONS") == "1"
-
-try:
-    compiled: ModuleType | None = importlib.import_module("mqttd._match")
-    COMPILED_ERROR = ""
-except ImportError as exc:  # reported by test_compiled_module_loaded
-    compiled = None
-    COMPILED_ERROR = str(exc)
-
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def test_compiled_module_loaded() -> None:
+@pytest.fixture(scope="session")
+def m(match_twin: ModuleType) -> ModuleType:
+    """This file's short name for ``match_twin`` (tests/unit/conftest.py)."""
+    return match_twin
+
+
+@pytest.fixture(scope="session")
+def compiled(match_compiled: ModuleType) -> ModuleType:
+    """This file's short name for ``match_compiled``: skipped under MQTTD_NO_EXTENSIONS=1, a
+    failure when the compiled matcher should be there and is not."""
+    return match_compiled
+
+
+def test_compiled_module_loaded(compiled: ModuleType) -> None:
     """A build that silently fell back to pure Python must not pass unnoticed."""
-    if FORCED_PURE:
-        pytest.skip("MQTTD_NO_EXTENSIONS=1: the pure twin is wanted")
-    assert compiled is not None, f"mqttd._match (compiled) did not import: {COMPILED_ERROR}"
     assert compiled.__file__ is not None and not compiled.__file__.endswith(".py")
-
-
-def _twins() -> list:
-    params = [pytest.param(pure, id="pure")]
-    params.append(
-        pytest.param(
-            compiled,
-            id="compiled",
-            marks=pytest.mark.skipif(compiled is None, reason="mqttd._match not built"),
-        )
-    )
-    return params
 
 
 # -- the oracle --------------------------------------------------------------------------------
@@ -139,7 +126,6 @@ def valid_filter(draw: st.DrawFn) -> str:
 # -- validation and topic_matches against the oracle -------------------------------------------
 
 
-@pytest.mark.parametrize("m", _twins())
 @SETTINGS
 @given(s=odd)
 def test_validators_against_oracle(m: ModuleType, s: str) -> None:
@@ -153,14 +139,12 @@ def test_validators_against_oracle(m: ModuleType, s: str) -> None:
         assert m.parse_shared(s) == expected
 
 
-@pytest.mark.parametrize("m", _twins())
 @SETTINGS
 @given(f=any_string, t=any_string)
 def test_topic_matches_against_oracle(m: ModuleType, f: str, t: str) -> None:
     assert m.topic_matches(f, t) is oracle_matches(f, t)
 
 
-@pytest.mark.parametrize("m", _twins())
 @SETTINGS
 @given(f=valid_filter(), t=topic)
 def test_topic_matches_valid_pairs(m: ModuleType, f: str, t: str) -> None:
@@ -184,7 +168,6 @@ def _prefixes(filters: set[str]) -> int:
     return len({tuple(f.split("/")[:k]) for f in filters for k in range(1, len(f.split("/")) + 1)})
 
 
-@pytest.mark.parametrize("m", _twins())
 @SETTINGS
 @given(ops=ops, topics=st.lists(topic, min_size=1, max_size=8))
 def test_tree_against_oracle(m: ModuleType, ops: list, topics: list[str]) -> None:
@@ -229,7 +212,6 @@ def test_tree_against_oracle(m: ModuleType, ops: list, topics: list[str]) -> Non
 # -- compiled against pure ---------------------------------------------------------------------
 
 
-@pytest.mark.skipif(compiled is None, reason="mqttd._match not built")
 @SETTINGS
 @given(
     ops=st.lists(
@@ -239,8 +221,9 @@ def test_tree_against_oracle(m: ModuleType, ops: list, topics: list[str]) -> Non
     topics=st.lists(topic, min_size=1, max_size=8),
     probes=st.lists(odd, max_size=5),
 )
-def test_compiled_agrees_with_pure(ops: list, topics: list[str], probes: list[str]) -> None:
-    assert compiled is not None
+def test_compiled_agrees_with_pure(
+    compiled: ModuleType, ops: list, topics: list[str], probes: list[str]
+) -> None:
     trees = (pure.SubscriptionTree(), compiled.SubscriptionTree())
     for is_add, f, key, value in ops:
         if is_add:

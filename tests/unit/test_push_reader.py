@@ -3,12 +3,13 @@
 Both twins must do exactly what the bridge's general path does: deliver each mqttd envelope
 once, drop the node's own messages and the extra copies Redis sends for overlapping patterns,
 count sequence gaps, and hand everything else, in order, to the slow callback. The stream may
-arrive split anywhere.
+arrive split anywhere. Each test runs on both twins (``route_twin``, tests/unit/conftest.py).
 """
 
 from __future__ import annotations
 
 import struct
+from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
@@ -16,14 +17,12 @@ from hypothesis import strategies as st
 
 from mqttd._pure import _route as pure_route
 
-try:
-    from mqttd import _route as compiled_route
-except ImportError:  # pragma: no cover - reported by tests/unit/test_route.py
-    compiled_route = None
 
-TWINS = [pytest.param(pure_route, id="pure")]
-if compiled_route is not None:
-    TWINS.append(pytest.param(compiled_route, id="compiled"))
+@pytest.fixture(scope="session")
+def route(route_twin: ModuleType) -> ModuleType:
+    """This file's short name for ``route_twin`` (tests/unit/conftest.py)."""
+    return route_twin
+
 
 ME = b"node-me!"
 OTHER = b"node-b.."
@@ -114,7 +113,6 @@ def _plain(items: list) -> list:
     return [str(i) if isinstance(i, Exception) else i for i in items]
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_fast_and_slow_paths_in_order(route) -> None:
     data, slow, routed, stats = stream()
     h = Harness(route)
@@ -125,7 +123,6 @@ def test_fast_and_slow_paths_in_order(route) -> None:
     assert h.last_seq == {(OTHER, "exact/t"): 4, (OTHER, "wild/a"): 1}
 
 
-@pytest.mark.parametrize("route", TWINS)
 @settings(max_examples=60, deadline=None)
 @given(cuts=st.lists(st.integers(min_value=1, max_value=2000), max_size=12))
 def test_any_split_gives_the_same_result(route, cuts: list[int]) -> None:
@@ -139,7 +136,6 @@ def test_any_split_gives_the_same_result(route, cuts: list[int]) -> None:
     assert h.stats == stats
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_what_resp2_has_not_goes_to_hiredis(route) -> None:
     """A RESP3 push (">") cannot be framed by the fast path: from there on hiredis reads all."""
     h = Harness(route)
@@ -150,12 +146,10 @@ def test_what_resp2_has_not_goes_to_hiredis(route) -> None:
     assert len(h.slow) == 2 and h.slow[1][2] == envelope(OTHER, 2, b"c")
 
 
-def test_twins_agree() -> None:
-    if compiled_route is None:
-        pytest.skip("compiled _route not built")
+def test_twins_agree(route_compiled: ModuleType) -> None:
     data, _, _, _ = stream()
     results = []
-    for route in (pure_route, compiled_route):
+    for route in (pure_route, route_compiled):
         h = Harness(route)
         h.reader.feed(data)
         results.append((_plain(h.slow), h.tree.routed, h.stats, h.last_seq))
@@ -191,7 +185,6 @@ class DeliveringHarness(Harness):
         return [(p.topic, p.payload, p.qos) for p in pkts]
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_batches_deliver_each_message_in_order(route) -> None:
     h = DeliveringHarness(route)
     items = [(0, b"a"), (1, b""), (2, b"ccc" * 100), (0, b"d")]
@@ -214,7 +207,6 @@ def test_batches_deliver_each_message_in_order(route) -> None:
     assert h.slow == []
 
 
-@pytest.mark.parametrize("route", TWINS)
 @pytest.mark.parametrize(
     "bad",
     [
