@@ -94,22 +94,43 @@ def test_persistent_session_is_resumed_by_a_takeover(srv, uid, level):
         new.close()
 
 
-def _will_watcher(srv, uid: str) -> tuple[Client, str, str]:
+def _takeover_with_will(
+    srv, uid: str, level: int, old: dict[str, object], new: dict[str, object]
+) -> tuple[bool, list[tuple[str, bytes]], str, str]:
+    """A client with a will ("offline") is taken over by a second connection with its id; returns
+    the second's Session Present, what a watcher of the will topic got up to a marker published
+    after the takeover, the will topic and the marker topic."""
     will_topic, marker = f"tw/{uid}/will", f"tw/{uid}/marker"
     watcher = connected(srv, f"w{uid}", 4)
-    watcher.subscribe(f"tw/{uid}/#", 1)
-    return watcher, will_topic, marker
+    cid = f"v{uid}"[:23]
+    first = second = None
+    try:
+        watcher.subscribe(f"tw/{uid}/#", 1)
+        first = connected(srv, cid, level, will_topic=will_topic, will_payload=b"offline", **old)
+        second = Client(srv, level)
+        present = second.connect(cid, **new)[0]
+        _taken_over(first)
+        with connected(srv, f"m{uid}", 4) as pub:
+            pub.publish(marker, b"end", qos=1)
+        got = []
+        while not got or got[-1][0] != marker:
+            m = watcher.recv_publish()
+            got.append((m.topic, m.payload))
+        second.disconnect()
+    finally:
+        for c in (watcher, first, second):
+            if c is not None:
+                c.close()
+    return present, got, will_topic, marker
 
 
-def _received_until_marker(watcher: Client, srv, marker: str) -> list[tuple[str, bytes]]:
-    with connected(srv, f"m{marker[-12:]}", 4) as pub:
-        pub.publish(marker, b"end", qos=1)
-    got = []
-    while True:
-        m = watcher.recv_publish()
-        got.append((m.topic, m.payload))
-        if m.topic == marker:
-            return got
+def _v5_keep(delay: int) -> dict[str, object]:
+    """An MQTT 5 session of 60 s, with a will of ``delay`` seconds."""
+    return {
+        "clean": False,
+        "properties": props(prop(SESSION_EXPIRY_INTERVAL, 60)),
+        "will_props": props(prop(WILL_DELAY_INTERVAL, delay)),
+    }
 
 
 @pytest.mark.parametrize("delay", [0, 30])
@@ -119,29 +140,10 @@ def test_v5_resumed_session_cancels_the_will(srv, uid, delay):
     will is published "unless ... a new Network Connection for the ClientID is opened before the
     Will Delay Interval has elapsed" [MQTT-3.1.2-8][MQTT-3.1.3-9]; Mosquitto does not publish it
     either (docs/conformance.md)."""
-    watcher, will_topic, marker = _will_watcher(srv, uid)
-    cid = f"d{uid}"
-    keep = props(prop(SESSION_EXPIRY_INTERVAL, 60))
-    old = connected(
-        srv,
-        cid,
-        5,
-        clean=False,
-        properties=keep,
-        will_topic=will_topic,
-        will_payload=b"offline",
-        will_props=props(prop(WILL_DELAY_INTERVAL, delay)),
-    )
-    new = Client(srv, 5)
-    try:
-        assert new.connect(cid, clean=False, properties=keep)[0] is True
-        _taken_over(old)
-        assert _received_until_marker(watcher, srv, marker) == [(marker, b"end")]
-        new.disconnect()
-    finally:
-        old.close()
-        new.close()
-        watcher.close()
+    keep = {"clean": False, "properties": props(prop(SESSION_EXPIRY_INTERVAL, 60))}
+    present, got, _, marker = _takeover_with_will(srv, uid, 5, _v5_keep(delay), keep)
+    assert present is True
+    assert got == [(marker, b"end")]
 
 
 @pytest.mark.parametrize(
@@ -160,29 +162,11 @@ def test_v5_ended_session_publishes_the_will(srv, uid, delay):
     """MQTT 5, the new connection has Clean Start 1: the old session ends with the takeover, so
     the old connection's will is published now, even with a delay ("until the Will Delay
     Interval has passed or the Session ends, whichever happens first", §3.1.3.2.2)."""
-    watcher, will_topic, marker = _will_watcher(srv, uid)
-    cid = f"e{uid}"
-    old = connected(
-        srv,
-        cid,
-        5,
-        clean=False,
-        properties=props(prop(SESSION_EXPIRY_INTERVAL, 60)),
-        will_topic=will_topic,
-        will_payload=b"offline",
-        will_props=props(prop(WILL_DELAY_INTERVAL, delay)),
+    present, got, will_topic, marker = _takeover_with_will(
+        srv, uid, 5, _v5_keep(delay), {"clean": True}
     )
-    new = Client(srv, 5)
-    try:
-        assert new.connect(cid, clean=True)[0] is False
-        _taken_over(old)
-        got = _received_until_marker(watcher, srv, marker)
-        assert got == [(will_topic, b"offline"), (marker, b"end")]
-        new.disconnect()
-    finally:
-        old.close()
-        new.close()
-        watcher.close()
+    assert present is False
+    assert got == [(will_topic, b"offline"), (marker, b"end")]
 
 
 @pytest.mark.mosquitto_deviation(
@@ -193,17 +177,7 @@ def test_v311_resumed_session_still_publishes_the_will(srv, uid, level):
     """MQTT 3.1.1 (and 3.1) has no Will Delay and no exception for a takeover: the server
     closes the old connection without a DISCONNECT from it, so its will is published
     [MQTT-3.1.2-8], also when the new connection resumes the session."""
-    watcher, will_topic, marker = _will_watcher(srv, uid)
-    cid = f"v{uid}"[:23]
-    old = connected(srv, cid, level, clean=False, will_topic=will_topic, will_payload=b"offline")
-    new = Client(srv, level)
-    try:
-        new.connect(cid, clean=False)
-        _taken_over(old)
-        got = _received_until_marker(watcher, srv, marker)
-        assert got == [(will_topic, b"offline"), (marker, b"end")]
-        new.disconnect()
-    finally:
-        old.close()
-        new.close()
-        watcher.close()
+    _, got, will_topic, marker = _takeover_with_will(
+        srv, uid, level, {"clean": False}, {"clean": False}
+    )
+    assert got == [(will_topic, b"offline"), (marker, b"end")]
