@@ -4,7 +4,7 @@
 Same names and same behaviour as the pure-Python reference, which documents the rules; the tests
 run every case against both. What differs is only how: validation scans the string once in C,
 and ``collect`` walks the tree with C-typed nodes and an explicit stack (no recursion, so a filter
-thousands of levels deep cannot exhaust the C stack).
+thousands of levels deep cannot exhaust the C stack). The classes' fields are in ``_match.pxd``.
 
 Rules enforced: topic names [MQTT-3.3.2-2][MQTT-4.7.3-1][MQTT-4.7.3-2][MQTT-4.7.3-3]
 [MQTT-1.5.4-1]; filters [MQTT-4.7.1-2][MQTT-4.7.1-3]; shared subscriptions
@@ -18,6 +18,8 @@ from cpython.ref cimport PyObject
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
+from mqttd.constants import MAX_STRING
+
 __all__ = [
     "SubscriptionTree",
     "parse_shared",
@@ -26,8 +28,10 @@ __all__ = [
     "validate_topic",
 ]
 
+# a UTF-8 Encoded String carries a two-byte length [MQTT-1.5.4]
+cdef Py_ssize_t _MAX_BYTES = MAX_STRING
+
 cdef enum:
-    _MAX_BYTES = 65535  # a UTF-8 Encoded String carries a two-byte length [MQTT-1.5.4]
     _SHARE_LEN = 7  # len("$share/")
     _STACK0 = 64  # collect's stack frames before it moves to the heap
 
@@ -202,11 +206,6 @@ cdef class _Node:
     """One level: literal children by level string, and the '+' and '#' children apart, so a
     walk never hashes a wildcard. ``subs`` is None while nobody subscribes here."""
 
-    cdef dict children  # None until the first literal child
-    cdef _Node plus
-    cdef _Node hash
-    cdef dict subs
-
 
 cdef struct _Frame:
     PyObject* node  # borrowed: the tree owns it and nothing runs that could change the tree
@@ -221,11 +220,6 @@ cdef class SubscriptionTree:
     returns the subscriber dicts of every filter matching a topic name; that is the per-message
     hot path. Empty branches are freed when their last subscription goes.
     """
-
-    cdef _Node _root
-    cdef Py_ssize_t _count  # (filter, key) pairs
-    cdef Py_ssize_t _filters  # nodes with a non-empty subs dict
-    cdef Py_ssize_t _nodes  # nodes allocated, root excluded
 
     def __cinit__(self):
         self._root = _Node()

@@ -3,6 +3,7 @@
 
 Per message: one :class:`Message`; per subscriber: appends to its :class:`Outlet`'s bytearray,
 with no Python object created for a QoS 0 copy. Writes are coalesced by the :class:`Flusher`.
+Fields and C methods are declared in ``_route.pxd``.
 """
 
 from collections import deque
@@ -13,38 +14,50 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyBy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcmp, memcpy
 
-OPT_QOS = 0x03
-OPT_NO_LOCAL = 0x04
-OPT_RETAIN_AS_PUBLISHED = 0x08
+# The codec's varint code, called in C (as the pure twin imports the pure codec's), and its ack
+# encoder (only on a reconnect): the wire format is written down once.
+from mqttd._codec cimport varint_bytes, varint_end
 
-AWAIT_PUBACK = 1
-AWAIT_PUBREC = 2
-AWAIT_PUBCOMP = 3
+from mqttd._codec import encode_ack
+from mqttd.constants import (
+    FAILURE_THRESHOLD,
+    OPT_NO_LOCAL,
+    OPT_QOS,
+    OPT_RETAIN_AS_PUBLISHED,
+    PACKET_IDENTIFIER_NOT_FOUND,
+    PUBLISH,
+    PUBREL,
+    SUCCESS,
+    SUBSCRIPTION_IDENTIFIER,
+    TOPIC_ALIAS,
+)
 
-cdef int C_AWAIT_PUBACK = 1
-cdef int C_AWAIT_PUBREC = 2
-cdef int C_AWAIT_PUBCOMP = 3
+# Inflight.state: where an outgoing QoS 1/2 flow stands (Python names below)
+cdef enum:
+    C_AWAIT_PUBACK = 1  # QoS 1, PUBLISH sent
+    C_AWAIT_PUBREC = 2  # QoS 2, PUBLISH sent
+    C_AWAIT_PUBCOMP = 3  # QoS 2, PUBREL sent
 
+AWAIT_PUBACK = C_AWAIT_PUBACK
+AWAIT_PUBREC = C_AWAIT_PUBREC
+AWAIT_PUBCOMP = C_AWAIT_PUBCOMP
 
-cdef bytes _varint(Py_ssize_t n):
-    cdef unsigned char out[4]
-    cdef int i = 0
-    while True:
-        out[i] = n & 0x7F
-        n >>= 7
-        if n:
-            out[i] |= 0x80
-            i += 1
-        else:
-            return out[:i + 1]
+#: what Outlet.pubrec returns when no PUBREL is to be sent
+NO_PUBREL = -1
 
+# What the C code compares and returns, from mqttd.constants
+cdef int C_PUBLISH_B0 = PUBLISH << 4  # a PUBLISH's first byte, before its flags
+cdef long long C_OPT_QOS = OPT_QOS
+cdef long long C_OPT_NO_LOCAL = OPT_NO_LOCAL
+cdef long long C_OPT_RETAIN_AS_PUBLISHED = OPT_RETAIN_AS_PUBLISHED
+cdef int C_SUCCESS = SUCCESS
+cdef int C_PACKET_IDENTIFIER_NOT_FOUND = PACKET_IDENTIFIER_NOT_FOUND
+cdef int C_FAILURE_THRESHOLD = FAILURE_THRESHOLD
+cdef int C_NO_PUBREL = NO_PUBREL
 
-cdef Py_ssize_t _varint_len(bytes data):
-    """Length of the variable byte integer that opens ``data``."""
-    cdef Py_ssize_t pos = 0
-    while data[pos] & 0x80:
-        pos += 1
-    return pos + 1
+# the identifier byte that opens each property these add to a message's block
+cdef bytes _SID_HEAD = bytes((SUBSCRIPTION_IDENTIFIER,))
+cdef bytes _ALIAS_HEAD = bytes((TOPIC_ALIAS,))
 
 
 cdef inline int _append(bytearray buf, const char* data, Py_ssize_t n) except -1:
@@ -68,21 +81,6 @@ cdef class Message:
     benchmark, 209k msg/s with tracking, 302k with the collector off).
     """
 
-    cdef public str topic
-    cdef public bytes payload
-    cdef public int qos
-    cdef public bint retain
-    cdef public dict properties
-    cdef public bytes props_block
-    cdef public object origin
-    cdef public double expires_at
-    cdef bytes _topic_b
-    # Cached encodings: whole QoS 0 packets per (v5, retain), and head/tail of QoS 1/2 ones.
-    cdef bytes _q0_4, _q0_4r, _q0_5, _q0_5r
-    cdef bytes _head4, _head5, _tail4, _tail5
-    # Variants with more properties (subscription identifiers, topic alias), by key
-    cdef dict _children
-
     def __init__(self, str topic, payload, int qos=0, retain=False, properties=None,
                  bytes props_block=b"\x00", origin=None):
         self.topic = topic
@@ -98,7 +96,7 @@ cdef class Message:
     cdef void _parts(self, int v5):
         cdef bytes tail = (self.props_block + self.payload) if v5 else self.payload
         remaining = 2 + len(self._topic_b) + 2 + len(tail)
-        cdef bytes head = (_varint(remaining) + len(self._topic_b).to_bytes(2, "big")
+        cdef bytes head = (varint_bytes(remaining) + len(self._topic_b).to_bytes(2, "big")
                            + self._topic_b)
         if v5:
             self._head5 = head
@@ -113,11 +111,11 @@ cdef class Message:
             self._children = {}
         cdef Message child = self._children.get(key)
         if child is None:
-            inner = self.props_block[_varint_len(self.props_block):] + extra_block
+            inner = self.props_block[varint_end(self.props_block, 0):] + extra_block
             props = dict(self.properties)
             props.update(extra)
             child = Message(topic, self.payload, self.qos, self.retain, props,
-                            _varint(len(inner)) + inner, self.origin)
+                            varint_bytes(len(inner)) + inner, self.origin)
             child.expires_at = self.expires_at
             self._children[key] = child
         return child
@@ -125,13 +123,13 @@ cdef class Message:
     cpdef Message with_ids(self, tuple ids):
         """This message carrying Subscription Identifiers, shared by every subscriber with the
         same identifiers [MQTT-3.3.4-3]."""
-        block = b"".join([b"\x0b" + _varint(i) for i in ids])
-        return self._child(ids, self.topic, {0x0B: list(ids)}, block)
+        block = b"".join([_SID_HEAD + varint_bytes(i) for i in ids])
+        return self._child(ids, self.topic, {SUBSCRIPTION_IDENTIFIER: list(ids)}, block)
 
     cpdef Message aliased(self, int alias, bint with_topic):
         """This message with a Topic Alias: the topic sent once with it, then empty."""
         return self._child(("alias", alias, with_topic), self.topic if with_topic else "",
-                           {0x23: alias}, b"\x23" + alias.to_bytes(2, "big"))
+                           {TOPIC_ALIAS: alias}, _ALIAS_HEAD + alias.to_bytes(2, "big"))
 
     cpdef Py_ssize_t size(self, int version, int qos) except -1:
         """Bytes of this PUBLISH on the wire for a protocol level and QoS."""
@@ -156,7 +154,7 @@ cdef class Message:
         if data is None:
             tail = (self.props_block + self.payload) if v5 else self.payload
             remaining = 2 + len(self._topic_b) + len(tail)
-            data = (bytes((0x30 | (1 if retain else 0),)) + _varint(remaining)
+            data = (bytes((C_PUBLISH_B0 | (1 if retain else 0),)) + varint_bytes(remaining)
                     + len(self._topic_b).to_bytes(2, "big") + self._topic_b + tail)
             if v5:
                 if retain:
@@ -178,7 +176,7 @@ cdef class Message:
         cdef bytes head = self._head5 if v5 else self._head4
         cdef bytes tail = self._tail5 if v5 else self._tail4
         cdef unsigned char b[3]
-        b[0] = 0x30 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
+        b[0] = C_PUBLISH_B0 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
         _append(buf, <const char*>b, 1)
         _append_bytes(buf, head)
         b[1] = (packet_id >> 8) & 0xFF
@@ -187,16 +185,38 @@ cdef class Message:
         _append_bytes(buf, tail)
 
 
+@cython.final
+@cython.freelist(256)
+@cython.no_gc
+cdef class Inflight:
+    """A QoS 1/2 message sent to a session and not yet acknowledged (see the twin's docstring).
+
+    A freelist and no garbage-collector tracking: one is made and dropped per QoS 1/2 message,
+    and it refers only to a Message (itself untracked) and numbers, so it cannot be in a cycle.
+    """
+
+    def __init__(self, Message msg, int qos, bint retain, int state):
+        self.msg = msg
+        self.qos = qos
+        self.retain = retain
+        self.state = state
+
+    def __repr__(self):
+        return (f"Inflight(msg={self.msg!r}, qos={self.qos}, retain={self.retain}, "
+                f"state={self.state})")
+
+
+cdef inline Inflight _inflight(Message msg, int qos, bint retain, int state):
+    cdef Inflight entry = Inflight.__new__(Inflight)
+    entry.msg = msg
+    entry.qos = qos
+    entry.retain = retain
+    entry.state = state
+    return entry
+
+
 cdef class Flusher:
     """Coalesces each outlet's writes into one ``transport.write`` per event-loop iteration."""
-
-    cdef public object loop
-    cdef public list dirty
-    cdef public bint scheduled
-    # Broker-wide totals ($SYS): bytes written, PUBLISH packets sent, messages dropped
-    cdef public long long bytes_sent
-    cdef public long long messages_sent
-    cdef public long long messages_dropped
 
     def __init__(self, loop):
         self.loop = loop
@@ -223,27 +243,6 @@ cdef class Flusher:
 
 cdef class Outlet:
     """A session's delivery end: output buffer, packet ids and outgoing QoS 1/2 in flight."""
-
-    cdef public Flusher flusher
-    cdef public object transport
-    cdef public int version
-    cdef public bytearray buf
-    cdef public bint pending
-    cdef public bint paused
-    cdef public dict inflight
-    cdef public int inflight_max
-    cdef public object queue
-    cdef public int max_queued
-    cdef public Py_ssize_t max_buffer
-    cdef public Py_ssize_t max_packet
-    cdef public int alias_max
-    cdef public dict aliases
-    cdef public int next_pid
-    cdef public long long dropped
-    cdef public long long sent
-    cdef public object session
-    cdef public object refresh
-    cdef object __weakref__
 
     def __init__(self, Flusher flusher, int version=4, int inflight_max=65535,
                  int max_queued=1000, Py_ssize_t max_buffer=8 * 1024 * 1024):
@@ -341,7 +340,8 @@ cdef class Outlet:
 
     cdef _send_inflight(self, Message msg, int qos, bint retain):
         cdef int pid = self.alloc_packet_id()
-        self.inflight[pid] = [msg, qos, retain, C_AWAIT_PUBACK if qos == 1 else C_AWAIT_PUBREC]
+        self.inflight[pid] = _inflight(msg, qos, retain,
+                                       C_AWAIT_PUBACK if qos == 1 else C_AWAIT_PUBREC)
         (self._wire(msg) if self.alias_max else msg).write_qos(
             self.buf, self.version, qos, retain, False, pid)
         self.sent += 1
@@ -362,7 +362,7 @@ cdef class Outlet:
         self.next_pid = pid + 1 if pid < 65535 else 1
         return pid
 
-    def drain_queue(self):
+    cpdef drain_queue(self):
         """Send queued QoS 1/2 messages while the inflight window has room."""
         queue = self.queue
         while queue and self.transport is not None and len(self.inflight) < self.inflight_max:
@@ -375,16 +375,64 @@ cdef class Outlet:
                     continue
             self._send_inflight(msg, qos, retain)
 
+    # -- acknowledgements of outgoing QoS 1/2 (the twin's docstrings say the rules) ------------
+    cpdef bint puback(self, object packet_id) except -1:
+        """PUBACK: True when it completes a QoS 1 flow (the next queued message then goes
+        out); an id not awaiting PUBACK changes nothing."""
+        return self._end(packet_id, C_AWAIT_PUBACK)
+
+    cpdef int pubrec(self, object packet_id, int reason_code) except -2:
+        """PUBREC: the reason code of the PUBREL to answer with (SUCCESS, or
+        PACKET_IDENTIFIER_NOT_FOUND at MQTT 5), or NO_PUBREL."""
+        cdef Inflight entry = self.inflight.get(packet_id)
+        if entry is None or entry.state == C_AWAIT_PUBACK:
+            return C_PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else C_NO_PUBREL
+        if reason_code >= C_FAILURE_THRESHOLD:
+            del self.inflight[packet_id]
+            self.drain_queue()
+            return C_NO_PUBREL
+        entry.state = C_AWAIT_PUBCOMP
+        entry.msg = None
+        return C_SUCCESS
+
+    cpdef bint pubcomp(self, object packet_id) except -1:
+        """PUBCOMP: True when it completes a QoS 2 flow (the next queued message then goes
+        out); an id not awaiting PUBCOMP changes nothing."""
+        return self._end(packet_id, C_AWAIT_PUBCOMP)
+
+    cdef inline bint _end(self, object packet_id, int awaiting) except -1:
+        cdef Inflight entry = self.inflight.get(packet_id)
+        if entry is None or entry.state != awaiting:
+            return False
+        del self.inflight[packet_id]
+        self.drain_queue()
+        return True
+
+    def inflight_items(self):
+        """``(packet id, Inflight)`` for each message in flight, oldest first (a copy)."""
+        return list(self.inflight.items())
+
+    def restore_inflight(self, packet_id, Message msg, int qos, bint retain, int state):
+        """Put back a message in flight that another node handed over."""
+        if state == C_AWAIT_PUBCOMP:
+            msg = None
+        elif not C_AWAIT_PUBACK <= state < C_AWAIT_PUBCOMP:
+            raise ValueError(f"not an in-flight state: {state!r}")
+        elif msg is None:
+            raise ValueError(f"no message for packet id {packet_id} awaiting PUBACK/PUBREC")
+        self.inflight[packet_id] = _inflight(msg, qos, retain, state)
+
     def resend_inflight(self):
         """After a reconnect: resend unacknowledged PUBLISH with DUP, and PUBREL, in order."""
+        cdef Inflight entry
         cdef Message msg
         for pid, entry in self.inflight.items():
-            msg, qos, retain, state = entry
-            if state == C_AWAIT_PUBCOMP:
-                self.buf += b"\x62\x02" + pid.to_bytes(2, "big")
+            msg = entry.msg
+            if msg is None:  # AWAIT_PUBCOMP: the PUBREL again
+                _append_bytes(self.buf, encode_ack(PUBREL, pid, self.version))
             else:
                 (self._wire(msg) if self.alias_max else msg).write_qos(
-                    self.buf, self.version, qos, retain, True, pid)
+                    self.buf, self.version, entry.qos, entry.retain, True, pid)
         if self.buf:
             self._mark()
 
@@ -422,9 +470,9 @@ def deliver(list nodes, Message msg, origin):
                 else:
                     prev_opts = prev
                     # Highest QoS wins; Retain As Published if any matching subscription asked.
-                    q = max(prev_opts & 0x03, opts & 0x03)
-                    targets[key] = (q | ((prev_opts | opts) & 0x08)
-                                    | (prev_opts & opts & 0x04))
+                    q = max(prev_opts & C_OPT_QOS, opts & C_OPT_QOS)
+                    targets[key] = (q | ((prev_opts | opts) & C_OPT_RETAIN_AS_PUBLISHED)
+                                    | (prev_opts & opts & C_OPT_NO_LOCAL))
                 if value >> 8:
                     if ids is None:
                         ids = {}
@@ -442,16 +490,16 @@ def deliver(list nodes, Message msg, origin):
         else:
             outlet = <Outlet>key
             value = pyvalue
-            if value & 0x04 and outlet is origin:
+            if value & C_OPT_NO_LOCAL and outlet is origin:
                 # No Local: not to the connection that published it [MQTT-3.8.3-3]
                 continue
         if sids is None and value >> 8:
             sids = (value >> 8,)
-        qos = value & 0x03
+        qos = value & C_OPT_QOS
         if pub_qos < qos:
             qos = pub_qos
         # Live messages go out with RETAIN=0 unless Retain As Published [MQTT-3.3.1-12/13]
-        retain = msg.retain and (value & 0x08) != 0
+        retain = msg.retain and (value & C_OPT_RETAIN_AS_PUBLISHED) != 0
         if sids is not None and outlet.version == 5:
             outlet.send(msg.with_ids(tuple(sids)), qos, retain)
         else:
@@ -559,11 +607,6 @@ cdef Py_ssize_t _bulk(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t n,
 cdef class PushReader:
     """The subscription connection's stream from Redis, with a fast path for messages (see the
     twin's docstring)."""
-
-    cdef object slow, generic, tree
-    cdef bytes node, control, buf
-    cdef dict channels, canonical, topics, last_seq, stats
-    cdef bint raw
 
     def __init__(self, slow, bytes node, bytes control, dict channels, dict canonical,
                  dict topics, dict last_seq, dict stats, tree):

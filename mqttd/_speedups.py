@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger("mqttd")
@@ -109,9 +110,16 @@ def _warning() -> str | None:
     return f"mqttd: compiled {names} did not load ({reasons}); using the pure-Python twins"
 
 
-codec = _load("_codec")
-match = _load("_match")
-route = _load("_route")
+if TYPE_CHECKING:
+    # mypy reads the pure twins, the reference the compiled modules are held to (tests/unit): one
+    # source of the types, and no stubs to keep in step with them
+    from mqttd._pure import _codec as codec
+    from mqttd._pure import _match as match
+    from mqttd._pure import _route as route
+else:
+    codec = _load("_codec")
+    match = _load("_match")
+    route = _load("_route")
 if (_line := _warning()) is not None:
     log.warning("%s", _line)
 

@@ -48,6 +48,7 @@ from mqttd.broker import Broker
 from mqttd.constants import (
     CONTENT_TYPE,
     CORRELATION_DATA,
+    FAILURE_THRESHOLD,
     MESSAGE_EXPIRY_INTERVAL,
     PAYLOAD_FORMAT_INDICATOR,
     RESPONSE_TOPIC,
@@ -936,7 +937,7 @@ def _connect_code(result: Any) -> int:
     if result is False:
         return BAD_USERNAME_OR_PASSWORD
     if isinstance(result, int):
-        return result if result >= 0x80 or result == 0 else UNSPECIFIED_ERROR
+        return result if result >= FAILURE_THRESHOLD or result == 0 else UNSPECIFIED_ERROR
     log.error("authenticate hook returned %r; refusing", result)
     return UNSPECIFIED_ERROR
 
@@ -961,7 +962,7 @@ def _subscribe_code(result: Any, asked: int) -> int:
         return asked
     if result is False:
         return NOT_AUTHORIZED
-    if isinstance(result, int) and (0 <= result <= 2 or result >= 0x80):
+    if isinstance(result, int) and (0 <= result <= 2 or result >= FAILURE_THRESHOLD):
         return min(result, asked) if result <= 2 else result
     log.error("authorize_subscribe hook returned %r; refusing", result)
     return UNSPECIFIED_ERROR

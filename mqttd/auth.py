@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-#: reason codes an authenticator returns
-SUCCESS = 0x00
-CONTINUE = 0x18
-NOT_AUTHORIZED = 0x87
-BAD_USERNAME_OR_PASSWORD = 0x86
+from mqttd import constants as C
+
+#: reason codes an authenticator returns: mqttd.constants' values, under the names this module
+#: has always exported
+SUCCESS = C.SUCCESS
+CONTINUE = C.CONTINUE_AUTHENTICATION
+NOT_AUTHORIZED = C.NOT_AUTHORIZED
+BAD_USERNAME_OR_PASSWORD = C.BAD_USER_NAME_OR_PASSWORD
 #: and the library's hooks (mqttd.app) too
-UNSPECIFIED_ERROR = 0x80
-QUOTA_EXCEEDED = 0x97
+UNSPECIFIED_ERROR = C.UNSPECIFIED_ERROR
+QUOTA_EXCEEDED = C.QUOTA_EXCEEDED
 
 
 class Authenticator(Protocol):

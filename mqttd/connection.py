@@ -43,7 +43,6 @@ from mqttd.constants import (
     NO_SUBSCRIPTION_EXISTED,
     NORMAL_DISCONNECTION,
     NOT_AUTHORIZED,
-    PACKET_IDENTIFIER_NOT_FOUND,
     PAYLOAD_FORMAT_INDICATOR,
     PROTOCOL_ERROR,
     QUOTA_EXCEEDED,
@@ -727,29 +726,16 @@ class Connection:
                 self.session.awaiting_rel.add(p.packet_id)  # type: ignore[union-attr]
             self.outlet.write(codec.encode_ack(PUBREC, p.packet_id, v, rc if v == 5 else 0))
 
+    # The acknowledgement state of outgoing QoS 1/2 is the Outlet's (route.Inflight): it
+    # applies each acknowledgement and says what, if anything, to answer.
     def on_puback(self, p: Any) -> None:
-        outlet = self.outlet
-        entry = outlet.inflight.get(p.packet_id)
-        if entry is not None and entry[3] == route.AWAIT_PUBACK:
-            del outlet.inflight[p.packet_id]
-            outlet.drain_queue()
+        self.outlet.puback(p.packet_id)
 
     def on_pubrec(self, p: Any) -> None:
-        outlet = self.outlet
         pid = p.packet_id
-        entry = outlet.inflight.get(pid)
-        if entry is None or entry[3] == route.AWAIT_PUBACK:
-            if self.version == 5:
-                outlet.write(codec.encode_ack(PUBREL, pid, 5, PACKET_IDENTIFIER_NOT_FOUND))
-            return
-        if p.reason_code >= 0x80:
-            # MQTT 5: a failed PUBREC ends the exchange (§4.3.3)
-            del outlet.inflight[pid]
-            outlet.drain_queue()
-            return
-        entry[3] = route.AWAIT_PUBCOMP
-        entry[0] = None  # the message is delivered; keep only the packet id [MQTT-4.3.3-4]
-        outlet.write(codec.encode_ack(PUBREL, pid, self.version))
+        rc = self.outlet.pubrec(pid, p.reason_code)
+        if rc != route.NO_PUBREL:
+            self._send(codec.encode_ack(PUBREL, pid, self.version, rc))
 
     def on_pubrel(self, p: Any) -> None:
         pid = p.packet_id
@@ -761,11 +747,7 @@ class Connection:
         self.outlet.write(codec.encode_ack(PUBCOMP, pid, self.version))
 
     def on_pubcomp(self, p: Any) -> None:
-        outlet = self.outlet
-        entry = outlet.inflight.get(p.packet_id)
-        if entry is not None and entry[3] == route.AWAIT_PUBCOMP:
-            del outlet.inflight[p.packet_id]
-            outlet.drain_queue()
+        self.outlet.pubcomp(p.packet_id)
 
     def on_subscribe(self, p: Any) -> None:
         if self.is_bridge:

@@ -49,6 +49,10 @@ MQTT_3_1 = 3  # protocol name "MQIsdp"
 MQTT_3_1_1 = 4  # protocol name "MQTT"
 MQTT_5 = 5  # protocol name "MQTT"
 
+#: bit 7 of a CONNECT's protocol level: the client is a bridge (Mosquitto's ``try_private``); only
+#: 0x83 (MQIsdp) and 0x84 (MQTT) carry it
+BRIDGE_LEVEL_BIT = 0x80
+
 #: (protocol name, protocol level) pairs a CONNECT may carry; anything else is answered with 0x84.
 SUPPORTED_PROTOCOLS: frozenset[tuple[str, int]] = frozenset(
     {("MQIsdp", MQTT_3_1), ("MQTT", MQTT_3_1_1), ("MQTT", MQTT_5)}
@@ -181,7 +185,15 @@ PROPERTY_PACKETS: dict[int, frozenset[int]] = {
     SHARED_SUBSCRIPTION_AVAILABLE: frozenset({CONNACK}),
 }
 
+# --- Subscription options [MQTT 5 §3.8.3.1]; 3.1.1 clients only ever set the QoS bits ------------
+OPT_QOS = 0x03
+OPT_NO_LOCAL = 0x04
+OPT_RETAIN_AS_PUBLISHED = 0x08
+
 # --- Reason codes [MQTT 5 §2.4] ----------------------------------------------------------------------
+#: a reason code at or above this one reports a failure; below it, success [MQTT 5 §2.4]
+FAILURE_THRESHOLD = 0x80
+
 SUCCESS = 0x00
 NORMAL_DISCONNECTION = 0x00
 GRANTED_QOS_0 = 0x00

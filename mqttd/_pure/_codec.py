@@ -14,16 +14,20 @@ from typing import Any
 
 from mqttd.constants import (
     AUTH,
+    BRIDGE_LEVEL_BIT,
     CONNACK,
     CONNECT,
     DISCONNECT,
+    MALFORMED_PACKET,
     MAX_STRING,
     MAX_VARINT,
     PACKET_NAMES,
+    PACKET_TOO_LARGE,
     PINGREQ,
     PINGRESP,
     PROPERTY_PACKETS,
     PROPERTY_TYPES,
+    PROTOCOL_ERROR,
     PT_BINARY,
     PT_BYTE,
     PT_FOUR_BYTE_INT,
@@ -41,6 +45,7 @@ from mqttd.constants import (
     SUPPORTED_PROTOCOLS,
     UNSUBACK,
     UNSUBSCRIBE,
+    UNSUPPORTED_PROTOCOL_VERSION,
     USER_PROPERTY,
     WILL_PROPERTIES,
     protocol_name,
@@ -79,14 +84,6 @@ __all__ = [
     "encode_unsubscribe",
     "encode_varint",
 ]
-
-MALFORMED = 0x81
-PROTOCOL_ERROR = 0x82
-UNSUPPORTED_PROTOCOL_VERSION = 0x84
-PACKET_TOO_LARGE = 0x95
-#: bit 7 of a CONNECT's protocol level: the client is a bridge (Mosquitto's ``try_private``);
-#: only 0x83 (MQIsdp) and 0x84 (MQTT) carry it
-BRIDGE_LEVEL_BIT = 0x80
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,10 +245,11 @@ class Subscribe(_Packet):
         self.properties = {} if properties is None else properties
 
 
-class SubAck(_Packet):
+class _FilterAck(_Packet):
+    """SUBACK and UNSUBACK: a packet id and a reason code per topic filter."""
+
     __slots__ = ("packet_id", "reason_codes", "properties")
     _fields = __slots__
-    packet_type = SUBACK
 
     def __init__(
         self,
@@ -262,6 +260,11 @@ class SubAck(_Packet):
         self.packet_id = packet_id
         self.reason_codes = [] if reason_codes is None else reason_codes
         self.properties = {} if properties is None else properties
+
+
+class SubAck(_FilterAck):
+    __slots__ = ()
+    packet_type = SUBACK
 
 
 class Unsubscribe(_Packet):
@@ -280,20 +283,9 @@ class Unsubscribe(_Packet):
         self.properties = {} if properties is None else properties
 
 
-class UnsubAck(_Packet):
-    __slots__ = ("packet_id", "reason_codes", "properties")
-    _fields = __slots__
+class UnsubAck(_FilterAck):
+    __slots__ = ()
     packet_type = UNSUBACK
-
-    def __init__(
-        self,
-        packet_id: int = 0,
-        reason_codes: list[int] | None = None,
-        properties: dict | None = None,
-    ) -> None:
-        self.packet_id = packet_id
-        self.reason_codes = [] if reason_codes is None else reason_codes
-        self.properties = {} if properties is None else properties
 
 
 class PingReq(_Packet):
@@ -306,24 +298,25 @@ class PingResp(_Packet):
     packet_type = PINGRESP
 
 
-class Disconnect(_Packet):
+class _ReasonOnly(_Packet):
+    """DISCONNECT and AUTH: a reason code and properties, both of which may be omitted."""
+
     __slots__ = ("reason_code", "properties")
     _fields = __slots__
+
+    def __init__(self, reason_code: int = 0, properties: dict | None = None) -> None:
+        self.reason_code = reason_code
+        self.properties = {} if properties is None else properties
+
+
+class Disconnect(_ReasonOnly):
+    __slots__ = ()
     packet_type = DISCONNECT
 
-    def __init__(self, reason_code: int = 0, properties: dict | None = None) -> None:
-        self.reason_code = reason_code
-        self.properties = {} if properties is None else properties
 
-
-class Auth(_Packet):
-    __slots__ = ("reason_code", "properties")
-    _fields = __slots__
+class Auth(_ReasonOnly):
+    __slots__ = ()
     packet_type = AUTH
-
-    def __init__(self, reason_code: int = 0, properties: dict | None = None) -> None:
-        self.reason_code = reason_code
-        self.properties = {} if properties is None else properties
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,7 +326,7 @@ class Auth(_Packet):
 
 
 def _past_end(what: str) -> PacketError:
-    return PacketError(MALFORMED, f"{what} runs past the end of the packet")
+    return PacketError(MALFORMED_PACKET, f"{what} runs past the end of the packet")
 
 
 def decode_varint(buf: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
@@ -357,7 +350,7 @@ def _read_varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
         shift += 7
         if shift == 28:
             # [MQTT-1.5.5-1] at most four bytes
-            raise PacketError(MALFORMED, "variable byte integer longer than 4 bytes")
+            raise PacketError(MALFORMED_PACKET, "variable byte integer longer than 4 bytes")
 
 
 def _read_u16(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
@@ -374,12 +367,12 @@ def _read_str(buf: bytes, pos: int, end: int, what: str = "UTF-8 string") -> tup
     raw = buf[pos:stop]
     if b"\x00" in raw:
         # [MQTT-1.5.4-2] a UTF-8 string must not contain U+0000
-        raise PacketError(MALFORMED, f"{what} contains U+0000")
+        raise PacketError(MALFORMED_PACKET, f"{what} contains U+0000")
     try:
         s = raw.decode("utf-8")
     except UnicodeDecodeError:
         # [MQTT-1.5.4-1] ill-formed UTF-8 (Python's strict decoder also rejects surrogates)
-        raise PacketError(MALFORMED, f"{what} is not well-formed UTF-8") from None
+        raise PacketError(MALFORMED_PACKET, f"{what} is not well-formed UTF-8") from None
     return s, stop
 
 
@@ -403,7 +396,7 @@ def _read_props(buf: bytes, pos: int, end: int, ptype: int) -> tuple[dict, int]:
         ptype_of = PROPERTY_TYPES.get(pid)
         if ptype_of is None or ptype not in PROPERTY_PACKETS[pid]:
             # [MQTT 5 §2.2.2.2] unknown identifier or not valid for this packet
-            raise PacketError(MALFORMED, f"property 0x{pid:02x} not valid here")
+            raise PacketError(MALFORMED_PACKET, f"property 0x{pid:02x} not valid here")
         value: Any
         if ptype_of == PT_BYTE:
             if pos >= stop:
@@ -448,7 +441,7 @@ def _read_props(buf: bytes, pos: int, end: int, ptype: int) -> tuple[dict, int]:
 
 def _check_end(pos: int, end: int, what: str) -> None:
     if pos != end:
-        raise PacketError(MALFORMED, f"{end - pos} unexpected bytes at the end of {what}")
+        raise PacketError(MALFORMED_PACKET, f"{end - pos} unexpected bytes at the end of {what}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -478,16 +471,18 @@ def _d_connect(buf: bytes, pos: int, end: int, flags: int, level: int) -> Connec
     keepalive = (buf[pos + 1] << 8) | buf[pos + 2]
     pos += 3
     if cf & 0x01:
-        raise PacketError(MALFORMED, "CONNECT reserved flag set [MQTT-3.1.2-3]")
+        raise PacketError(MALFORMED_PACKET, "CONNECT reserved flag set [MQTT-3.1.2-3]")
     will_flag = cf & 0x04
     will_qos = (cf >> 3) & 3
     will_retain = cf & 0x20
     if not will_flag and (will_qos or will_retain):
-        raise PacketError(MALFORMED, "will QoS/retain without will flag [MQTT-3.1.2-11/13/15]")
+        raise PacketError(
+            MALFORMED_PACKET, "will QoS/retain without will flag [MQTT-3.1.2-11/13/15]"
+        )
     if will_qos == 3:
-        raise PacketError(MALFORMED, "will QoS 3 [MQTT-3.1.2-14]")
+        raise PacketError(MALFORMED_PACKET, "will QoS 3 [MQTT-3.1.2-14]")
     if lvl < 5 and cf & 0x40 and not cf & 0x80:
-        raise PacketError(MALFORMED, "password flag without user name flag [MQTT-3.1.2-22]")
+        raise PacketError(MALFORMED_PACKET, "password flag without user name flag [MQTT-3.1.2-22]")
     props: dict = {}
     if lvl == 5:
         props, pos = _read_props(buf, pos, end, CONNECT)
@@ -519,7 +514,7 @@ def _d_connack(buf: bytes, pos: int, end: int, flags: int, level: int) -> ConnAc
     rc = buf[pos + 1]
     pos += 2
     if af & 0xFE:
-        raise PacketError(MALFORMED, "CONNACK reserved flags set [MQTT-3.2.2-1]")
+        raise PacketError(MALFORMED_PACKET, "CONNACK reserved flags set [MQTT-3.2.2-1]")
     props: dict = {}
     if level == 5:
         props, pos = _read_props(buf, pos, end, CONNACK)
@@ -540,7 +535,7 @@ def _d_publish(buf: bytes, pos: int, end: int, flags: int, level: int) -> Publis
     props: dict = {}
     if level == 5:
         props, pos = _read_props(buf, pos, end, PUBLISH)
-    return Publish(topic, buf[pos:end], qos, flags & 1, flags & 8, packet_id, props)
+    return Publish(topic, buf[pos:end], qos, bool(flags & 1), bool(flags & 8), packet_id, props)
 
 
 def _d_ack(buf: bytes, pos: int, end: int, flags: int, level: int, ptype: int) -> Ack:
@@ -573,11 +568,15 @@ def _d_subscribe(buf: bytes, pos: int, end: int, flags: int, level: int) -> Subs
         pos += 1
         if level != 5:
             if opts & 0xFC:
-                raise PacketError(MALFORMED, "SUBSCRIBE reserved option bits set [MQTT-3-8.3-4]")
+                raise PacketError(
+                    MALFORMED_PACKET, "SUBSCRIBE reserved option bits set [MQTT-3-8.3-4]"
+                )
         elif opts & 0xC0:
-            raise PacketError(MALFORMED, "SUBSCRIBE reserved option bits 6-7 set [MQTT-3.8.3-5]")
+            raise PacketError(
+                MALFORMED_PACKET, "SUBSCRIBE reserved option bits 6-7 set [MQTT-3.8.3-5]"
+            )
         if opts & 3 == 3:
-            raise PacketError(MALFORMED, "SUBSCRIBE with QoS 3")
+            raise PacketError(MALFORMED_PACKET, "SUBSCRIBE with QoS 3")
         if opts & 0x30 == 0x30:
             raise PacketError(PROTOCOL_ERROR, "SUBSCRIBE with Retain Handling 3")
         subs.append((topic_filter, opts))
@@ -676,20 +675,20 @@ def _check_first_byte(b0: int, level: int) -> None:
     ptype = b0 >> 4
     flags = b0 & 0x0F
     if ptype == 0:
-        raise PacketError(MALFORMED, "reserved packet type 0")
+        raise PacketError(MALFORMED_PACKET, "reserved packet type 0")
     if ptype == PUBLISH:
         qos = (flags >> 1) & 3
         if qos == 3:
-            raise PacketError(MALFORMED, "PUBLISH with QoS 3 [MQTT-3.3.1-4]")
+            raise PacketError(MALFORMED_PACKET, "PUBLISH with QoS 3 [MQTT-3.3.1-4]")
         if qos == 0 and flags & 0x08:
-            raise PacketError(MALFORMED, "PUBLISH QoS 0 with DUP set [MQTT-3.3.1-2]")
+            raise PacketError(MALFORMED_PACKET, "PUBLISH QoS 0 with DUP set [MQTT-3.3.1-2]")
         return
     if ptype == AUTH and level < 5:
-        raise PacketError(MALFORMED, "AUTH before MQTT 5")
+        raise PacketError(MALFORMED_PACKET, "AUTH before MQTT 5")
     # [MQTT-2.2.2-1/2] reserved flags: 0b0010 for PUBREL/SUBSCRIBE/UNSUBSCRIBE, else 0
     expected = 2 if ptype in (PUBREL, SUBSCRIBE, UNSUBSCRIBE) else 0
     if flags != expected:
-        raise PacketError(MALFORMED, f"packet type {ptype} with invalid fixed-header flags")
+        raise PacketError(MALFORMED_PACKET, f"packet type {ptype} with invalid fixed-header flags")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -749,7 +748,7 @@ class Reader:
                     shift += 7
                     if shift == 28:
                         # [MQTT-1.5.5-1 / 2.1.4] at most four bytes
-                        raise PacketError(MALFORMED, "remaining length longer than 4 bytes")
+                        raise PacketError(MALFORMED_PACKET, "remaining length longer than 4 bytes")
                 if not complete:
                     break
                 total = i - pos + rl
@@ -868,6 +867,11 @@ def encode_properties(properties: dict | None) -> bytes:
     return encode_varint(len(body)) + body
 
 
+#: the packets without a body: a fixed header and a Remaining Length of 0
+_PINGREQ = bytes((PINGREQ << 4, 0))
+_PINGRESP = bytes((PINGRESP << 4, 0))
+
+
 def _packet(b0: int, body: bytes) -> bytes:
     return bytes((b0,)) + encode_varint(len(body)) + body
 
@@ -905,7 +909,7 @@ def encode_connect(
         parts.append(_str(username))
     if password is not None:
         parts.append(_bin(password))
-    return _packet(0x10, b"".join(parts))
+    return _packet(CONNECT << 4, b"".join(parts))
 
 
 def encode_connack(
@@ -917,7 +921,7 @@ def encode_connack(
     body = bytes((1 if present else 0,)) + _byte(reason_code)
     if protocol_level == 5:
         body += encode_properties(properties)
-    return _packet(0x20, body)
+    return _packet(CONNACK << 4, body)
 
 
 def encode_publish(
@@ -933,7 +937,7 @@ def encode_publish(
     raw = topic.encode("utf-8")
     if len(raw) > MAX_STRING:
         raise ValueError(f"topic of {len(raw)} bytes is longer than 65535")
-    b0 = 0x30 | (qos << 1) | (1 if retain else 0) | (8 if dup else 0)
+    b0 = (PUBLISH << 4) | (qos << 1) | (1 if retain else 0) | (8 if dup else 0)
     head = len(raw).to_bytes(2, "big") + raw
     if qos:
         head += _u16(packet_id)
@@ -976,7 +980,7 @@ def encode_subscribe(
     for topic_filter, options in subscriptions:
         parts.append(_str(topic_filter))
         parts.append(_byte(options))
-    return _packet(0x82, b"".join(parts))
+    return _packet((SUBSCRIBE << 4) | 0x02, b"".join(parts))  # flags 0b0010 [MQTT-3.8.1-1]
 
 
 def encode_suback(
@@ -988,7 +992,7 @@ def encode_suback(
     body = _u16(packet_id)
     if protocol_level == 5:
         body += encode_properties(properties)
-    return _packet(0x90, body + bytes(reason_codes))
+    return _packet(SUBACK << 4, body + bytes(reason_codes))
 
 
 def encode_unsubscribe(
@@ -1002,7 +1006,7 @@ def encode_unsubscribe(
         parts.append(encode_properties(properties))
     for topic_filter in filters:
         parts.append(_str(topic_filter))
-    return _packet(0xA2, b"".join(parts))
+    return _packet((UNSUBSCRIBE << 4) | 0x02, b"".join(parts))  # flags 0b0010 [MQTT-3.10.1-1]
 
 
 def encode_unsuback(
@@ -1015,15 +1019,15 @@ def encode_unsuback(
     if protocol_level == 5:
         # MQTT 3.1.1 UNSUBACK has no payload [MQTT-3.11.3]; MQTT 5 has a reason code per filter
         body += encode_properties(properties) + bytes(reason_codes)
-    return _packet(0xB0, body)
+    return _packet(UNSUBACK << 4, body)
 
 
 def encode_pingreq() -> bytes:
-    return b"\xc0\x00"
+    return _PINGREQ
 
 
 def encode_pingresp() -> bytes:
-    return b"\xd0\x00"
+    return _PINGRESP
 
 
 def _rc_props(b0: int, reason_code: int, properties: dict | None) -> bytes:
@@ -1039,12 +1043,12 @@ def encode_disconnect(
     reason_code: int = 0, protocol_level: int = 4, properties: dict | None = None
 ) -> bytes:
     if protocol_level != 5:
-        return b"\xe0\x00"
-    return _rc_props(0xE0, reason_code, properties)
+        return _rc_props(DISCONNECT << 4, 0, None)  # no reason code before MQTT 5
+    return _rc_props(DISCONNECT << 4, reason_code, properties)
 
 
 def encode_auth(reason_code: int = 0, properties: dict | None = None) -> bytes:
-    return _rc_props(0xF0, reason_code, properties)
+    return _rc_props(AUTH << 4, reason_code, properties)
 
 
 def encode(packet: Any, protocol_level: int) -> bytes:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
 
+from mqttd.constants import MAX_STRING  # a UTF-8 string has a two-byte length [MQTT-1.5.4]
+
 __all__ = [
     "SubscriptionTree",
     "parse_shared",
@@ -30,7 +32,6 @@ __all__ = [
     "validate_topic",
 ]
 
-_MAX_BYTES = 65535  # a UTF-8 Encoded String carries a two-byte length [MQTT-1.5.4]
 _SHARE_PREFIX = "$share/"
 
 
@@ -39,11 +40,11 @@ def _string_ok(s: str) -> bool:
     if not s or "\x00" in s:  # [MQTT-4.7.3-1] [MQTT-4.7.3-2]
         return False
     if s.isascii():
-        return len(s) <= _MAX_BYTES
+        return len(s) <= MAX_STRING
     # One code point is at most 4 bytes: short strings need no encoding for the length check,
     # but every non-ASCII string is encoded once to reject lone surrogates [MQTT-1.5.4-1].
     try:
-        return len(s.encode("utf-8")) <= _MAX_BYTES  # [MQTT-4.7.3-3]
+        return len(s.encode("utf-8")) <= MAX_STRING  # [MQTT-4.7.3-3]
     except UnicodeEncodeError:
         return False
 
@@ -322,8 +323,10 @@ class SubscriptionTree:
             while True:
                 wild = i > 0 or root_wild
                 h = node.hash
-                if h is not None and wild:
-                    out.append(h.subs)  # '#' matches the rest, the parent included
+                # '#' matches the rest, the parent included (a '#' node is a leaf: it is there
+                # only while it has subscribers)
+                if h is not None and h.subs is not None and wild:
+                    out.append(h.subs)
                 if i == n:
                     if node.subs is not None:
                         out.append(node.subs)
@@ -333,9 +336,10 @@ class SubscriptionTree:
                 children = node.children
                 if children is None:
                     break
-                node = children.get(levels[i])
-                if node is None:
+                child = children.get(levels[i])
+                if child is None:
                     break
+                node = child
                 i += 1
         return out
 

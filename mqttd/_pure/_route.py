@@ -8,7 +8,9 @@ A PUBLISH goes from the reader to every subscriber's output buffer through three
   subscribers, so the packet is written as ``first byte + head + packet id + tail`` into the
   subscriber's buffer, with ``head`` and ``tail`` shared.
 - :class:`Outlet` is a session's delivery end: its output buffer, its packet ids and the QoS 1/2
-  messages in flight. It outlives a network connection (a persistent session keeps its outlet).
+  messages in flight (an :class:`Inflight` each), whose acknowledgements it applies
+  (``puback``, ``pubrec``, ``pubcomp``). It outlives a network connection (a persistent session
+  keeps its outlet).
 - :class:`Flusher` coalesces writes: an outlet that gets data is marked once, and one callback per
   event-loop iteration hands each marked outlet's whole buffer to its transport in one write.
 
@@ -21,18 +23,34 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from mqttd._pure._codec import decode_varint
+from mqttd._pure._codec import decode_varint, encode_ack
 from mqttd._pure._codec import encode_varint as _varint
+from mqttd.constants import (
+    FAILURE_THRESHOLD,
+    PACKET_IDENTIFIER_NOT_FOUND,
+    PUBLISH,
+    PUBREL,
+    SUBSCRIPTION_IDENTIFIER,
+    SUCCESS,
+    TOPIC_ALIAS,
+)
 
-# Subscription option bits (MQTT 5 §3.8.3.1); 3.1.1 clients only ever set the QoS bits.
-OPT_QOS = 0x03
-OPT_NO_LOCAL = 0x04
-OPT_RETAIN_AS_PUBLISHED = 0x08
+# Re-exported ("X as X", which mypy --strict takes as an export): the broker reads route.OPT_*
+from mqttd.constants import OPT_NO_LOCAL as OPT_NO_LOCAL
+from mqttd.constants import OPT_QOS as OPT_QOS
+from mqttd.constants import OPT_RETAIN_AS_PUBLISHED as OPT_RETAIN_AS_PUBLISHED
 
-# Inflight entry states for outgoing QoS 1/2 messages.
+# Inflight.state: where an outgoing QoS 1/2 flow stands
 AWAIT_PUBACK = 1  # QoS 1, PUBLISH sent
 AWAIT_PUBREC = 2  # QoS 2, PUBLISH sent
 AWAIT_PUBCOMP = 3  # QoS 2, PUBREL sent
+
+#: what :meth:`Outlet.pubrec` returns when no PUBREL is to be sent
+NO_PUBREL = -1
+
+# the identifier byte that opens each property these add to a message's block
+_SID_HEAD = bytes((SUBSCRIPTION_IDENTIFIER,))
+_ALIAS_HEAD = bytes((TOPIC_ALIAS,))
 
 
 class Message:
@@ -116,16 +134,16 @@ class Message:
     def with_ids(self, ids: tuple) -> Message:
         """This message carrying Subscription Identifiers, shared by every subscriber with the
         same identifiers [MQTT-3.3.4-3]."""
-        block = b"".join(b"\x0b" + _varint(i) for i in ids)
-        return self._child(ids, self.topic, {0x0B: list(ids)}, block)
+        block = b"".join(_SID_HEAD + _varint(i) for i in ids)
+        return self._child(ids, self.topic, {SUBSCRIPTION_IDENTIFIER: list(ids)}, block)
 
     def aliased(self, alias: int, with_topic: bool) -> Message:
         """This message with a Topic Alias: the topic sent once with it, then empty."""
         return self._child(
             ("alias", alias, with_topic),
             self.topic if with_topic else "",
-            {0x23: alias},
-            b"\x23" + alias.to_bytes(2, "big"),
+            {TOPIC_ALIAS: alias},
+            _ALIAS_HEAD + alias.to_bytes(2, "big"),
         )
 
     def size(self, version: int, qos: int) -> int:
@@ -143,7 +161,7 @@ class Message:
             tail = (self.props_block if key[0] else b"") + self.payload
             remaining = 2 + len(self._topic_b) + len(tail)
             data = (
-                bytes((0x30 | key[1],))
+                bytes(((PUBLISH << 4) | key[1],))
                 + _varint(remaining)
                 + len(self._topic_b).to_bytes(2, "big")
                 + self._topic_b
@@ -157,11 +175,35 @@ class Message:
     ) -> None:
         """Append a QoS 1/2 PUBLISH with this packet id to ``buf``."""
         head, tail = self._parts(1 if version == 5 else 0)
-        buf.append(0x30 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0))
+        buf.append((PUBLISH << 4) | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0))
         buf += head
         buf.append(packet_id >> 8)
         buf.append(packet_id & 0xFF)
         buf += tail
+
+
+class Inflight:
+    """A QoS 1/2 message sent to a session and not yet acknowledged: an entry of
+    :attr:`Outlet.inflight`, by packet id.
+
+    ``state`` says which acknowledgement the flow waits for: ``AWAIT_PUBACK`` (QoS 1),
+    ``AWAIT_PUBREC`` then ``AWAIT_PUBCOMP`` (QoS 2). ``msg`` is None exactly at
+    ``AWAIT_PUBCOMP``: once the PUBREC came the message is delivered and only its packet id is
+    kept, for the PUBREL [MQTT-4.3.3-4].
+    """
+
+    __slots__ = ("msg", "qos", "retain", "state")
+
+    def __init__(self, msg: Message | None, qos: int, retain: bool, state: int) -> None:
+        self.msg = msg
+        self.qos = qos
+        self.retain = retain
+        self.state = state
+
+    def __repr__(self) -> str:
+        return (
+            f"Inflight(msg={self.msg!r}, qos={self.qos}, retain={self.retain}, state={self.state})"
+        )
 
 
 class Flusher:
@@ -209,8 +251,9 @@ class Outlet:
         self.buf = bytearray()
         self.pending = False
         self.paused = False  # the transport asked us to stop writing (pause_writing)
-        #: packet id -> [Message, qos, retain, state] for QoS 1/2 messages sent, not yet acked
-        self.inflight: dict[int, list] = {}
+        #: packet id -> Inflight, for the QoS 1/2 messages sent and not yet acknowledged, oldest
+        #: first. Changed only by the methods below (send, the acknowledgements, restore).
+        self.inflight: dict[int, Inflight] = {}
         self.inflight_max = inflight_max
         #: QoS 1/2 messages waiting for room in the inflight window, or for the client to return
         self.queue: deque = deque()
@@ -308,7 +351,7 @@ class Outlet:
 
     def _send_inflight(self, msg: Message, qos: int, retain: bool) -> None:
         pid = self.alloc_packet_id()
-        self.inflight[pid] = [msg, qos, retain, AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC]
+        self.inflight[pid] = Inflight(msg, qos, retain, AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC)
         (self._wire(msg) if self.alias_max else msg).write_qos(
             self.buf, self.version, qos, retain, False, pid
         )
@@ -342,15 +385,77 @@ class Outlet:
                     continue
             self._send_inflight(msg, qos, retain)
 
+    # -- acknowledgements of outgoing QoS 1/2 [MQTT 5 §4.3.2, §4.3.3] ------------------------------
+    def puback(self, packet_id: int) -> bool:
+        """The client's PUBACK. True when it completes a QoS 1 flow: the message leaves the
+        window and the next queued one goes out. An id not awaiting PUBACK (unknown, or a QoS 2
+        flow) changes nothing: False."""
+        return self._end(packet_id, AWAIT_PUBACK)
+
+    def pubrec(self, packet_id: int, reason_code: int) -> int:
+        """The client's PUBREC; returns the reason code of the PUBREL to answer it with, or
+        ``NO_PUBREL`` when none is sent.
+
+        - A success code (< 0x80) for an id awaiting PUBREC, or PUBCOMP (the PUBREC came again):
+          the message counts as delivered, only its id is kept [MQTT-4.3.3-4], and the flow
+          waits for PUBCOMP: ``SUCCESS``.
+        - A failure code (>= 0x80, MQTT 5) ends the flow there (§4.3.3): the message leaves the
+          window, the next queued one goes out: ``NO_PUBREL``.
+        - An id not in flight, or awaiting PUBACK: ``PACKET_IDENTIFIER_NOT_FOUND`` (0x92) at
+          MQTT 5; ``NO_PUBREL`` at 3.1/3.1.1, which have no reason code to say it with.
+        """
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.state == AWAIT_PUBACK:
+            return PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else NO_PUBREL
+        if reason_code >= FAILURE_THRESHOLD:
+            del self.inflight[packet_id]
+            self.drain_queue()
+            return NO_PUBREL
+        entry.state = AWAIT_PUBCOMP
+        entry.msg = None
+        return SUCCESS
+
+    def pubcomp(self, packet_id: int) -> bool:
+        """The client's PUBCOMP. True when it completes a QoS 2 flow: the id leaves the window
+        and the next queued message goes out. An id not awaiting PUBCOMP changes nothing."""
+        return self._end(packet_id, AWAIT_PUBCOMP)
+
+    def _end(self, packet_id: int, awaiting: int) -> bool:
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.state != awaiting:
+            return False
+        del self.inflight[packet_id]
+        self.drain_queue()
+        return True
+
+    def inflight_items(self) -> list[tuple[int, Inflight]]:
+        """``(packet id, Inflight)`` for each message in flight, oldest first: a copy, for
+        handing the session over to another node."""
+        return list(self.inflight.items())
+
+    def restore_inflight(
+        self, packet_id: int, msg: Message | None, qos: int, retain: bool, state: int
+    ) -> None:
+        """Put back a message in flight that another node handed over. ``msg`` is dropped at
+        AWAIT_PUBCOMP (only the id is kept) and needed before; ValueError otherwise, and for a
+        ``state`` that is not an AWAIT_* value."""
+        if state == AWAIT_PUBCOMP:
+            msg = None
+        elif not AWAIT_PUBACK <= state < AWAIT_PUBCOMP:
+            raise ValueError(f"not an in-flight state: {state!r}")
+        elif msg is None:
+            raise ValueError(f"no message for packet id {packet_id} awaiting PUBACK/PUBREC")
+        self.inflight[packet_id] = Inflight(msg, qos, retain, state)
+
     def resend_inflight(self) -> None:
         """After a reconnect: resend unacknowledged PUBLISH with DUP, and PUBREL, in order."""
         for pid, entry in self.inflight.items():
-            msg, qos, retain, state = entry
-            if state == AWAIT_PUBCOMP:
-                self.buf += b"\x62\x02" + pid.to_bytes(2, "big")
+            msg = entry.msg
+            if msg is None:  # AWAIT_PUBCOMP: the PUBREL again
+                self.buf += encode_ack(PUBREL, pid, self.version)
             else:
                 (self._wire(msg) if self.alias_max else msg).write_qos(
-                    self.buf, self.version, qos, retain, True, pid
+                    self.buf, self.version, entry.qos, entry.retain, True, pid
                 )
         if self.buf:
             self._mark()

@@ -584,8 +584,8 @@ class RedisBridge:
             "awaiting_rel": sorted(session.awaiting_rel),
             "queue": [[_pack(m), q, r] for m, q, r in session.outlet.queue],
             "inflight": [
-                [pid, _pack(m) if m is not None else None, q, r, st]
-                for pid, (m, q, r, st) in session.outlet.inflight.items()
+                [pid, _pack(e.msg) if e.msg is not None else None, e.qos, e.retain, e.state]
+                for pid, e in session.outlet.inflight_items()
             ],
             "next_pid": session.outlet.next_pid,
         }
@@ -607,7 +607,7 @@ class RedisBridge:
         for packed, qos, retain in state["queue"]:
             outlet.queue.append((_unpack(packed), qos, retain))
         for pid, packed, qos, retain, st in state["inflight"]:
-            outlet.inflight[pid] = [_unpack(packed) if packed else None, qos, retain, st]
+            outlet.restore_inflight(pid, _unpack(packed) if packed else None, qos, retain, st)
         outlet.next_pid = state["next_pid"]
 
     def _on_connect_elsewhere(self, client_id: str, want: bool) -> None:

@@ -298,6 +298,21 @@ def test_packet_objects_mutable_eq_repr(codec: ModuleType):
     assert codec.Publish(topic="a") != codec.Subscribe()
 
 
+def test_packet_classes_sharing_a_base_stay_apart(codec: ModuleType):
+    # SUBACK/UNSUBACK and DISCONNECT/AUTH share their fields (and a base class): never equal
+    assert codec.SubAck(1, [0]) != codec.UnsubAck(1, [0])
+    assert codec.Disconnect(C.NOT_AUTHORIZED) != codec.Auth(C.NOT_AUTHORIZED)
+    assert (codec.UnsubAck.packet_type, codec.Auth.packet_type) == (C.UNSUBACK, C.AUTH)
+    assert (
+        repr(codec.UnsubAck(2, [17])) == "UnsubAck(packet_id=2, reason_codes=[17], properties={})"
+    )
+    assert repr(codec.Auth(24)) == "Auth(reason_code=24, properties={})"
+    for packet in (codec.SubAck(), codec.Auth(), codec.PingReq(), codec.Publish(), codec.Ack()):
+        with pytest.raises(TypeError):
+            hash(packet)  # mutable
+    assert not hasattr(codec.PingReq(), "properties")  # as in MQTT: it has none
+
+
 # ------------------------------------------------------------------------------------------------
 # Errors
 # ------------------------------------------------------------------------------------------------

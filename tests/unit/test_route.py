@@ -1,34 +1,31 @@
 """The fan-out path (mqttd._route), compiled and pure twins, checked against the codec's reader.
 
 Outlets are given a recording transport: this level has no sockets (the conformance and interop
-tests cover the network). Each test runs on both twins.
+tests cover the network). Each test runs on both twins (``route_twin``, tests/unit/conftest.py:
+the compiled run fails when the extension should be there and is not).
 """
 
 from __future__ import annotations
 
-import os
+from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mqttd._pure import _codec as pure_codec
-from mqttd._pure import _route as pure_route
-
-try:
-    from mqttd import _route as compiled_route
-except ImportError:  # pragma: no cover - reported by test_compiled_route_loaded
-    compiled_route = None
-
-TWINS = [pytest.param(pure_route, id="pure")]
-if compiled_route is not None:
-    TWINS.append(pytest.param(compiled_route, id="compiled"))
+from mqttd.constants import PACKET_IDENTIFIER_NOT_FOUND, SUCCESS, UNSPECIFIED_ERROR
 
 
-def test_compiled_route_loaded() -> None:
-    if os.environ.get("MQTTD_NO_EXTENSIONS") == "1":
-        pytest.skip("MQTTD_NO_EXTENSIONS=1 asked for the pure twins")
-    assert compiled_route is not None, "mqttd._route was not compiled (pip install -e .)"
+@pytest.fixture(scope="session")
+def route(route_twin: ModuleType) -> ModuleType:
+    """This file's short name for ``route_twin`` (tests/unit/conftest.py)."""
+    return route_twin
+
+
+def test_compiled_route_loaded(route_compiled: ModuleType) -> None:
+    # route_compiled skips under MQTTD_NO_EXTENSIONS=1 and fails when the module did not load
+    assert route_compiled.__file__ is not None and not route_compiled.__file__.endswith(".py")
 
 
 class Loop:
@@ -66,7 +63,6 @@ def decode(data: bytes, level: int) -> list:
     return pure_codec.Reader(protocol_level=level).feed(data)
 
 
-@pytest.mark.parametrize("route", TWINS)
 @pytest.mark.parametrize("level", [3, 4, 5])
 @settings(max_examples=60, deadline=None)
 @given(
@@ -95,7 +91,6 @@ def test_encoded_publish_decodes(route, level, topic, payload, qos, retain) -> N
     assert pkt.properties == props
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_one_write_per_outlet_per_iteration(route) -> None:
     loop, _, outlet = make(route)
     msg = route.Message("t", b"p")
@@ -109,7 +104,6 @@ def test_one_write_per_outlet_per_iteration(route) -> None:
     assert len(pkts) == 101 and pkts[-1].packet_type == 13
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_shared_encoding_for_identical_copies(route) -> None:
     msg = route.Message("a/b", b"x" * 64)
     assert msg.encode_qos0(4, False) is msg.encode_qos0(4, False)
@@ -117,7 +111,6 @@ def test_shared_encoding_for_identical_copies(route) -> None:
     assert msg.encode_qos0(5, False) != msg.encode_qos0(4, False)
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_deliver_one_copy_at_highest_qos(route) -> None:
     """[MQTT-3.3.5-1]: overlapping subscriptions give one copy at the highest granted QoS."""
     loop, flusher, a = make(route)
@@ -130,10 +123,9 @@ def test_deliver_one_copy_at_highest_qos(route) -> None:
     (pa,) = decode(a.transport.writes[0], 4)
     (pb,) = decode(b.transport.writes[0], 5)
     assert (pa.qos, pb.qos) == (2, 1)
-    assert a.inflight[pa.packet_id][1] == 2 and b.inflight[pb.packet_id][1] == 1
+    assert a.inflight[pa.packet_id].qos == 2 and b.inflight[pb.packet_id].qos == 1
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_qos_downgraded_to_published(route) -> None:
     loop, _, a = make(route)
     route.deliver([{a: 2}], route.Message("t", b"", 1), None)
@@ -142,7 +134,6 @@ def test_qos_downgraded_to_published(route) -> None:
     assert p.qos == 1
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_no_local_and_retain_as_published(route) -> None:
     loop, flusher, a = make(route, 5)
     b = route.Outlet(flusher, 5)
@@ -161,7 +152,6 @@ def test_no_local_and_retain_as_published(route) -> None:
     assert p.retain is False
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_inflight_window_queue_and_packet_ids(route) -> None:
     loop, _, a = make(route, inflight_max=2, max_queued=2)
     msgs = [route.Message("t", bytes([i]), 1) for i in range(5)]
@@ -173,25 +163,23 @@ def test_inflight_window_queue_and_packet_ids(route) -> None:
     assert len(a.queue) == 2 and a.dropped == 1
     ids = [p.packet_id for p in pkts]
     assert len(set(ids)) == 2 and 0 not in ids
-    del a.inflight[ids[0]]
-    a.drain_queue()
+    assert a.puback(ids[0]) is True  # room in the window: the next queued message goes out
     loop.run_once()
     (p,) = decode(a.transport.writes[1], 4)
     assert p.payload == b"\x02" and p.packet_id in a.inflight and p.packet_id != ids[1]
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_packet_ids_skip_those_in_flight(route) -> None:
     _, _, a = make(route)
-    a.inflight[1] = [None, 1, False, 1]
-    a.inflight[2] = [None, 1, False, 1]
+    msg = route.Message("t", b"", 1)
+    a.restore_inflight(1, msg, 1, False, route.AWAIT_PUBACK)
+    a.restore_inflight(2, msg, 1, False, route.AWAIT_PUBACK)
     assert a.alloc_packet_id() == 3
     a.next_pid = 65535
     assert a.alloc_packet_id() == 65535
     assert a.alloc_packet_id() == 3  # wraps past 0 and skips 1, 2
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_offline_outlet_queues_qos1_drops_qos0(route) -> None:
     loop, _, a = make(route)
     a.transport = None
@@ -205,7 +193,6 @@ def test_offline_outlet_queues_qos1_drops_qos0(route) -> None:
     assert p.payload == b"1" and not p.dup
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_resend_inflight_sets_dup_and_pubrel(route) -> None:
     loop, _, a = make(route)
     a.send(route.Message("t", b"1", 1), 1, False)
@@ -213,7 +200,7 @@ def test_resend_inflight_sets_dup_and_pubrel(route) -> None:
     loop.run_once()
     first = decode(a.transport.writes[0], 4)
     # the QoS 2 one got its PUBREC: now awaiting PUBCOMP
-    a.inflight[first[1].packet_id][3] = route.AWAIT_PUBCOMP
+    assert a.pubrec(first[1].packet_id, 0) == 0
     a.resend_inflight()
     loop.run_once()
     again = decode(a.transport.writes[1], 4)
@@ -221,7 +208,74 @@ def test_resend_inflight_sets_dup_and_pubrel(route) -> None:
     assert again[1].packet_type == 6 and again[1].packet_id == first[1].packet_id
 
 
-@pytest.mark.parametrize("route", TWINS)
+def test_acks_complete_flows_in_order_and_drain_the_queue(route) -> None:
+    """PUBACK ends a QoS 1 flow, PUBREC then PUBCOMP a QoS 2 one [MQTT-4.3.2, 4.3.3]; an ack
+    of the wrong kind or for an unknown id changes nothing; each end makes room in the window."""
+    loop, _, a = make(route, 5, inflight_max=1)
+    a.send(route.Message("t", b"1", 1), 1, False)
+    a.send(route.Message("t", b"2", 2), 2, False)  # queued: the window holds one
+    loop.run_once()
+    (p1,) = decode(a.transport.writes[0], 5)
+    assert a.pubrec(p1.packet_id, SUCCESS) == PACKET_IDENTIFIER_NOT_FOUND
+    assert a.pubcomp(p1.packet_id) is False
+    assert a.puback(p1.packet_id) is True and a.puback(p1.packet_id) is False
+    loop.run_once()
+    (p2,) = decode(a.transport.writes[1], 5)
+    assert p2.payload == b"2" and len(a.queue) == 0
+    assert a.puback(p2.packet_id) is False
+    assert a.pubrec(p2.packet_id, SUCCESS) == SUCCESS
+    entry = a.inflight[p2.packet_id]
+    assert (entry.msg, entry.qos, entry.state) == (None, 2, route.AWAIT_PUBCOMP)
+    assert a.pubrec(p2.packet_id, SUCCESS) == SUCCESS  # a PUBREC sent again: PUBREL again
+    assert a.pubcomp(p2.packet_id) is True and a.inflight == {}
+
+
+def test_pubrec_failure_or_unknown_id_sends_no_pubrel(route) -> None:
+    loop, _, a = make(route, 5, inflight_max=1)
+    a.send(route.Message("t", b"1", 2), 2, False)
+    a.send(route.Message("t", b"2", 2), 2, False)
+    loop.run_once()
+    (p1,) = decode(a.transport.writes[0], 5)
+    # MQTT 5: a PUBREC with a failure code ends the exchange (§4.3.3); the queued one goes out
+    assert a.pubrec(p1.packet_id, UNSPECIFIED_ERROR) == route.NO_PUBREL
+    assert p1.packet_id not in a.inflight and len(a.queue) == 0 and len(a.inflight) == 1
+    # 3.1.1 has no reason code to say "not found" with
+    _, _, b = make(route, 4)
+    assert b.pubrec(7, SUCCESS) == route.NO_PUBREL
+
+
+def test_inflight_hand_over_round_trip(route) -> None:
+    """What inflight_items gives, restore_inflight takes back: the new outlet resends the
+    PUBLISH (DUP) and the PUBREL."""
+    loop, flusher, a = make(route)
+    a.send(route.Message("t", b"1", 1), 1, True)
+    a.send(route.Message("t", b"2", 2), 2, False)
+    loop.run_once()
+    first = decode(a.transport.writes[0], 4)
+    a.pubrec(first[1].packet_id, SUCCESS)
+    items = a.inflight_items()
+    assert [(pid, e.qos, e.retain, e.state) for pid, e in items] == [
+        (first[0].packet_id, 1, True, route.AWAIT_PUBACK),
+        (first[1].packet_id, 2, False, route.AWAIT_PUBCOMP),
+    ]
+    b = route.Outlet(flusher, 4)
+    b.transport = Transport()
+    for pid, e in items:
+        b.restore_inflight(pid, e.msg, e.qos, e.retain, e.state)
+    b.resend_inflight()
+    loop.run_once()
+    again = decode(b.transport.writes[0], 4)
+    assert [(p.packet_type, p.packet_id) for p in again] == [
+        (3, first[0].packet_id),
+        (6, first[1].packet_id),
+    ]
+    assert again[0].dup and again[0].retain and again[0].payload == b"1"
+    with pytest.raises(ValueError):
+        b.restore_inflight(9, None, 1, False, route.AWAIT_PUBACK)  # its message is needed
+    with pytest.raises(ValueError):
+        b.restore_inflight(9, route.Message("t", b""), 1, False, 4)
+
+
 def test_paused_outlet_drops_qos0_past_its_buffer(route) -> None:
     loop, _, a = make(route, max_buffer=100)
     a.paused = True
@@ -244,7 +298,6 @@ class Group:
         return self.member, self.opts
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_shared_group_key_picks_member(route) -> None:
     loop, _, a = make(route)
     assert route.deliver([{Group(a, 1): 0}], route.Message("t", b"s", 1), None) == 1
@@ -253,7 +306,6 @@ def test_shared_group_key_picks_member(route) -> None:
     assert p.qos == 1
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_subscription_identifiers_per_subscriber(route) -> None:
     """[MQTT-3.3.4-3]: every matching subscription's identifier; copies with the same ids share
     one encoding; 3.1.1 subscribers get none."""
@@ -283,7 +335,6 @@ def test_subscription_identifiers_per_subscriber(route) -> None:
     assert pb2.properties[0x0B] == [5]
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_topic_aliases_to_client_within_its_maximum(route) -> None:
     """[MQTT-3.3.2-10]: aliases only up to the client's Topic Alias Maximum; the topic goes
     with the alias once, then the alias alone."""
@@ -314,7 +365,6 @@ def test_topic_aliases_to_client_within_its_maximum(route) -> None:
     assert again[0].topic == "x" and again[0].dup
 
 
-@pytest.mark.parametrize("route", TWINS)
 def test_expired_queued_message_is_refreshed_or_dropped(route) -> None:
     loop, _, a = make(route)
     a.transport = None
