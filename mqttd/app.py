@@ -652,7 +652,10 @@ class MQTTApp:
         # waits for a signal, or for shutdown() from a handler (which sets _stopped)
         node = self._prepare()
         assert self._stopped is not None
-        return await serve(node, stopping=self.shutdown, until=self._stopped)
+        status = await serve(node, stopping=self.shutdown, until=self._stopped)
+        if status:
+            self._node = None  # it did not start: the app is not running
+        return status
 
     # -- figures ---------------------------------------------------------------------------------
     def get_metrics(self) -> dict[str, Any]:

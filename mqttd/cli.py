@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(str(values["log_level"]), sys.stdout)
     node = Node(config)
-    return run(lambda: serve(node))
+    return run(lambda: serve(node, host_hint="--host"))
 
 
 if __name__ == "__main__":

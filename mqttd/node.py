@@ -39,6 +39,9 @@ log = logging.getLogger("mqttd")
 LOG_FORMAT = "%(asctime)s mqttd[%(process)d] %(levelname)s: %(message)s"
 
 
+#: the signals that stop a node
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 #: what a node's start raises for a reason the user can fix: one line says which (start_error)
 START_ERRORS = (OSError, RedisUnavailable, ValueError)
 
@@ -61,6 +64,7 @@ class Node:
         self.server: asyncio.base_events.Server | None = None
         self.sys_publisher: systopics.SysPublisher | None = None
         self._bridge: Any = None
+        self._signals = False  # SIGINT/SIGTERM handlers installed by serve_forever
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,9 +111,7 @@ class Node:
         cfg = self.config
         if isinstance(exc, OSError):
             if exc.errno == errno.EADDRINUSE:
-                return (
-                    f"port {cfg.port} on {cfg.host} is already in use (another broker? pick --port)"
-                )
+                return f"port {cfg.port} on {cfg.host} is already in use (another broker?)"
             return f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
         return str(exc)
 
@@ -120,27 +122,34 @@ class Node:
             return []
         return [s.getsockname()[:2] for s in self.server.sockets]
 
-    def start_line(self) -> str:
-        """The line a started node logs; tests and scripts read the address and pid from it."""
+    def start_line(self, host_hint: str = "") -> str:
+        """The line a started node logs; tests and scripts read the address and pid from it.
+        ``host_hint``: how to say "listen on 0.0.0.0" to whoever runs it (the command's flag),
+        added when the node listens on loopback only."""
         host, port = self.addresses[0]
         hint = ""
-        if self.config.host in ("127.0.0.1", "localhost", "::1"):
-            hint = "; local clients only, use --host 0.0.0.0 to accept remote clients"
+        if host_hint and self.config.host in ("127.0.0.1", "localhost", "::1"):
+            hint = f"; local clients only, use {host_hint} 0.0.0.0 to accept remote clients"
         tls = " with TLS" if self.ssl_context is not None else ""
         return f"{version_line()} listening on {host}:{port} (pid {os.getpid()}){tls}{hint}"
 
     async def serve_forever(self, until: asyncio.Event | None = None) -> None:
-        """Wait until SIGINT or SIGTERM arrives (or ``until`` is set): the signals are this
-        node's while it waits, and the loop's again after."""
+        """Wait until SIGINT or SIGTERM arrives (or ``until`` is set). The signals stay this
+        node's until :meth:`release_signals`, so that a second Ctrl-C or SIGTERM during the
+        shutdown that follows does not cut it short (serve() releases them after it)."""
         loop = asyncio.get_running_loop()
         stop = until if until is not None else asyncio.Event()
-        signals = (signal.SIGINT, signal.SIGTERM)
-        for sig in signals:
+        for sig in SIGNALS:
             loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            for sig in signals:
+        self._signals = True
+        await stop.wait()
+
+    def release_signals(self) -> None:
+        """Give SIGINT and SIGTERM back to the loop's default."""
+        if self._signals:
+            self._signals = False
+            loop = asyncio.get_running_loop()
+            for sig in SIGNALS:
                 loop.remove_signal_handler(sig)
 
     async def shutdown(self, timeout: float | None = None) -> None:
@@ -164,7 +173,8 @@ class Node:
             server.close()
         broker.close_connections()
         if server is not None:
-            await server.wait_closed()
+            await server.wait_closed()  # (from Python 3.12: until every connection_lost ran)
+        broker.stop_timers()
         bridge, self._bridge = self._bridge, None
         if bridge is not None:
             await bridge.stop()
@@ -175,6 +185,7 @@ async def serve(
     *,
     stopping: Callable[[], Awaitable[None]] | None = None,
     until: asyncio.Event | None = None,
+    host_hint: str = "",
 ) -> int:
     """Start ``node`` and run it until SIGINT or SIGTERM (or ``until`` is set); the exit status.
 
@@ -186,12 +197,15 @@ async def serve(
     except START_ERRORS as exc:
         print(f"mqttd: error: {node.start_error(exc)}", file=sys.stderr)
         return 1
-    log.info("%s", node.start_line())
+    log.info("%s", node.start_line(host_hint))
     for handler in logging.getLogger().handlers + log.handlers:
         handler.flush()
-    await node.serve_forever(until)
-    log.info("stopping")
-    await (stopping() if stopping is not None else node.shutdown())
+    try:
+        await node.serve_forever(until)
+        log.info("stopping")
+        await (stopping() if stopping is not None else node.shutdown())
+    finally:
+        node.release_signals()
     return 0
 
 

@@ -521,7 +521,7 @@ def deliver(nodes: list[dict], msg: Message, origin: Outlet | None) -> int:
 
 
 # -- messages from Redis ----------------------------------------------------------------------------
-#: the envelope mqttd puts before a payload it PUBLISHes to Redis (see mqttd/redis_bridge.py)
+#: the envelope mqttd puts before a payload it PUBLISHes to Redis (see mqttd/redis/envelope.py)
 ENVELOPE_MAGIC = b"\x00MQD\x01"
 ENVELOPE_SIZE = 22  # magic 5, flags 1, origin node 8, sequence 8
 #: a batch of messages of one topic: the same header (first sequence number), then a count of 2

@@ -694,14 +694,18 @@ class RedisBridge:
         return seq
 
     def forward(self, msg: Any) -> None:
+        """Send ``msg`` to the other nodes, unless it is ``$SYS``: per node, as in Mosquitto.
+        The rule is here once, for every transport; ``_forward`` is the transport's."""
+        if not msg.topic.startswith("$SYS"):
+            self._forward(msg)
+
+    def _forward(self, msg: Any) -> None:
         """PUBLISH ``msg`` to the other nodes, pipelined with the rest of this loop iteration.
 
         Consecutive messages of one topic (a client publishing in a burst) go in one PUBLISH, a
         batch (``MAGIC_BATCH``): Redis then does one command, and the receiving nodes one push,
         for all of them. Order is kept: only a run of the same topic with nothing in between is
         batched. A message with properties or the retain flag goes alone, as before."""
-        if msg.topic.startswith("$SYS"):
-            return  # per node (stamp)
         if not self.up:
             self.stats["not_forwarded"] += 1
             return
