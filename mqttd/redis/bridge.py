@@ -682,9 +682,7 @@ class RedisBridge:
         """Give a message entering here its identity across nodes: (this node, the next
         sequence number of its topic). Numbers count per topic because a node receives only the
         topics it subscribes to: a gap in one topic's numbers is a message pub/sub lost.
-        ``$SYS`` is per node, as in Mosquitto: never stamped nor forwarded."""
-        if msg.topic.startswith("$SYS"):
-            return 0
+        (``$SYS`` never comes here: the broker keeps it on its node, as Mosquitto does.)"""
         seqs = self.topic_seq
         seq = seqs.get(msg.topic, 0) + 1
         if seq == 1 and len(seqs) >= MAX_TRACKED_TOPICS:
@@ -694,12 +692,6 @@ class RedisBridge:
         return seq
 
     def forward(self, msg: Any) -> None:
-        """Send ``msg`` to the other nodes, unless it is ``$SYS``: per node, as in Mosquitto.
-        The rule is here once, for every transport; ``_forward`` is the transport's."""
-        if not msg.topic.startswith("$SYS"):
-            self._forward(msg)
-
-    def _forward(self, msg: Any) -> None:
         """PUBLISH ``msg`` to the other nodes, pipelined with the rest of this loop iteration.
 
         Consecutive messages of one topic (a client publishing in a burst) go in one PUBLISH, a

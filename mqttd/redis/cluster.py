@@ -337,7 +337,7 @@ class RedisClusterBridge(RedisBridge):
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def _forward(self, msg: Any) -> None:
+    def forward(self, msg: Any) -> None:
         """SPUBLISH ``msg`` on its topic channel, and to the inbox of every node whose wildcard
         filters match it; pipelined per shard with the rest of this loop iteration."""
         if not self.up:
