@@ -585,18 +585,7 @@ class Client:
         first: a marker for what the broker answers on this connection. For messages routed
         from other clients use ``until``."""
         self.send(PINGREQ_BYTES)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                p = self.recv(max(deadline - time.monotonic(), 0.001))
-            except TimeoutError:
-                raise TimeoutError(f"no PINGRESP within {timeout}s") from None
-            except Closed as e:
-                raise AssertionError(f"connection closed ({e}) instead of a PINGRESP") from None
-            if p.type == PINGRESP:
-                break
-            assert p.type == PUBLISH, f"unexpected packet {p!r} before the PINGRESP"
-            self.stash.append(p)
+        self.expect(PINGRESP, timeout)  # sets the PUBLISH packets before it aside, fails on others
         return [self.recv_publish() for _ in range(len(self.stash))]
 
     def close(self) -> None:
