@@ -43,6 +43,14 @@ cdef class Flusher:
     cdef public long long bytes_sent
     cdef public long long messages_sent
     cdef public long long messages_dropped
+    # Flow control (docs/flow-control.md; the twin says each field)
+    cdef public dict drops
+    cdef public set dropping
+    cdef public list pressure
+    cdef public long long held
+    cdef public double now
+    cdef public double slow_timeout
+    cdef public bint over
 
     cpdef mark(self, Outlet outlet)
 
@@ -58,7 +66,14 @@ cdef class Outlet:
     cdef public int inflight_max
     cdef public object queue
     cdef public int max_queued
+    cdef public long long max_queued_bytes
+    cdef public long long queued_bytes
     cdef public Py_ssize_t max_buffer
+    cdef public double full_since
+    cdef public bint slow
+    cdef public object waiters
+    cdef public object drops
+    cdef public double logged_at
     cdef public Py_ssize_t max_packet
     cdef public int alias_max
     cdef public dict aliases
@@ -73,8 +88,11 @@ cdef class Outlet:
     cpdef write(self, bytes data)
     cpdef flush(self)
     cdef Message _wire(self, Message msg)
-    cdef inline void _drop(self)
+    cpdef drop(self, str reason)
     cpdef send(self, Message msg, int qos, bint retain)
+    cdef _enqueue(self, Message msg, int qos, bint retain)
+    cpdef become_slow(self)
+    cpdef wake(self)
     cdef _send_inflight(self, Message msg, int qos, bint retain)
     cpdef int alloc_packet_id(self) except -1
     cpdef drain_queue(self)

@@ -215,8 +215,18 @@ cdef inline Inflight _inflight(Message msg, int qos, bint retain, int state):
     return entry
 
 
+#: why a message was not delivered (the twin's DROP_REASONS)
+DROP_REASONS = ("queue_full", "buffer_full", "expired", "too_big", "offline", "memory")
+
+
+cdef inline Py_ssize_t _cost(Message msg):
+    """Bytes a queued or in-flight message counts for: its payload and topic."""
+    return PyBytes_GET_SIZE(msg.payload) + len(msg.topic)
+
+
 cdef class Flusher:
-    """Coalesces each outlet's writes into one ``transport.write`` per event-loop iteration."""
+    """Coalesces each outlet's writes into one ``transport.write`` per event-loop iteration, and
+    keeps the node-wide flow-control state (the twin's docstrings say each field)."""
 
     def __init__(self, loop):
         self.loop = loop
@@ -225,6 +235,13 @@ cdef class Flusher:
         self.bytes_sent = 0
         self.messages_sent = 0
         self.messages_dropped = 0
+        self.drops = dict.fromkeys(DROP_REASONS, 0)
+        self.dropping = set()
+        self.pressure = []
+        self.held = 0
+        self.now = 0.0
+        self.slow_timeout = 1.0
+        self.over = False
 
     cpdef mark(self, Outlet outlet):
         self.dirty.append(outlet)
@@ -242,10 +259,12 @@ cdef class Flusher:
 
 
 cdef class Outlet:
-    """A session's delivery end: output buffer, packet ids and outgoing QoS 1/2 in flight."""
+    """A session's delivery end: output buffer, packet ids and outgoing QoS 1/2 in flight, each
+    bounded (the twin's docstring says how, and docs/flow-control.md)."""
 
     def __init__(self, Flusher flusher, int version=4, int inflight_max=65535,
-                 int max_queued=1000, Py_ssize_t max_buffer=8 * 1024 * 1024):
+                 int max_queued=1000, Py_ssize_t max_buffer=8 * 1024 * 1024,
+                 long long max_queued_bytes=0):
         self.flusher = flusher
         self.transport = None
         self.version = version
@@ -256,12 +275,19 @@ cdef class Outlet:
         self.inflight_max = inflight_max
         self.queue = deque()
         self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes if max_queued_bytes > 0 else (1LL << 60)
+        self.queued_bytes = 0
         self.max_buffer = max_buffer
+        self.full_since = -1.0
+        self.slow = False
+        self.waiters = None
         self.max_packet = 0
         self.alias_max = 0
         self.aliases = {}
         self.next_pid = 1
         self.dropped = 0
+        self.drops = None
+        self.logged_at = -1e9
         self.sent = 0
         self.session = None
         self.refresh = None
@@ -290,7 +316,9 @@ cdef class Outlet:
             self.transport.write(data)
 
     def resume(self):
+        """The transport takes writes again: the buffer goes, and what was queued meanwhile."""
         self.paused = False
+        self.drain_queue()
         if PyByteArray_GET_SIZE(self.buf):
             self._mark()
 
@@ -306,9 +334,17 @@ cdef class Outlet:
             return msg.aliased(n, True)
         return msg
 
-    cdef inline void _drop(self):
+    cpdef drop(self, str reason):
+        """Count one message not delivered to this session, by reason (DROP_REASONS)."""
         self.dropped += 1
-        self.flusher.messages_dropped += 1
+        cdef Flusher flusher = self.flusher
+        flusher.messages_dropped += 1
+        flusher.drops[reason] += 1
+        cdef dict drops = self.drops
+        if drops is None:
+            drops = self.drops = {}
+            flusher.dropping.add(self)
+        drops[reason] = drops.get(reason, 0) + 1
 
     cpdef send(self, Message msg, int qos, bint retain):
         """Deliver one message to this session at the given (already downgraded) QoS."""
@@ -316,12 +352,14 @@ cdef class Outlet:
         if self.max_packet and (msg.size(self.version, qos) + (4 if self.alias_max else 0)
                                 > self.max_packet):
             # Too big for this client: discarded as if sent [MQTT-3.1.2-25]
-            self._drop()
+            self.drop("too_big")
             return
         if qos == 0:
-            if self.transport is None or (
-                    self.paused and PyByteArray_GET_SIZE(self.buf) >= self.max_buffer):
-                self._drop()
+            if self.transport is None:
+                self.drop("offline")  # QoS 0 is not queued for an offline session
+                return
+            if self.paused and PyByteArray_GET_SIZE(self.buf) >= self.max_buffer:
+                self.drop("buffer_full")
                 return
             if self.alias_max:
                 msg = self._wire(msg)
@@ -330,20 +368,73 @@ cdef class Outlet:
             self.flusher.messages_sent += 1
             self._mark()
             return
-        if self.transport is None or len(self.inflight) >= self.inflight_max:
-            if len(self.queue) >= self.max_queued:
-                self._drop()
-                return
-            self.queue.append((msg, qos, retain))
+        # QoS 1/2 is encoded only when it can go: a paused transport or a full window keeps it
+        # queued, as a message, not as bytes
+        if self.transport is None or self.paused or len(self.inflight) >= self.inflight_max:
+            self._enqueue(msg, qos, retain)
             return
         self._send_inflight(msg, qos, retain)
 
+    cdef _enqueue(self, Message msg, int qos, bint retain):
+        cdef Py_ssize_t size = _cost(msg)
+        cdef Flusher flusher = self.flusher
+        cdef Message old
+        cdef Py_ssize_t old_size
+        queue = self.queue
+        if len(queue) >= self.max_queued or self.queued_bytes + size > self.max_queued_bytes:
+            if self.full_since < 0.0:
+                self.full_since = flusher.now
+            elif not self.slow and flusher.now - self.full_since >= flusher.slow_timeout:
+                self.become_slow()
+            if (not self.slow and self.transport is not None and flusher.slow_timeout > 0.0
+                    and len(queue) < 2 * self.max_queued
+                    and self.queued_bytes + size <= 2 * self.max_queued_bytes):
+                # Backpressure: taken, and its publisher is held until this queue drains
+                flusher.pressure.append(self)
+            else:
+                # Slow or offline: the oldest messages make room, each counted
+                while queue and (len(queue) >= self.max_queued
+                                 or self.queued_bytes + size > self.max_queued_bytes):
+                    old = <Message>(queue.popleft()[0])
+                    old_size = _cost(old)
+                    self.queued_bytes -= old_size
+                    flusher.held -= old_size
+                    self.drop("queue_full")
+                if len(queue) >= self.max_queued or size > self.max_queued_bytes:
+                    self.drop("queue_full")  # no queue at all, or bigger than all of it
+                    return
+        queue.append((msg, qos, retain))
+        self.queued_bytes += size
+        flusher.held += size
+
+    cpdef become_slow(self):
+        """The queue stayed full too long: it drops instead of holding publishers back, until
+        it has drained to half its limits."""
+        self.slow = True
+        self.wake()
+
+    cpdef wake(self):
+        """Let the publishers held by this queue be read again."""
+        waiters = self.waiters
+        if waiters is not None:
+            self.waiters = None
+            for waiter in waiters:
+                waiter.unhold()
+
     cdef _send_inflight(self, Message msg, int qos, bint retain):
         cdef int pid = self.alloc_packet_id()
+        cdef bytearray buf = self.buf
+        cdef Py_ssize_t mark = PyByteArray_GET_SIZE(buf)
+        try:
+            (self._wire(msg) if self.alias_max else msg).write_qos(
+                buf, self.version, qos, retain, False, pid)
+        except MemoryError:
+            # This session's problem (deliver): no half packet left, no id in flight unsent
+            PyByteArray_Resize(buf, mark)
+            raise
         self.inflight[pid] = _inflight(msg, qos, retain,
                                        C_AWAIT_PUBACK if qos == 1 else C_AWAIT_PUBREC)
-        (self._wire(msg) if self.alias_max else msg).write_qos(
-            self.buf, self.version, qos, retain, False, pid)
+        self.flusher.held += _cost(msg)
         self.sent += 1
         self.flusher.messages_sent += 1
         self._mark()
@@ -363,17 +454,48 @@ cdef class Outlet:
         return pid
 
     cpdef drain_queue(self):
-        """Send queued QoS 1/2 messages while the inflight window has room."""
+        """Send queued QoS 1/2 messages while the window has room and the transport takes
+        writes; a queue back at half its limits holds nobody and is not slow any more."""
         queue = self.queue
-        while queue and self.transport is not None and len(self.inflight) < self.inflight_max:
-            msg, qos, retain = queue.popleft()
+        cdef Flusher flusher = self.flusher
+        cdef Message msg
+        cdef Py_ssize_t size
+        while (queue and self.transport is not None and not self.paused
+               and len(self.inflight) < self.inflight_max):
+            item = queue.popleft()
+            msg = <Message>item[0]
+            size = _cost(msg)
+            self.queued_bytes -= size
+            flusher.held -= size
             if msg.expires_at and self.refresh is not None:
                 # Expired while queued: not delivered [MQTT-3.3.2-5]; else the interval that
                 # is left goes out [MQTT-3.3.2-6]
-                msg = self.refresh(msg)
-                if msg is None:
+                fresh = self.refresh(msg)
+                if fresh is None:
+                    self.drop("expired")
                     continue
-            self._send_inflight(msg, qos, retain)
+                msg = <Message>fresh
+            self._send_inflight(msg, item[1], item[2])
+        if (self.full_since >= 0.0 and len(queue) <= self.max_queued // 2
+                and self.queued_bytes <= self.max_queued_bytes // 2):
+            self.full_since = -1.0
+            self.slow = False
+            self.wake()
+
+    def clear(self):
+        """Forget every queued and in-flight message (the session ended)."""
+        cdef long long held = self.queued_bytes
+        cdef Inflight entry
+        for entry in self.inflight.values():
+            if entry.msg is not None:
+                held += _cost(entry.msg)
+        self.flusher.held -= held
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.inflight.clear()
+        self.full_since = -1.0
+        self.slow = False
+        self.wake()
 
     # -- acknowledgements of outgoing QoS 1/2 (the twin's docstrings say the rules) ------------
     cpdef bint puback(self, object packet_id) except -1:
@@ -387,6 +509,8 @@ cdef class Outlet:
         cdef Inflight entry = self.inflight.get(packet_id)
         if entry is None or entry.state == C_AWAIT_PUBACK:
             return C_PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else C_NO_PUBREL
+        if entry.msg is not None:
+            self.flusher.held -= _cost(entry.msg)
         if reason_code >= C_FAILURE_THRESHOLD:
             del self.inflight[packet_id]
             self.drain_queue()
@@ -404,6 +528,8 @@ cdef class Outlet:
         cdef Inflight entry = self.inflight.get(packet_id)
         if entry is None or entry.state != awaiting:
             return False
+        if entry.msg is not None:
+            self.flusher.held -= _cost(entry.msg)
         del self.inflight[packet_id]
         self.drain_queue()
         return True
@@ -414,12 +540,18 @@ cdef class Outlet:
 
     def restore_inflight(self, packet_id, Message msg, int qos, bint retain, int state):
         """Put back a message in flight that another node handed over."""
+        cdef Inflight old
         if state == C_AWAIT_PUBCOMP:
             msg = None
         elif not C_AWAIT_PUBACK <= state < C_AWAIT_PUBCOMP:
             raise ValueError(f"not an in-flight state: {state!r}")
         elif msg is None:
             raise ValueError(f"no message for packet id {packet_id} awaiting PUBACK/PUBREC")
+        old = self.inflight.get(packet_id)
+        if old is not None and old.msg is not None:
+            self.flusher.held -= _cost(old.msg)
+        if msg is not None:
+            self.flusher.held += _cost(msg)
         self.inflight[packet_id] = _inflight(msg, qos, retain, state)
 
     def resend_inflight(self):
@@ -500,10 +632,16 @@ def deliver(list nodes, Message msg, origin):
             qos = pub_qos
         # Live messages go out with RETAIN=0 unless Retain As Published [MQTT-3.3.1-12/13]
         retain = msg.retain and (value & C_OPT_RETAIN_AS_PUBLISHED) != 0
-        if sids is not None and outlet.version == 5:
-            outlet.send(msg.with_ids(tuple(sids)), qos, retain)
-        else:
-            outlet.send(msg, qos, retain)
+        try:
+            if sids is not None and outlet.version == 5:
+                outlet.send(msg.with_ids(tuple(sids)), qos, retain)
+            else:
+                outlet.send(msg, qos, retain)
+        except MemoryError:
+            # Out of memory on a subscriber's path: that subscriber loses the message, counted;
+            # the publisher and the other subscribers go on
+            outlet.drop("memory")
+            continue
         count += 1
     return count
 

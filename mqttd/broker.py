@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mqttd._speedups import codec, match, route
+from mqttd.flow import FlowControl
 from mqttd.peers import LOCAL, Peers
 from mqttd.redis.url import check_redis_url
 from mqttd.storage import MemoryStorage, Storage
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mqttd")
 
 MAX_PACKET_SIZE_LIMIT = 268_435_460  # 1 + 4 + 268,435,455: the largest packet MQTT can frame
+#: outgoing QoS 1/2 messages in flight per client unless configured (docs/flow-control.md)
+DEFAULT_MAX_INFLIGHT = 32
 #: seconds a SUBACK waits at most for the other nodes to route a new filter here (then it goes)
 ROUTE_WAIT = 2.0
 
@@ -47,14 +50,24 @@ class BrokerConfig:
     port: int = 1883
     #: largest packet accepted, whole (fixed header included); enforced from the fixed header
     max_packet_size: int = 1024 * 1024
-    #: outgoing QoS 1/2 messages in flight per client (lowered by an MQTT 5 Receive Maximum)
-    max_inflight: int = 65535
+    #: outgoing QoS 1/2 messages in flight per client (lowered by an MQTT 5 Receive Maximum);
+    #: Mosquitto's default is 20, EMQX's 32 (docs/flow-control.md for the measurement)
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
     #: inbound QoS 2 messages awaiting PUBREL per client; announced as our Receive Maximum
     receive_maximum: int = 65535
     #: QoS 1/2 messages queued per session while offline or while the window is full
     max_queued_messages: int = 1000
-    #: bytes buffered for a client that does not read before its QoS 0 messages are dropped
-    max_buffer: int = 8 * 1024 * 1024
+    #: bytes (payload and topic) those queued messages may take, per session (0: no limit)
+    max_queued_bytes: int = 8 * 1024 * 1024
+    #: bytes buffered for a client that has stopped taking writes; its QoS 0 messages beyond
+    #: that are dropped (counted), its QoS 1/2 ones stay queued
+    max_buffer: int = 1024 * 1024
+    #: bytes the node may hold for all its clients (queues, in-flight windows, buffers, partly
+    #: received packets) before it stops reading from publishers (0: no limit, as Mosquitto)
+    memory_limit: int = 0
+    #: seconds a session's full queue may hold publishers back before the session counts as
+    #: slow: its queue then drops its oldest messages, counted (0: publishers are never held)
+    slow_subscriber_timeout: float = 1.0
     retain_available: bool = True
     #: topic aliases a client may use towards us (MQTT 5 Topic Alias Maximum; 0 refuses them)
     topic_alias_maximum: int = 10
@@ -112,6 +125,10 @@ class BrokerConfig:
         #: field -> what 0 means, for the fields that are 0 or more
         at_least_0 = {
             "max_queued_messages": "",
+            "max_queued_bytes": " (no limit)",
+            "max_buffer": "",
+            "memory_limit": " (no limit)",
+            "slow_subscriber_timeout": " (never hold publishers)",
             "sys_interval": " (off)",
             "max_connections": " (no limit)",
             "max_connections_per_ip": " (no limit)",
@@ -195,6 +212,7 @@ class Broker:
         #: the event loop (or a test's fake one), given by attach(): the clock, the timers
         self.loop: asyncio.AbstractEventLoop | None = None
         self.flusher: Any = None
+        self.flow: FlowControl = FlowControl(self)
         self.started_at = time.time()
         self.stats = {
             "messages_received": 0,
@@ -239,6 +257,9 @@ class Broker:
         coalesced writes (mqttd.node does this at start; a test may give a fake loop)."""
         self.loop = loop
         self.flusher = route.Flusher(loop)
+        self.flow.stop()
+        self.flow = FlowControl(self)
+        self.flow.start()
         self.started_at = time.time()
 
     def close_connections(self) -> None:
@@ -252,6 +273,7 @@ class Broker:
         for session in self.sessions.values():
             if session.expiry_handle is not None:
                 session.expiry_handle.cancel()
+        self.flow.stop()
 
     @property
     def bridge(self) -> Any:
@@ -329,6 +351,7 @@ class Broker:
                 self.config.max_inflight,
                 self.config.max_queued_messages,
                 self.config.max_buffer,
+                self.config.max_queued_bytes,
             )
             outlet.refresh = self.refresh_expiry
             session = Session(client_id, outlet)
@@ -360,9 +383,11 @@ class Broker:
                 self.publish(will)
             return
         session.connection = None
-        session.outlet.transport = None
-        session.outlet.buf = bytearray()
-        session.outlet.paused = False
+        outlet = session.outlet
+        outlet.transport = None
+        outlet.buf = bytearray()
+        outlet.paused = False
+        outlet.wake()  # an offline session holds no publisher back
         if will is not None:
             if will_delay == 0 or session.expiry_interval == 0:
                 self.publish(will)
@@ -408,8 +433,7 @@ class Broker:
         for filt in list(session.subscriptions):
             self.unsubscribe(session, filt)
         self.storage.drop_session(session)
-        session.outlet.queue.clear()
-        session.outlet.inflight.clear()
+        session.outlet.clear()
 
     # -- subscriptions ---------------------------------------------------------------------------
     def subscribe(self, session: Session, filt: str, options: int) -> bool:

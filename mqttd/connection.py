@@ -120,6 +120,10 @@ class Link(Protocol):
 CONNECT_TIMEOUT = 10.0
 #: a read at least this big makes the connection wait one loop iteration before the next read
 FAIR_READ = 16 * 1024
+#: seconds of work one connection's packets may take in one loop iteration: the packets of a
+#: read left after it wait for the next iteration, so one client's expensive burst cannot hold
+#: the others (docs/flow-control.md)
+TURN_BUDGET = 0.01
 
 
 class Connection:
@@ -164,6 +168,11 @@ class Connection:
         self.tokens = 0.0
         self.tokens_at = 0.0
         self.throttled = False
+        #: reasons this connection is not read: queues it published into that are full (and the
+        #: node's memory limit), counted; and whether it gave up its turn (TURN_BUDGET)
+        self.held = 0
+        self.yielding = False
+        self.waiting = False  # a step waits for the storage (_block)
         self.sub_times: deque[float] | None = None  # max_subscriptions_per_minute
         self.app_client: Any = None  # the library's MQTTClient view, made on first use
 
@@ -172,6 +181,7 @@ class Connection:
         self.transport = link
         self.peer = link.get_extra_info("peername")
         self.broker.connections.add(self)
+        self.broker.flow.ensure()
         self.broker.stats["connections_total"] += 1
         self.last_rx = self.loop.time()
         # [MQTT-3.1.4-1]-adjacent: a peer that never sends CONNECT is not kept forever.
@@ -187,10 +197,20 @@ class Connection:
             packets = exc.packets
             error = exc
         self.broker.stats["packets_received"] += len(packets)
-        for packet in packets:
+        loop = self.loop
+        deadline = loop.time() + TURN_BUDGET
+        last = len(packets) - 1
+        for i, packet in enumerate(packets):
             if self.closing:
                 return
             self.handlers[packet.packet_type](self, packet)
+            if i < last and loop.time() >= deadline and not self.closing:
+                # Out of turn: the rest of this read waits for the next loop iteration
+                self._give_turn()
+                self.backlog.extend(packets[i + 1 :])  # type: ignore[union-attr]
+                if error is not None:
+                    self.backlog_error = error
+                return
         if error is not None and not self.closing:
             if self.backlog is not None:
                 self.backlog_error = error  # after the packets waiting before it
@@ -204,8 +224,61 @@ class Connection:
             self.loop.call_soon(self._resume_reading)
 
     def _resume_reading(self) -> None:
-        if not self.closing and self.backlog is None and not self.throttled:
+        if not self.closing and self.backlog is None and not self.throttled and not self.held:
             self.transport.resume_reading()
+
+    # -- not reading: a rate limit, full queues downstream, the node's memory, the turn budget ----
+    def _stop(self) -> None:
+        """Stop reading and dispatching: what is already read waits in the backlog, in order,
+        until :meth:`_go` (as while a step waits for the storage, :meth:`_block`)."""
+        self.transport.pause_reading()
+        if self.backlog is None:
+            self.backlog = []
+            self.next_handlers = self.handlers
+            self.handlers = _BLOCKED
+
+    def _go(self) -> None:
+        """One reason to stop ended: go on if it was the last."""
+        if self.closing or self.throttled or self.held or self.yielding or self.waiting:
+            return
+        if self.backlog is not None:
+            self._release()
+        else:
+            self._resume_reading()
+
+    def _give_turn(self) -> None:
+        self.yielding = True
+        self._stop()
+        self.loop.call_soon(self._take_turn)
+
+    def _take_turn(self) -> None:
+        self.yielding = False
+        self._go()
+
+    def _hold(self) -> None:
+        """After a PUBLISH: wait for the queues it filled beyond their limits
+        (Flusher.pressure), or for the node when it is above its memory limit."""
+        broker = self.broker
+        flusher = broker.flusher
+        pressure = flusher.pressure
+        n = 0
+        if pressure:
+            flusher.pressure = []
+            n = broker.flow.hold(self, pressure)
+        if flusher.over:
+            broker.flow.hold_node(self)
+            n += 1
+        if n:
+            self.held += n
+            self._stop()
+
+    def unhold(self) -> None:
+        """A queue this connection waited for drained, or its session became slow or went
+        offline; or the node is back under its memory limit."""
+        if self.held:
+            self.held -= 1
+            if not self.held:
+                self._go()
 
     def _spend_token(self, rate: float) -> None:
         """max_messages_per_second: one PUBLISH spends a token; in debt, reading pauses until
@@ -217,28 +290,21 @@ class Connection:
         self.tokens_at = now
         if self.tokens < 0.0 and not self.throttled:
             self.throttled = True
-            self.transport.pause_reading()
-            if self.backlog is None:
-                # The rest of this read waits too, in order (as while a step waits, _block)
-                self.backlog = []
-                self.next_handlers = self.handlers
-                self.handlers = _BLOCKED
+            self._stop()  # the rest of this read waits too, in order
             self.loop.call_later(-self.tokens / rate, self._unthrottle)
 
     def _unthrottle(self) -> None:
         self.throttled = False
-        if self.closing:
-            return
-        if self.backlog is not None:
-            self._release()
-        else:
-            self._resume_reading()
+        self._go()
 
     # -- waiting for the storage -----------------------------------------------------------------
     def _block(self, coro: Any) -> None:
         """Run ``coro`` (a step that may wait for the storage, like attaching the session) and
         hold every packet that arrives meanwhile, to dispatch in order once it is done."""
-        self.backlog = []
+        self.waiting = True
+        if self.backlog is None:
+            self.backlog = []
+            self.next_handlers = self.handlers
         self.handlers = _BLOCKED
         self.transport.pause_reading()
         task = self.loop.create_task(coro)
@@ -248,6 +314,7 @@ class Connection:
         self.backlog.append(p)  # type: ignore[union-attr]
 
     def _unblock(self, task: Any) -> None:
+        self.waiting = False
         if task.cancelled() or self.closing:
             self.backlog = None
             self.handlers = self.next_handlers
@@ -259,26 +326,38 @@ class Connection:
             log.error("closing %s: %s", self.client_id or self.peer, exc, exc_info=exc)
             self.close()
             return
-        self._release()
+        self._go()
 
     def _release(self) -> None:
-        """Dispatch the packets held while blocked, in order, until blocked again."""
+        """Dispatch the packets held while stopped, in order, until stopped again or out of
+        turn (TURN_BUDGET)."""
         backlog, self.backlog = self.backlog, None
         error, self.backlog_error = self.backlog_error, None
         self.handlers = self.next_handlers
-        if not self.throttled:
-            self.transport.resume_reading()
+        self.transport.resume_reading()
+        loop = self.loop
+        deadline = loop.time() + TURN_BUDGET
+        last = len(backlog or ()) - 1
         for i, packet in enumerate(backlog or ()):
             if self.closing:
                 return
-            if self.backlog is not None:  # blocked again: the rest waits too
+            if self.backlog is not None:  # stopped again: the rest waits too
                 self.backlog.extend(backlog[i:])  # type: ignore[index]
                 if error is not None:
                     self.backlog_error = error
                 return
             self.handlers[packet.packet_type](self, packet)
+            if i < last and self.backlog is None and loop.time() >= deadline and not self.closing:
+                self._give_turn()
+                self.backlog.extend(backlog[i + 1 :])  # type: ignore[union-attr,index]
+                if error is not None:
+                    self.backlog_error = error
+                return
         if error is not None and not self.closing:
-            self.protocol_error(error.reason_code, str(error))
+            if self.backlog is not None:
+                self.backlog_error = error
+            else:
+                self.protocol_error(error.reason_code, str(error))
 
     def pause_writing(self) -> None:
         if self.outlet is not None:
@@ -717,6 +796,11 @@ class Connection:
         v = self.version
         if rc < 0x80:
             broker.publish(msg, self.outlet)
+            flusher = broker.flusher
+            if flusher.pressure or flusher.over:
+                # Subscribers cannot take more, or the node holds too much: this publisher is
+                # not read until they drain (docs/flow-control.md); this message is taken
+                self._hold()
             for observer in broker.publish_observers:
                 observer(self, msg, p.packet_id)
         if qos == 1:

@@ -57,12 +57,43 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option(
+        "max_queued_bytes",
+        int,
+        8 * 1024 * 1024,
+        "bytes those queued messages may take per session (default 8388608; 0: no limit)",
+        "BYTES",
+    ),
+    Option(
         "max_inflight",
         int,
-        65535,
-        "QoS 1/2 messages in flight to each client (default 65535; an MQTT 5 client's "
+        32,
+        "QoS 1/2 messages in flight to each client (default 32; an MQTT 5 client's "
         "Receive Maximum lowers it)",
         "N",
+    ),
+    Option(
+        "max_buffer",
+        int,
+        1024 * 1024,
+        "bytes held for a client that stopped reading; its QoS 0 messages beyond are dropped "
+        "(default 1048576)",
+        "BYTES",
+    ),
+    Option(
+        "memory_limit",
+        int,
+        0,
+        "bytes the node may hold for all clients before it stops reading publishers "
+        "(default 0: no limit)",
+        "BYTES",
+    ),
+    Option(
+        "slow_subscriber_timeout",
+        float,
+        1.0,
+        "seconds a full queue may slow publishers down before its session drops its oldest "
+        "messages instead (default 1; 0: never slow publishers)",
+        "SECONDS",
     ),
     Option(
         "receive_maximum",
@@ -334,6 +365,7 @@ _MOSQUITTO_WORDS = frozenset(
         "per_listener_settings", "allow_zero_length_clientid", "retain_available", "plugin",
         "auth_plugin", "persistent_client_expiration", "set_tcp_nodelay", "connection",
         "address", "topic", "socket_domain", "http_dir", "queue_qos0_messages",
+        "max_queued_bytes", "memory_limit",
     }
 )  # fmt: skip
 #: mosquitto.conf words that are an mqttd option, for the hint in the error
@@ -342,6 +374,8 @@ _MOSQUITTO_TO_MQTTD = {
     "bind_address": "host",
     "max_inflight_messages": "max_inflight",
     "max_queued_messages": "max_queued_messages",
+    "max_queued_bytes": "max_queued_bytes",
+    "memory_limit": "memory_limit",
     "max_packet_size": "max_packet_size",
     "max_keepalive": "max_keepalive",
     "sys_interval": "sys_interval",

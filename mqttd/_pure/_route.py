@@ -206,10 +206,30 @@ class Inflight:
         )
 
 
-class Flusher:
-    """Coalesces each outlet's writes into one ``transport.write`` per event-loop iteration."""
+#: why a message was not delivered: the keys of :attr:`Flusher.drops` and of ``$SYS/broker/
+#: publish/messages/dropped/<reason>`` (docs/flow-control.md)
+DROP_REASONS = ("queue_full", "buffer_full", "expired", "too_big", "offline", "memory")
 
-    __slots__ = ("loop", "dirty", "scheduled", "bytes_sent", "messages_sent", "messages_dropped")
+
+class Flusher:
+    """Coalesces each outlet's writes into one ``transport.write`` per event-loop iteration, and
+    keeps the node-wide flow-control state the outlets share (docs/flow-control.md)."""
+
+    __slots__ = (
+        "loop",
+        "dirty",
+        "scheduled",
+        "bytes_sent",
+        "messages_sent",
+        "messages_dropped",
+        "drops",
+        "dropping",
+        "pressure",
+        "held",
+        "now",
+        "slow_timeout",
+        "over",
+    )
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop
@@ -219,6 +239,21 @@ class Flusher:
         self.bytes_sent = 0
         self.messages_sent = 0
         self.messages_dropped = 0
+        #: messages dropped, by reason (DROP_REASONS)
+        self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        #: outlets that dropped messages since their last log line (mqttd.flow logs them)
+        self.dropping: set[Outlet] = set()
+        #: outlets that took a QoS 1/2 message beyond their queue's limits in this turn: the
+        #: publisher that sent it is held (not read) until they drain (Connection._hold)
+        self.pressure: list[Outlet] = []
+        #: bytes of the messages queued or in flight, over every session of the node
+        self.held = 0
+        #: the flow-control clock: the loop's time at the last tick of mqttd.flow (coarse)
+        self.now = 0.0
+        #: seconds a full queue may hold publishers back before its session counts as slow
+        self.slow_timeout = 1.0
+        #: the node is above its memory_limit: publishers are not read (mqttd.flow)
+        self.over = False
 
     def mark(self, outlet: Outlet) -> None:
         self.dirty.append(outlet)
@@ -235,7 +270,17 @@ class Flusher:
 
 
 class Outlet:
-    """A session's delivery end: output buffer, packet ids and outgoing QoS 1/2 in flight."""
+    """A session's delivery end: output buffer, packet ids and outgoing QoS 1/2 in flight.
+
+    What it holds is bounded (docs/flow-control.md): at most ``inflight_max`` messages in
+    flight; a queue of at most ``max_queued`` messages and ``max_queued_bytes`` bytes (payload
+    and topic of each, counted per session even when sessions share a message); QoS 0 bytes
+    buffered for a transport that paused writing up to ``max_buffer``. A QoS 1/2 message that
+    finds the queue full of an online session that keeps reading is taken anyway (up to twice
+    the limits) and its publisher is held (``Flusher.pressure``); a session whose queue stays
+    full for ``Flusher.slow_timeout`` seconds is *slow*: it holds nobody back and its queue
+    drops its oldest messages instead, counted, until it has drained to half its limits.
+    """
 
     def __init__(
         self,
@@ -244,6 +289,7 @@ class Outlet:
         inflight_max: int = 65535,
         max_queued: int = 1000,
         max_buffer: int = 8 * 1024 * 1024,
+        max_queued_bytes: int = 0,
     ) -> None:
         self.flusher = flusher
         self.transport: Any = None  # None while the session is offline
@@ -258,14 +304,26 @@ class Outlet:
         #: QoS 1/2 messages waiting for room in the inflight window, or for the client to return
         self.queue: deque = deque()
         self.max_queued = max_queued
+        #: 0: as many bytes as max_queued messages of the largest packet size allow
+        self.max_queued_bytes = max_queued_bytes if max_queued_bytes > 0 else 1 << 60
+        self.queued_bytes = 0
         self.max_buffer = max_buffer
+        #: since when (Flusher.now) the queue is full; -1.0: it is not
+        self.full_since = -1.0
+        #: the queue stayed full longer than Flusher.slow_timeout: it drops, holds nobody
+        self.slow = False
+        #: the publishers held until this queue drains (objects with ``unhold()``), or None
+        self.waiters: list | None = None
         #: the client's MQTT 5 Maximum Packet Size (0: no limit of its own)
         self.max_packet = 0
         #: the client's MQTT 5 Topic Alias Maximum, and the aliases given on this connection
         self.alias_max = 0
         self.aliases: dict[str, int] = {}
         self.next_pid = 1
-        self.dropped = 0  # messages dropped: QoS 0 to a slow/offline client, or queue full
+        self.dropped = 0  # messages dropped, whatever the reason
+        #: messages dropped by reason since the last log line about this session (mqttd.flow)
+        self.drops: dict[str, int] | None = None
+        self.logged_at = -1e9  # Flusher.now of that line
         self.sent = 0  # PUBLISH packets written
         self.session: Any = None  # the broker's Session that owns this outlet
         #: the broker's check of Message Expiry for queued messages: returns the message to
@@ -293,7 +351,10 @@ class Outlet:
             self.transport.write(data)
 
     def resume(self) -> None:
+        """The transport takes writes again: the buffer goes, and the QoS 1/2 messages queued
+        while it was paused."""
         self.paused = False
+        self.drain_queue()
         if self.buf and not self.pending:
             self.pending = True
             self.flusher.mark(self)
@@ -304,9 +365,17 @@ class Outlet:
             self.flusher.mark(self)
 
     # -- publishing ------------------------------------------------------------------------------
-    def _drop(self) -> None:
+    def drop(self, reason: str) -> None:
+        """Count one message not delivered to this session, by reason (DROP_REASONS)."""
         self.dropped += 1
-        self.flusher.messages_dropped += 1
+        flusher = self.flusher
+        flusher.messages_dropped += 1
+        flusher.drops[reason] += 1
+        drops = self.drops
+        if drops is None:
+            drops = self.drops = {}
+            flusher.dropping.add(self)
+        drops[reason] = drops.get(reason, 0) + 1
 
     def _wire(self, msg: Message) -> Message:
         """The message as written on this connection: with a Topic Alias when the client
@@ -328,11 +397,14 @@ class Outlet:
             and msg.size(self.version, qos) + (4 if self.alias_max else 0) > self.max_packet
         ):
             # Too big for this client: discarded as if sent [MQTT-3.1.2-25]
-            self._drop()
+            self.drop("too_big")
             return
         if qos == 0:
-            if self.transport is None or (self.paused and len(self.buf) >= self.max_buffer):
-                self._drop()
+            if self.transport is None:
+                self.drop("offline")  # QoS 0 is not queued for an offline session
+                return
+            if self.paused and len(self.buf) >= self.max_buffer:
+                self.drop("buffer_full")
                 return
             if self.alias_max:
                 msg = self._wire(msg)
@@ -341,20 +413,78 @@ class Outlet:
             self.flusher.messages_sent += 1
             self._mark()
             return
-        if self.transport is None or len(self.inflight) >= self.inflight_max:
-            if len(self.queue) >= self.max_queued:
-                self._drop()
-                return
-            self.queue.append((msg, qos, retain))
+        # QoS 1/2 is encoded only when it can go: a paused transport or a full window keeps it
+        # queued, as a message, not as bytes
+        if self.transport is None or self.paused or len(self.inflight) >= self.inflight_max:
+            self._enqueue(msg, qos, retain)
             return
         self._send_inflight(msg, qos, retain)
 
+    def _enqueue(self, msg: Message, qos: int, retain: bool) -> None:
+        size = len(msg.payload) + len(msg.topic)
+        queue = self.queue
+        if len(queue) >= self.max_queued or self.queued_bytes + size > self.max_queued_bytes:
+            flusher = self.flusher
+            if self.full_since < 0.0:
+                self.full_since = flusher.now
+            elif not self.slow and flusher.now - self.full_since >= flusher.slow_timeout:
+                self.become_slow()
+            if (
+                not self.slow
+                and self.transport is not None
+                and flusher.slow_timeout > 0.0
+                and len(queue) < 2 * self.max_queued
+                and self.queued_bytes + size <= 2 * self.max_queued_bytes
+            ):
+                # Backpressure: taken, and its publisher is held until this queue drains
+                flusher.pressure.append(self)
+            else:
+                # Slow or offline: the oldest messages make room, each counted
+                while queue and (
+                    len(queue) >= self.max_queued
+                    or self.queued_bytes + size > self.max_queued_bytes
+                ):
+                    old = queue.popleft()[0]
+                    old_size = len(old.payload) + len(old.topic)
+                    self.queued_bytes -= old_size
+                    flusher.held -= old_size
+                    self.drop("queue_full")
+                if len(queue) >= self.max_queued or size > self.max_queued_bytes:
+                    self.drop("queue_full")  # no queue at all, or bigger than all of it
+                    return
+        queue.append((msg, qos, retain))
+        self.queued_bytes += size
+        self.flusher.held += size
+
+    def become_slow(self) -> None:
+        """The queue stayed full too long: from now on it drops instead of holding publishers
+        back, until it has drained to half its limits."""
+        self.slow = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Let the publishers held by this queue be read again."""
+        waiters = self.waiters
+        if waiters is not None:
+            self.waiters = None
+            for waiter in waiters:
+                waiter.unhold()
+
     def _send_inflight(self, msg: Message, qos: int, retain: bool) -> None:
         pid = self.alloc_packet_id()
+        buf = self.buf
+        mark = len(buf)
+        try:
+            (self._wire(msg) if self.alias_max else msg).write_qos(
+                buf, self.version, qos, retain, False, pid
+            )
+        except MemoryError:
+            # Out of memory here is this session's problem (mqttd.route.deliver): no half
+            # packet left in its buffer, and no packet id in flight that was never sent
+            del buf[mark:]
+            raise
         self.inflight[pid] = Inflight(msg, qos, retain, AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC)
-        (self._wire(msg) if self.alias_max else msg).write_qos(
-            self.buf, self.version, qos, retain, False, pid
-        )
+        self.flusher.held += len(msg.payload) + len(msg.topic)
         self.sent += 1
         self.flusher.messages_sent += 1
         self._mark()
@@ -373,17 +503,51 @@ class Outlet:
         return pid
 
     def drain_queue(self) -> None:
-        """Send queued QoS 1/2 messages while the inflight window has room."""
+        """Send queued QoS 1/2 messages while the inflight window has room and the transport
+        takes writes; a queue back at half its limits holds nobody and is not slow any more."""
         queue = self.queue
-        while queue and self.transport is not None and len(self.inflight) < self.inflight_max:
+        flusher = self.flusher
+        while (
+            queue
+            and self.transport is not None
+            and not self.paused
+            and len(self.inflight) < self.inflight_max
+        ):
             msg, qos, retain = queue.popleft()
+            size = len(msg.payload) + len(msg.topic)
+            self.queued_bytes -= size
+            flusher.held -= size
             if msg.expires_at and self.refresh is not None:
                 # Expired while queued: not delivered [MQTT-3.3.2-5]; else the interval that
                 # is left goes out [MQTT-3.3.2-6]
-                msg = self.refresh(msg)
-                if msg is None:
+                fresh = self.refresh(msg)
+                if fresh is None:
+                    self.drop("expired")
                     continue
+                msg = fresh
             self._send_inflight(msg, qos, retain)
+        if (
+            self.full_since >= 0.0
+            and len(queue) <= self.max_queued // 2
+            and self.queued_bytes <= self.max_queued_bytes // 2
+        ):
+            self.full_since = -1.0
+            self.slow = False
+            self.wake()
+
+    def clear(self) -> None:
+        """Forget every queued and in-flight message (the session ended)."""
+        held = self.queued_bytes
+        for entry in self.inflight.values():
+            if entry.msg is not None:
+                held += len(entry.msg.payload) + len(entry.msg.topic)
+        self.flusher.held -= held
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.inflight.clear()
+        self.full_since = -1.0
+        self.slow = False
+        self.wake()
 
     # -- acknowledgements of outgoing QoS 1/2 [MQTT 5 §4.3.2, §4.3.3] ------------------------------
     def puback(self, packet_id: int) -> bool:
@@ -407,6 +571,9 @@ class Outlet:
         entry = self.inflight.get(packet_id)
         if entry is None or entry.state == AWAIT_PUBACK:
             return PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else NO_PUBREL
+        msg = entry.msg
+        if msg is not None:
+            self.flusher.held -= len(msg.payload) + len(msg.topic)
         if reason_code >= FAILURE_THRESHOLD:
             del self.inflight[packet_id]
             self.drain_queue()
@@ -424,6 +591,9 @@ class Outlet:
         entry = self.inflight.get(packet_id)
         if entry is None or entry.state != awaiting:
             return False
+        msg = entry.msg
+        if msg is not None:
+            self.flusher.held -= len(msg.payload) + len(msg.topic)
         del self.inflight[packet_id]
         self.drain_queue()
         return True
@@ -445,6 +615,11 @@ class Outlet:
             raise ValueError(f"not an in-flight state: {state!r}")
         elif msg is None:
             raise ValueError(f"no message for packet id {packet_id} awaiting PUBACK/PUBREC")
+        old = self.inflight.get(packet_id)
+        if old is not None and old.msg is not None:
+            self.flusher.held -= len(old.msg.payload) + len(old.msg.topic)
+        if msg is not None:
+            self.flusher.held += len(msg.payload) + len(msg.topic)
         self.inflight[packet_id] = Inflight(msg, qos, retain, state)
 
     def resend_inflight(self) -> None:
@@ -512,10 +687,16 @@ def deliver(nodes: list[dict], msg: Message, origin: Outlet | None) -> int:
             qos = pub_qos
         # Live messages go out with RETAIN=0 unless Retain As Published [MQTT-3.3.1-12/13]
         retain = msg.retain and bool(value & OPT_RETAIN_AS_PUBLISHED)
-        if sids is not None and key.version == 5:
-            key.send(msg.with_ids(tuple(sids)), qos, retain)
-        else:
-            key.send(msg, qos, retain)
+        try:
+            if sids is not None and key.version == 5:
+                key.send(msg.with_ids(tuple(sids)), qos, retain)
+            else:
+                key.send(msg, qos, retain)
+        except MemoryError:
+            # Out of memory on a subscriber's path: that subscriber loses the message, counted;
+            # the publisher and the other subscribers go on
+            key.drop("memory")
+            continue
         count += 1
     return count
 

@@ -19,6 +19,7 @@ from mqttd.connection import Connection
 from tests.conformance.mqtt_raw import (
     CONNACK,
     DISCONNECT,
+    PUBACK,
     PUBLISH,
     SESSION_EXPIRY_INTERVAL,
     SUBACK,
@@ -32,6 +33,8 @@ from tests.conformance.mqtt_raw import (
     parse_publish,
     prop,
     props,
+    puback,
+    publish,
     subscribe,
 )
 
@@ -137,6 +140,7 @@ class FakeLink:
         self.loop = loop
         self.out = bytearray()
         self.closed = False
+        self.reading = True
         self.core: Connection | None = None
 
     def write(self, data: bytes) -> None:
@@ -150,10 +154,10 @@ class FakeLink:
             self.loop.call_soon(self.core.connection_lost, None)
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 50000) if name == "peername" else default
@@ -377,3 +381,134 @@ def test_keepalive_zero_is_never_closed() -> None:
     link = net.client("quiet", 4, keepalive=0)
     net.loop.advance(24 * 3600)
     assert not link.closed
+
+
+# -- flow control (docs/flow-control.md) -------------------------------------------------------------
+def subscriber(net: Net, cid: str, qos: int = 1, *, clean: bool = True) -> FakeLink:
+    link = net.client(cid, level=4, clean=clean)
+    net.send(link, subscribe(1, [("t", qos)]))
+    (ack,) = link.packets()
+    assert ack.type == SUBACK
+    return link
+
+
+def payloads(link: FakeLink) -> list[int]:
+    """Sequence numbers of the PUBLISH the link got since the last call (PUBACK each)."""
+    got = []
+    for p in link.packets():
+        if p.type == PUBLISH:
+            got.append(int(parse_publish(p).payload))
+    return got
+
+
+def pubs(first: int, n: int) -> bytes:
+    return b"".join(
+        publish("t", str(i).encode(), qos=1, pid=i % 60000 + 1) for i in range(first, first + n)
+    )
+
+
+def acks_of(link: FakeLink) -> int:
+    return sum(1 for p in link.packets() if p.type == PUBACK)
+
+
+def test_full_queue_holds_the_publisher_then_lets_it_go() -> None:
+    """A subscriber that reads but is behind: the publisher is not read while the queue is
+    full, and every message arrives, none dropped."""
+    net = Net(max_inflight=1, max_queued_messages=4)
+    sub = subscriber(net, "sub")
+    pub = net.client("pub", level=4)
+    net.send(pub, pubs(0, 10))
+    # 1 in flight + 4 queued, the 6th taken beyond the limit: its publisher is held there
+    assert not pub.reading and acks_of(pub) == 6
+    assert net.broker.flusher.drops["queue_full"] == 0
+    got = []
+    for _ in range(40):
+        for p in sub.packets():
+            if p.type == PUBLISH:
+                pub_p = parse_publish(p)
+                got.append(int(pub_p.payload))
+                net.send(sub, puback(pub_p.pid))
+        if len(got) == 10:
+            break
+    assert got == list(range(10)) and pub.reading and acks_of(pub) == 4
+    assert net.broker.flusher.messages_dropped == 0
+
+
+def test_a_subscriber_that_stops_reading_holds_publishers_one_timeout_at_most() -> None:
+    net = Net(max_inflight=2, max_queued_messages=10, slow_subscriber_timeout=1.0)
+    stalled = subscriber(net, "stalled")
+    fast = subscriber(net, "fast", qos=0)
+    pub = net.client("pub", level=4)
+    net.send(pub, pubs(0, 20))
+    assert not pub.reading
+    net.loop.advance(0.9)
+    assert not pub.reading
+    net.loop.advance(0.5)  # the queue stayed full 1 s: that session is slow
+    assert pub.reading
+    outlet = net.broker.sessions["stalled"].outlet
+    assert outlet.slow and acks_of(pub) == 20
+    net.send(pub, pubs(20, 100))
+    # It holds nobody now: the publisher goes on, the stalled queue keeps its newest 10
+    assert pub.reading and acks_of(pub) == 100
+    assert len(outlet.queue) == 10 and outlet.queue[-1][0].payload == b"119"
+    drops = net.broker.flusher.drops["queue_full"]
+    assert drops == 120 - 2 - 10
+    assert payloads(fast) == list(range(120))
+    assert stalled.packets()  # its 2 in flight
+
+
+def test_one_expensive_read_gives_the_loop_back_after_its_budget() -> None:
+    """Packets of one read that take more than TURN_BUDGET wait for the next loop turn, in
+    order, so other clients are served meanwhile."""
+    from mqttd.connection import TURN_BUDGET
+
+    net = Net()
+    seen: list[int] = []
+
+    def slow(conn: Any, msg: Any, pid: Any) -> None:
+        seen.append(int(msg.payload))
+        net.loop.now += TURN_BUDGET * 0.4  # each PUBLISH takes 40 % of a turn's budget
+
+    net.broker.publish_observers.append(slow)
+    sub = subscriber(net, "sub", qos=0)
+    pub = net.client("pub", level=4)
+    assert pub.core is not None
+    pub.core.data_received(b"".join(publish("t", str(i).encode()) for i in range(10)))
+    assert seen == [0, 1, 2] and not pub.reading
+    other = net.open(connect("other"))  # served before the rest of that read
+    assert other.packets()[0].type == CONNACK and seen == list(range(10))
+    assert pub.reading and payloads(sub) == list(range(10))
+
+
+def test_memory_limit_stops_reading_publishers_and_trims_the_largest_queues() -> None:
+    net = Net(memory_limit=20_000, max_queued_messages=1000, slow_subscriber_timeout=1.0)
+    sub = subscriber(net, "parked", clean=False)
+    net.send(sub, disconnect())
+    net.loop.advance(0.1)
+    pub = net.client("pub", level=4)
+    big = b"x" * 1000
+    net.send(pub, b"".join(publish("t", big, qos=1, pid=i + 1) for i in range(30)))
+    assert pub.reading  # the limit is seen at the next tick
+    net.loop.advance(0.3)
+    assert net.broker.flusher.over
+    net.send(pub, publish("t", big, qos=1, pid=100))
+    assert not pub.reading
+    net.loop.advance(1.3)  # over for longer than the timeout: the largest queue is trimmed
+    assert net.broker.flusher.drops["memory"] > 0
+    assert net.broker.flow.census() < 20_000 * 0.9 + 1001
+    net.loop.advance(0.3)
+    assert not net.broker.flusher.over and pub.reading
+
+
+def test_drops_are_logged_once_a_minute_per_session(caplog: pytest.LogCaptureFixture) -> None:
+    net = Net(max_queued_messages=2)
+    sub = subscriber(net, "parked", clean=False)
+    net.send(sub, disconnect())
+    pub = net.client("pub", level=4)
+    caplog.set_level("WARNING", logger="mqttd")
+    for second in range(150):
+        net.send(pub, publish("t", b"x", qos=1, pid=second + 1))
+        net.loop.advance(1.0)
+    lines = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert len(lines) == 3, lines  # at 0 s, 60 s and 120 s
+    assert "'parked'" in lines[0] and "queue_full" in lines[0]

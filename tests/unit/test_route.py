@@ -153,20 +153,22 @@ def test_no_local_and_retain_as_published(route) -> None:
 
 
 def test_inflight_window_queue_and_packet_ids(route) -> None:
-    loop, _, a = make(route, inflight_max=2, max_queued=2)
+    loop, flusher, a = make(route, inflight_max=2, max_queued=2)
+    flusher.slow_timeout = 0.0  # publishers never held: a full queue drops its oldest
     msgs = [route.Message("t", bytes([i]), 1) for i in range(5)]
     for m in msgs:
         a.send(m, 1, False)
     loop.run_once()
     pkts = decode(a.transport.writes[0], 4)
     assert [p.payload for p in pkts] == [b"\x00", b"\x01"]
-    assert len(a.queue) == 2 and a.dropped == 1
+    assert len(a.queue) == 2 and a.dropped == 1 and flusher.drops["queue_full"] == 1
+    assert [m.payload for m, _, _ in a.queue] == [b"\x03", b"\x04"]  # the oldest went
     ids = [p.packet_id for p in pkts]
     assert len(set(ids)) == 2 and 0 not in ids
     assert a.puback(ids[0]) is True  # room in the window: the next queued message goes out
     loop.run_once()
     (p,) = decode(a.transport.writes[1], 4)
-    assert p.payload == b"\x02" and p.packet_id in a.inflight and p.packet_id != ids[1]
+    assert p.payload == b"\x03" and p.packet_id in a.inflight and p.packet_id != ids[1]
 
 
 def test_packet_ids_skip_those_in_flight(route) -> None:
@@ -181,11 +183,11 @@ def test_packet_ids_skip_those_in_flight(route) -> None:
 
 
 def test_offline_outlet_queues_qos1_drops_qos0(route) -> None:
-    loop, _, a = make(route)
+    loop, flusher, a = make(route)
     a.transport = None
     a.send(route.Message("t", b"0"), 0, False)
     a.send(route.Message("t", b"1", 1), 1, False)
-    assert a.dropped == 1 and len(a.queue) == 1
+    assert a.dropped == 1 and len(a.queue) == 1 and flusher.drops["offline"] == 1
     a.transport = Transport()
     a.drain_queue()
     loop.run_once()
@@ -277,7 +279,7 @@ def test_inflight_hand_over_round_trip(route) -> None:
 
 
 def test_paused_outlet_drops_qos0_past_its_buffer(route) -> None:
-    loop, _, a = make(route, max_buffer=100)
+    loop, flusher, a = make(route, max_buffer=100)
     a.paused = True
     msg = route.Message("t", b"x" * 40)
     for _ in range(10):
@@ -285,6 +287,7 @@ def test_paused_outlet_drops_qos0_past_its_buffer(route) -> None:
     loop.run_once()
     assert a.transport.writes == []
     assert a.dropped == 7  # three 44-byte packets fit below 100 bytes, then drops
+    assert flusher.drops["buffer_full"] == 7
     a.resume()
     loop.run_once()
     assert len(decode(a.transport.writes[0], 4)) == 3
@@ -379,3 +382,154 @@ def test_expired_queued_message_is_refreshed_or_dropped(route) -> None:
     a.drain_queue()
     loop.run_once()
     assert [p.payload for p in decode(a.transport.writes[0], 4)] == [b"keep"]
+
+
+# -- flow control (docs/flow-control.md) -------------------------------------------------------------
+class Waiter:
+    """A held publisher: counts the times it is let go."""
+
+    def __init__(self) -> None:
+        self.woken = 0
+
+    def unhold(self) -> None:
+        self.woken += 1
+
+
+def qos1(route, i: int, size: int = 4):
+    """A QoS 1 message on topic "t" whose ``size``-byte payload starts with ``i``."""
+    return route.Message("t", i.to_bytes(4, "big") + b"x" * (size - 4), 1)
+
+
+def test_full_queue_of_a_reading_session_holds_its_publishers(route) -> None:
+    loop, flusher, a = make(route, inflight_max=1, max_queued=4)
+    for i in range(5):  # 1 in flight, 4 queued: full
+        a.send(qos1(route, i), 1, False)
+    assert flusher.pressure == [] and a.full_since < 0
+    a.send(qos1(route, 5), 1, False)
+    # Taken beyond the limit, nothing dropped: the publisher is to be held (Flusher.pressure)
+    assert flusher.pressure == [a] and len(a.queue) == 5 and a.dropped == 0
+    assert a.full_since == flusher.now
+    waiter = Waiter()
+    a.waiters = [waiter]
+    # Drained to half its limit (2 of 4): the publishers go on
+    for _ in range(2):
+        a.puback(next(iter(a.inflight)))
+    assert waiter.woken == 0 and len(a.queue) == 3
+    a.puback(next(iter(a.inflight)))
+    assert waiter.woken == 1 and a.waiters is None and a.full_since < 0 and not a.slow
+
+
+def test_backpressure_stops_at_twice_the_limits(route) -> None:
+    loop, flusher, a = make(route, inflight_max=1, max_queued=3)
+    for i in range(1 + 3 + 3):  # window, queue, and as much again while publishers are held
+        a.send(qos1(route, i), 1, False)
+    assert a.dropped == 0 and len(a.queue) == 6
+    a.send(qos1(route, 7), 1, False)  # twice the limit: the oldest make room
+    assert len(a.queue) == 3 and a.dropped == 4 and flusher.drops["queue_full"] == 4
+    assert [int.from_bytes(m.payload[:4], "big") for m, _, _ in a.queue] == [5, 6, 7]
+
+
+def test_queue_full_longer_than_the_timeout_makes_the_session_slow(route) -> None:
+    loop, flusher, a = make(route, inflight_max=1, max_queued=2)
+    flusher.now = 100.0
+    for i in range(4):
+        a.send(qos1(route, i), 1, False)
+    assert flusher.pressure == [a] and a.full_since == 100.0
+    waiter = Waiter()
+    a.waiters = [waiter]
+    flusher.now = 100.0 + flusher.slow_timeout
+    a.send(qos1(route, 4), 1, False)
+    # Slow: it holds nobody now, and drops its oldest to stay within its limit
+    assert a.slow and waiter.woken == 1 and a.waiters is None
+    assert len(a.queue) == 2 and a.dropped == 2
+    assert [int.from_bytes(m.payload[:4], "big") for m, _, _ in a.queue] == [3, 4]
+    flusher.pressure.clear()
+    a.send(qos1(route, 5), 1, False)
+    assert flusher.pressure == [] and a.dropped == 3
+    a.puback(next(iter(a.inflight)))  # drained to half: not slow any more
+    assert not a.slow and a.full_since < 0 and len(a.queue) == 1
+
+
+def test_offline_session_holds_at_most_its_queue_messages_and_bytes(route) -> None:
+    loop, flusher, a = make(route, inflight_max=2, max_queued=100, max_queued_bytes=1000)
+    a.transport = None
+    for i in range(50):
+        a.send(qos1(route, i, 100), 1, False)
+    # 1000 bytes hold 9 messages of 100 + 1 (topic "t"): the oldest went, none held publishers
+    assert len(a.queue) == 9 and a.queued_bytes == 909 and flusher.pressure == []
+    assert a.dropped == 41 and flusher.drops["queue_full"] == 41
+    assert flusher.held == 909
+    a.send(route.Message("t", b"x" * 2000, 1), 1, False)  # bigger than the whole queue
+    assert a.dropped == 51 and len(a.queue) == 0 and flusher.held == 0
+
+
+def test_paused_transport_keeps_qos1_queued_not_encoded(route) -> None:
+    loop, flusher, a = make(route, inflight_max=10)
+    a.paused = True
+    for i in range(3):
+        a.send(qos1(route, i), 1, False)
+    assert len(a.queue) == 3 and not a.inflight and len(a.buf) == 0
+    a.resume()
+    loop.run_once()
+    pkts = decode(a.transport.writes[0], 4)
+    assert [int.from_bytes(p.payload[:4], "big") for p in pkts] == [0, 1, 2]
+    assert len(a.inflight) == 3 and not a.queue
+
+
+def test_held_bytes_follow_queue_window_and_acks(route) -> None:
+    loop, flusher, a = make(route, inflight_max=2, version=5)
+    for i in range(3):
+        a.send(qos1(route, i, 10), 1, False)
+    a.send(route.Message("t", b"y" * 10, 2), 2, False)
+    assert flusher.held == 4 * 11
+    ids = list(a.inflight)
+    a.puback(ids[0])  # one leaves, a queued one goes out: the same bytes held
+    assert flusher.held == 3 * 11
+    a.clear()
+    assert flusher.held == 0 and not a.queue and not a.inflight
+    b = make(route, inflight_max=5, version=5)[2]
+    b.flusher = flusher
+    b.send(route.Message("t", b"y" * 10, 2), 2, False)
+    (pid,) = b.inflight
+    assert flusher.held == 11
+    assert b.pubrec(pid, SUCCESS) == SUCCESS  # delivered: only the id is kept
+    assert flusher.held == 0
+    assert b.pubcomp(pid) and flusher.held == 0
+
+
+def test_expired_queued_message_is_counted(route) -> None:
+    loop, flusher, a = make(route)
+    a.transport = None
+    msg = qos1(route, 1)
+    msg.expires_at = 1.0
+    a.refresh = lambda m: None  # the broker says it expired
+    a.send(msg, 1, False)
+    a.transport = Transport()
+    a.drain_queue()
+    assert flusher.drops["expired"] == 1 and a.dropped == 1 and not a.inflight
+
+
+def test_too_big_for_the_client_is_counted(route) -> None:
+    loop, flusher, a = make(route, version=5)
+    a.max_packet = 20
+    a.send(route.Message("t", b"x" * 50), 0, False)
+    assert flusher.drops["too_big"] == 1 and a.drops == {"too_big": 1}
+    assert flusher.dropping == {a}
+
+
+def test_out_of_memory_is_the_subscribers_problem(route) -> None:
+    class Boom(route.Message):
+        def write_qos(self, buf, version, qos, retain, dup, packet_id):
+            buf += b"half"
+            raise MemoryError
+
+    loop, flusher, a = make(route)
+    b = route.Outlet(flusher, 4)
+    b.transport = Transport()
+    msg = Boom("t", b"1", 1)
+    # a gets it at QoS 1 (and runs out of memory), b at QoS 0
+    n = route.deliver([{a: 1, b: 0}], msg, None)
+    assert n == 1 and a.dropped == 1 and flusher.drops["memory"] == 1
+    assert not a.inflight and len(a.buf) == 0  # no id in flight that was never sent
+    loop.run_once()
+    assert decode(b.transport.writes[0], 4)[0].payload == b"1"
