@@ -384,7 +384,8 @@ cdef class Outlet:
         if len(queue) >= self.max_queued or self.queued_bytes + size > self.max_queued_bytes:
             if self.full_since < 0.0:
                 self.full_since = flusher.now
-            elif not self.slow and flusher.now - self.full_since >= flusher.slow_timeout:
+            elif (not self.slow and self.transport is not None
+                  and flusher.now - self.full_since >= flusher.slow_timeout):
                 self.become_slow()
             if (not self.slow and self.transport is not None and flusher.slow_timeout > 0.0
                     and len(queue) < 2 * self.max_queued

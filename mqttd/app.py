@@ -681,6 +681,8 @@ class MQTTApp:
             "retained_messages_count": b.storage.retained_count(),
             "sessions": len(b.sessions),
             "connections_per_ip": dict(b.clients_per_ip),
+            # flow control (docs/flow-control.md): drops by reason, publishers held back
+            "flow": b.flow.figures(),
         }
         if b.peers.remote:
             out["redis"] = b.peers.health()

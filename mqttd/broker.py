@@ -34,7 +34,7 @@ log = logging.getLogger("mqttd")
 
 MAX_PACKET_SIZE_LIMIT = 268_435_460  # 1 + 4 + 268,435,455: the largest packet MQTT can frame
 #: outgoing QoS 1/2 messages in flight per client unless configured (docs/flow-control.md)
-DEFAULT_MAX_INFLIGHT = 32
+DEFAULT_MAX_INFLIGHT = 100
 #: seconds a SUBACK waits at most for the other nodes to route a new filter here (then it goes)
 ROUTE_WAIT = 2.0
 

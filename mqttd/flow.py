@@ -85,6 +85,22 @@ class FlowControl:
         self.congested.clear()
         self._wake_node()
 
+    def figures(self) -> dict[str, Any]:
+        """What $SYS and the metrics show: drops by reason, publishers held now and in all,
+        slow sessions, bytes held in queues and windows."""
+        broker = self.broker
+        flusher = broker.flusher
+        held_now = len(self.node_waiters) + sum(len(o.waiters or ()) for o in self.congested)
+        slow = sum(1 for s in broker.sessions.values() if s.outlet.slow)
+        return {
+            "dropped": dict(flusher.drops) if flusher is not None else {},
+            "publishers_held": held_now,
+            "holds": self.holds,
+            "slow_sessions": slow,
+            "bytes_held": flusher.held if flusher is not None else 0,
+            "over_memory_limit": bool(flusher is not None and flusher.over),
+        }
+
     # -- holding publishers ----------------------------------------------------------------------
     def hold(self, conn: Connection, outlets: list[Any]) -> int:
         """``conn`` published into ``outlets`` beyond their queue's limits (Flusher.pressure):

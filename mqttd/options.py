@@ -66,8 +66,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_inflight",
         int,
-        32,
-        "QoS 1/2 messages in flight to each client (default 32; an MQTT 5 client's "
+        100,
+        "QoS 1/2 messages in flight to each client (default 100; an MQTT 5 client's "
         "Receive Maximum lowers it)",
         "N",
     ),

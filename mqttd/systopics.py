@@ -139,8 +139,19 @@ class SysPublisher:
             "retained messages/count": str(retained),
             "store/messages/count": str(stored),
             "messages/stored": str(stored),  # Mosquitto's older name of store/messages/count
+            **self.flow_values(),
             **self.redis_values(),
         }
+
+    def flow_values(self) -> dict[str, str]:
+        """Flow control (docs/flow-control.md): messages dropped by reason, publishers held."""
+        f = self.broker.flow.figures()
+        out = {f"publish/messages/dropped/{reason}": str(n) for reason, n in f["dropped"].items()}
+        out["flow/publishers/held"] = str(f["publishers_held"])
+        out["flow/publishers/holds"] = str(f["holds"])
+        out["flow/sessions/slow"] = str(f["slow_sessions"])
+        out["flow/bytes/held"] = str(f["bytes_held"])
+        return out
 
     def redis_values(self) -> dict[str, str]:
         """``redis/...``: the Redis bridge's state and its counts of what pub/sub lost."""

@@ -427,7 +427,11 @@ class Outlet:
             flusher = self.flusher
             if self.full_since < 0.0:
                 self.full_since = flusher.now
-            elif not self.slow and flusher.now - self.full_since >= flusher.slow_timeout:
+            elif (
+                not self.slow
+                and self.transport is not None
+                and flusher.now - self.full_since >= flusher.slow_timeout
+            ):
                 self.become_slow()
             if (
                 not self.slow

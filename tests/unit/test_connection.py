@@ -459,25 +459,30 @@ def test_a_subscriber_that_stops_reading_holds_publishers_one_timeout_at_most() 
 
 def test_one_expensive_read_gives_the_loop_back_after_its_budget() -> None:
     """Packets of one read that take more than TURN_BUDGET wait for the next loop turn, in
-    order, so other clients are served meanwhile."""
+    order, so other clients are served meanwhile (the clock is read after the first packet and
+    every 8th)."""
     from mqttd.connection import TURN_BUDGET
 
     net = Net()
-    seen: list[int] = []
+    events: list[Any] = []
 
     def slow(conn: Any, msg: Any, pid: Any) -> None:
-        seen.append(int(msg.payload))
+        events.append(int(msg.payload))
         net.loop.now += TURN_BUDGET * 0.4  # each PUBLISH takes 40 % of a turn's budget
 
     net.broker.publish_observers.append(slow)
+    net.broker.connect_observers.append(lambda conn: events.append(conn.client_id))
     sub = subscriber(net, "sub", qos=0)
     pub = net.client("pub", level=4)
     assert pub.core is not None
-    pub.core.data_received(b"".join(publish("t", str(i).encode()) for i in range(10)))
-    assert seen == [0, 1, 2] and not pub.reading
-    other = net.open(connect("other"))  # served before the rest of that read
-    assert other.packets()[0].type == CONNACK and seen == list(range(10))
-    assert pub.reading and payloads(sub) == list(range(10))
+    events.clear()
+    pub.core.data_received(b"".join(publish("t", str(i).encode()) for i in range(20)))
+    assert events == list(range(9)) and not pub.reading  # out of budget at the 9th packet
+    other = net.open(connect("other"))  # served in a turn between the rest of that read
+    assert other.packets()[0].type == CONNACK
+    assert "other" in events and events.index("other") < events.index(19)
+    assert [e for e in events if e != "other"] == list(range(20))
+    assert pub.reading and payloads(sub) == list(range(20))
 
 
 def test_memory_limit_stops_reading_publishers_and_trims_the_largest_queues() -> None:
@@ -512,3 +517,26 @@ def test_drops_are_logged_once_a_minute_per_session(caplog: pytest.LogCaptureFix
     lines = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
     assert len(lines) == 3, lines  # at 0 s, 60 s and 120 s
     assert "'parked'" in lines[0] and "queue_full" in lines[0]
+
+
+def test_drops_and_held_publishers_are_in_sys() -> None:
+    from mqttd.systopics import SysPublisher
+
+    net = Net(max_inflight=1, max_queued_messages=2)
+    subscriber(net, "stalled")
+    parked = subscriber(net, "parked", qos=1, clean=False)
+    net.send(parked, disconnect())
+    pub = net.client("pub", level=4)
+    net.send(pub, pubs(0, 6))
+    values = SysPublisher(net.broker, 10).snapshot()
+    # "stalled" took "3" beyond its queue of 2 and holds the publisher there ("4", "5" wait);
+    # "parked" is offline: its queue of 2 dropped the 2 oldest
+    assert values["publish/messages/dropped/queue_full"] == "2"
+    assert values["publish/messages/dropped"] == "2"
+    assert values["flow/publishers/held"] == "1" and values["flow/publishers/holds"] == "1"
+    assert values["flow/sessions/slow"] == "0"
+    # in flight 1 + queued 3 (stalled) + queued 2 (parked), each payload "0".."3" + topic "t"
+    assert int(values["flow/bytes/held"]) == (1 + 3 + 2) * 2
+    net.loop.advance(1.5)
+    values = SysPublisher(net.broker, 10).snapshot()
+    assert values["flow/publishers/held"] == "0" and values["flow/sessions/slow"] == "1"
