@@ -124,6 +124,8 @@ FAIR_READ = 16 * 1024
 #: read left after it wait for the next iteration, so one client's expensive burst cannot hold
 #: the others (docs/flow-control.md)
 TURN_BUDGET = 0.01
+#: bytes of PUBLISH a held connection may send before it is not read at all (see _defer_held)
+HELD_READ_LIMIT = 64 * 1024
 
 
 class Connection:
@@ -171,6 +173,7 @@ class Connection:
         #: reasons this connection is not read: queues it published into that are full (and the
         #: node's memory limit), counted; and whether it gave up its turn (TURN_BUDGET)
         self.held = 0
+        self.deferred = 0  # bytes of the packets held back while held (_defer_held)
         self.yielding = False
         self.waiting = False  # a step waits for the storage (_block)
         self.sub_times: deque[float] | None = None  # max_subscriptions_per_minute
@@ -206,13 +209,15 @@ class Connection:
             self.handlers[packet.packet_type](self, packet)
             # The clock is read after the first packet and every 8th (95 ns a read: 3 % of a
             # fan-in's time if read after each), so an expensive packet is seen at once
-            if i < last and not i & 7 and loop.time() >= deadline and not self.closing:
+            if (
+                i < last
+                and not i & 7
+                and self.backlog is None
+                and loop.time() >= deadline
+                and not self.closing
+            ):
                 # Out of turn: the rest of this read waits for the next loop iteration
                 self._give_turn()
-                self.backlog.extend(packets[i + 1 :])  # type: ignore[union-attr]
-                if error is not None:
-                    self.backlog_error = error
-                return
         if error is not None and not self.closing:
             if self.backlog is not None:
                 self.backlog_error = error  # after the packets waiting before it
@@ -236,12 +241,29 @@ class Connection:
         self.transport.pause_reading()
         if self.backlog is None:
             self.backlog = []
+            self.deferred = 0
             self.next_handlers = self.handlers
-            self.handlers = _BLOCKED
+        self.handlers = _BLOCKED
 
     def _go(self) -> None:
-        """One reason to stop ended: go on if it was the last."""
-        if self.closing or self.throttled or self.held or self.yielding or self.waiting:
+        """One reason to stop ended: go on if it was the last. Held only (by full queues or
+        the memory limit), the connection is still read for acknowledgements and PINGREQ: see
+        :meth:`_hold`."""
+        if self.closing or self.throttled or self.yielding or self.waiting:
+            return
+        if self.held:
+            self.handlers = _HELD
+            backlog = self.backlog
+            if backlog and any(p.packet_type in _READ_WHILE_HELD for p in backlog):
+                # Acknowledgements that waited behind a full stop go now, the rest stays
+                self.backlog = []
+                self.deferred = 0
+                for packet in backlog:
+                    if self.closing:
+                        return
+                    self.handlers[packet.packet_type](self, packet)
+            if self.deferred < HELD_READ_LIMIT and self.handlers is _HELD:
+                self.transport.resume_reading()
             return
         if self.backlog is not None:
             self._release()
@@ -272,7 +294,24 @@ class Connection:
             n += 1
         if n:
             self.held += n
-            self._stop()
+            if self.backlog is None:
+                self.backlog = []
+                self.deferred = 0
+                self.next_handlers = self.handlers
+            if self.handlers is not _BLOCKED:
+                self.handlers = _HELD
+
+    def _defer_held(self, p: Any) -> None:
+        """Held: a packet that must wait (PUBLISH, SUBSCRIBE...), in order. The socket is read
+        on for the acknowledgements a held client owes (else two clients that publish to each
+        other would hold each other for good) until HELD_READ_LIMIT bytes wait."""
+        self.backlog.append(p)  # type: ignore[union-attr]
+        if p.packet_type == 3:
+            self.deferred += len(p.payload) + len(p.topic) + 8
+        else:
+            self.deferred += 16
+        if self.deferred >= HELD_READ_LIMIT:
+            self.transport.pause_reading()
 
     def unhold(self) -> None:
         """A queue this connection waited for drained, or its session became slow or went
@@ -331,10 +370,12 @@ class Connection:
         self._go()
 
     def _release(self) -> None:
-        """Dispatch the packets held while stopped, in order, until stopped again or out of
-        turn (TURN_BUDGET)."""
+        """Dispatch the packets held while stopped, in order; once stopped or held again (or
+        out of turn, TURN_BUDGET), the rest goes through the table of that state (which keeps
+        them, in order)."""
         backlog, self.backlog = self.backlog, None
         error, self.backlog_error = self.backlog_error, None
+        self.deferred = 0
         self.handlers = self.next_handlers
         self.transport.resume_reading()
         loop = self.loop
@@ -342,11 +383,6 @@ class Connection:
         last = len(backlog or ()) - 1
         for i, packet in enumerate(backlog or ()):
             if self.closing:
-                return
-            if self.backlog is not None:  # stopped again: the rest waits too
-                self.backlog.extend(backlog[i:])  # type: ignore[index]
-                if error is not None:
-                    self.backlog_error = error
                 return
             self.handlers[packet.packet_type](self, packet)
             if (
@@ -357,10 +393,6 @@ class Connection:
                 and not self.closing
             ):
                 self._give_turn()
-                self.backlog.extend(backlog[i + 1 :])  # type: ignore[union-attr,index]
-                if error is not None:
-                    self.backlog_error = error
-                return
         if error is not None and not self.closing:
             if self.backlog is not None:
                 self.backlog_error = error
@@ -490,7 +522,12 @@ class Connection:
 
     def _keepalive_check(self) -> None:
         limit = self.keepalive * 1.5
-        idle = self.loop.time() - self.last_rx
+        now = self.loop.time()
+        if self.backlog is not None:
+            # Not read by our choice (a full queue, the memory limit, the storage): its
+            # PINGREQ may be waiting in the socket, so the wait does not count as idle
+            self.last_rx = now
+        idle = now - self.last_rx
         if idle >= limit:
             # Nothing for 1.5 x keepalive: close as if the network failed (3.1.1 [MQTT-3.1.2-24],
             # 5.0 [MQTT-3.1.2-22])
@@ -1104,6 +1141,12 @@ _CONNECTED = _table(True)
 # While the CONNECT's authentication runs only AUTH (and DISCONNECT) may come (§4.12)
 # While a step waits for the storage, packets are held in order (Connection._block)
 _BLOCKED = (Connection._defer,) * 16
+# While the queues a client published into are full (Connection._hold): what it owes for the
+# messages sent to it, and PINGREQ, are handled; everything else waits, in order
+_READ_WHILE_HELD = frozenset((4, 5, 7, 12))  # PUBACK, PUBREC, PUBCOMP, PINGREQ
+_HELD = tuple(
+    _CONNECTED[t] if t in _READ_WHILE_HELD else Connection._defer_held for t in range(16)
+)
 _AUTHENTICATING = tuple(
     Connection.on_auth
     if t == 15

@@ -407,6 +407,12 @@ def pubs(first: int, n: int) -> bytes:
     )
 
 
+def held(link: FakeLink) -> bool:
+    """The connection waits for full queues: its PUBLISH are not handled (acks still are)."""
+    assert link.core is not None
+    return link.core.held > 0
+
+
 def acks_of(link: FakeLink) -> int:
     return sum(1 for p in link.packets() if p.type == PUBACK)
 
@@ -419,7 +425,7 @@ def test_full_queue_holds_the_publisher_then_lets_it_go() -> None:
     pub = net.client("pub", level=4)
     net.send(pub, pubs(0, 10))
     # 1 in flight + 4 queued, the 6th taken beyond the limit: its publisher is held there
-    assert not pub.reading and acks_of(pub) == 6
+    assert held(pub) and acks_of(pub) == 6
     assert net.broker.flusher.drops["queue_full"] == 0
     got = []
     for _ in range(40):
@@ -430,7 +436,7 @@ def test_full_queue_holds_the_publisher_then_lets_it_go() -> None:
                 net.send(sub, puback(pub_p.pid))
         if len(got) == 10:
             break
-    assert got == list(range(10)) and pub.reading and acks_of(pub) == 4
+    assert got == list(range(10)) and not held(pub) and acks_of(pub) == 4
     assert net.broker.flusher.messages_dropped == 0
 
 
@@ -440,16 +446,16 @@ def test_a_subscriber_that_stops_reading_holds_publishers_one_timeout_at_most() 
     fast = subscriber(net, "fast", qos=0)
     pub = net.client("pub", level=4)
     net.send(pub, pubs(0, 20))
-    assert not pub.reading
+    assert held(pub)
     net.loop.advance(0.9)
-    assert not pub.reading
+    assert held(pub)
     net.loop.advance(0.5)  # the queue stayed full 1 s: that session is slow
-    assert pub.reading
+    assert not held(pub)
     outlet = net.broker.sessions["stalled"].outlet
     assert outlet.slow and acks_of(pub) == 20
     net.send(pub, pubs(20, 100))
     # It holds nobody now: the publisher goes on, the stalled queue keeps its newest 10
-    assert pub.reading and acks_of(pub) == 100
+    assert not held(pub) and acks_of(pub) == 100
     assert len(outlet.queue) == 10 and outlet.queue[-1][0].payload == b"119"
     drops = net.broker.flusher.drops["queue_full"]
     assert drops == 120 - 2 - 10
@@ -493,16 +499,16 @@ def test_memory_limit_stops_reading_publishers_and_trims_the_largest_queues() ->
     pub = net.client("pub", level=4)
     big = b"x" * 1000
     net.send(pub, b"".join(publish("t", big, qos=1, pid=i + 1) for i in range(30)))
-    assert pub.reading  # the limit is seen at the next tick
+    assert not held(pub)  # the limit is seen at the next tick
     net.loop.advance(0.3)
     assert net.broker.flusher.over
     net.send(pub, publish("t", big, qos=1, pid=100))
-    assert not pub.reading
+    assert held(pub)
     net.loop.advance(1.3)  # over for longer than the timeout: the largest queue is trimmed
     assert net.broker.flusher.drops["memory"] > 0
     assert net.broker.flow.census() < 20_000 * 0.9 + 1001
     net.loop.advance(0.3)
-    assert not net.broker.flusher.over and pub.reading
+    assert not net.broker.flusher.over and not held(pub)
 
 
 def test_drops_are_logged_once_a_minute_per_session(caplog: pytest.LogCaptureFixture) -> None:
@@ -540,3 +546,50 @@ def test_drops_and_held_publishers_are_in_sys() -> None:
     net.loop.advance(1.5)
     values = SysPublisher(net.broker, 10).snapshot()
     assert values["flow/publishers/held"] == "0" and values["flow/sessions/slow"] == "1"
+
+
+def test_clients_that_publish_to_each_other_do_not_hold_each_other_for_good() -> None:
+    """A and B each subscribe to what the other publishes, with small queues: each is held by
+    the other's full queue, and each is still read for its PUBACKs, so both queues drain and
+    nothing is dropped (else both would wait for the slow-subscriber timeout, then drop)."""
+    net = Net(max_inflight=2, max_queued_messages=4)
+    a = net.client("a", level=4)
+    b = net.client("b", level=4)
+    net.send(a, subscribe(1, [("to-a", 1)]))
+    net.send(b, subscribe(1, [("to-b", 1)]))
+    a.packets(), b.packets()
+    got: dict[str, list[int]] = {"a": [], "b": []}
+    for i in range(0, 30, 10):
+        net.send(a, b"".join(publish("to-b", b"%d" % j, qos=1, pid=j + 1) for j in range(i, i + 10)))
+        net.send(b, b"".join(publish("to-a", b"%d" % j, qos=1, pid=j + 1) for j in range(i, i + 10)))
+    assert held(a) and held(b)
+    for _ in range(100):
+        for name, link in (("a", a), ("b", b)):
+            acks = b""
+            for p in link.packets():
+                if p.type == PUBLISH:
+                    m = parse_publish(p)
+                    got[name].append(int(m.payload))
+                    acks += puback(m.pid)
+            if acks:
+                net.send(link, acks)
+        if len(got["a"]) == len(got["b"]) == 30:
+            break
+    assert got == {"a": list(range(30)), "b": list(range(30))}
+    assert net.broker.flusher.messages_dropped == 0 and not held(a) and not held(b)
+
+
+def test_a_held_client_is_not_read_past_its_limit() -> None:
+    from mqttd.connection import HELD_READ_LIMIT
+
+    net = Net(max_inflight=1, max_queued_messages=1)
+    subscriber(net, "stalled")
+    pub = net.client("pub", level=4)
+    net.send(pub, pubs(0, 3))
+    assert held(pub) and pub.reading
+    big = b"x" * 1000
+    n = HELD_READ_LIMIT // 1000 + 1
+    net.send(pub, b"".join(publish("t", big, qos=1, pid=i + 10) for i in range(n)))
+    assert not pub.reading  # what waits is bounded: the socket is left to TCP
+    net.loop.advance(1.5)  # the stalled subscriber is slow now: it holds nobody
+    assert pub.reading and not held(pub) and acks_of(pub) == 3 + n
