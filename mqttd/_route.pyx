@@ -255,7 +255,10 @@ cdef class Flusher:
         self.dirty = []
         cdef Outlet outlet
         for outlet in dirty:
-            outlet.flush()
+            try:
+                outlet.flush()
+            except MemoryError:
+                outlet.cut()  # that subscriber's problem: the others are still written to
 
 
 cdef class Outlet:
@@ -314,6 +317,16 @@ cdef class Outlet:
             self.buf = bytearray()
             self.flusher.bytes_sent += PyByteArray_GET_SIZE(data)
             self.transport.write(data)
+
+    def cut(self):
+        """Out of memory writing to this client: its buffer is given up (counted once) and its
+        connection closed (the twin says more)."""
+        self.buf = bytearray()
+        self.pending = False
+        self.drop("memory")
+        transport = self.transport
+        if transport is not None:
+            transport.close()
 
     def resume(self):
         """The transport takes writes again: the buffer goes, and what was queued meanwhile."""

@@ -266,7 +266,10 @@ class Flusher:
         dirty = self.dirty
         self.dirty = []
         for outlet in dirty:
-            outlet.flush()
+            try:
+                outlet.flush()
+            except MemoryError:
+                outlet.cut()  # that subscriber's problem: the others are still written to
 
 
 class Outlet:
@@ -349,6 +352,17 @@ class Outlet:
             self.buf = bytearray()
             self.flusher.bytes_sent += len(data)
             self.transport.write(data)
+
+    def cut(self) -> None:
+        """Out of memory writing to this client: its buffer is given up (counted once) and its
+        connection closed; a persistent session keeps its queue and resends what was in flight
+        when the client returns."""
+        self.buf = bytearray()
+        self.pending = False
+        self.drop("memory")
+        transport = self.transport
+        if transport is not None:
+            transport.close()
 
     def resume(self) -> None:
         """The transport takes writes again: the buffer goes, and the QoS 1/2 messages queued

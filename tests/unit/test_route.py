@@ -533,3 +533,23 @@ def test_out_of_memory_is_the_subscribers_problem(route) -> None:
     assert not a.inflight and len(a.buf) == 0  # no id in flight that was never sent
     loop.run_once()
     assert decode(b.transport.writes[0], 4)[0].payload == b"1"
+
+
+def test_out_of_memory_writing_cuts_that_subscriber_only(route) -> None:
+    class Full(Transport):
+        closed = False
+
+        def write(self, data) -> None:
+            raise MemoryError
+
+        def close(self) -> None:
+            self.closed = True
+
+    loop, flusher, a = make(route)
+    a.transport = Full()
+    b = route.Outlet(flusher, 4)
+    b.transport = Transport()
+    route.deliver([{a: 0, b: 0}], route.Message("t", b"1"), None)
+    loop.run_once()
+    assert a.transport.closed and a.buf == bytearray() and flusher.drops["memory"] == 1
+    assert decode(b.transport.writes[0], 4)[0].payload == b"1"
