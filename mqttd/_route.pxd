@@ -70,6 +70,7 @@ cdef class Outlet:
     cdef public long long queued_bytes
     cdef public Py_ssize_t max_buffer
     cdef public double full_since
+    cdef public double progress_at
     cdef public bint slow
     cdef public object waiters
     cdef public object drops
@@ -91,6 +92,7 @@ cdef class Outlet:
     cpdef drop(self, str reason)
     cpdef send(self, Message msg, int qos, bint retain)
     cdef _enqueue(self, Message msg, int qos, bint retain)
+    cpdef bint overdue(self, double now)
     cpdef become_slow(self)
     cpdef wake(self)
     cdef _send_inflight(self, Message msg, int qos, bint retain)

@@ -215,6 +215,10 @@ cdef inline Inflight _inflight(Message msg, int qos, bint retain, int state):
     return entry
 
 
+#: a queue full this many slow-subscriber timeouts makes its session slow (the twin says why)
+SLOW_READER_FACTOR = 10
+cdef double C_SLOW_READER_FACTOR = SLOW_READER_FACTOR
+
 #: why a message was not delivered (the twin's DROP_REASONS)
 DROP_REASONS = ("queue_full", "buffer_full", "expired", "too_big", "offline", "memory")
 
@@ -282,6 +286,7 @@ cdef class Outlet:
         self.queued_bytes = 0
         self.max_buffer = max_buffer
         self.full_since = -1.0
+        self.progress_at = 0.0
         self.slow = False
         self.waiters = None
         self.max_packet = 0
@@ -331,6 +336,7 @@ cdef class Outlet:
     def resume(self):
         """The transport takes writes again: the buffer goes, and what was queued meanwhile."""
         self.paused = False
+        self.progress_at = self.flusher.now
         self.drain_queue()
         if PyByteArray_GET_SIZE(self.buf):
             self._mark()
@@ -397,8 +403,7 @@ cdef class Outlet:
         if len(queue) >= self.max_queued or self.queued_bytes + size > self.max_queued_bytes:
             if self.full_since < 0.0:
                 self.full_since = flusher.now
-            elif (not self.slow and self.transport is not None
-                  and flusher.now - self.full_since >= flusher.slow_timeout):
+            elif not self.slow and self.transport is not None and self.overdue(flusher.now):
                 self.become_slow()
             if (not self.slow and self.transport is not None and flusher.slow_timeout > 0.0
                     and len(queue) < 2 * self.max_queued
@@ -420,6 +425,13 @@ cdef class Outlet:
         queue.append((msg, qos, retain))
         self.queued_bytes += size
         flusher.held += size
+
+    cpdef bint overdue(self, double now):
+        """Whether this full queue has held publishers back long enough (the twin says how)."""
+        cdef double timeout = self.flusher.slow_timeout
+        cdef double since = self.full_since
+        cdef double progress = self.progress_at if self.progress_at > since else since
+        return now - progress >= timeout or now - since >= timeout * C_SLOW_READER_FACTOR
 
     cpdef become_slow(self):
         """The queue stayed full too long: it drops instead of holding publishers back, until
@@ -523,6 +535,7 @@ cdef class Outlet:
         cdef Inflight entry = self.inflight.get(packet_id)
         if entry is None or entry.state == C_AWAIT_PUBACK:
             return C_PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else C_NO_PUBREL
+        self.progress_at = self.flusher.now
         if entry.msg is not None:
             self.flusher.held -= _cost(entry.msg)
         if reason_code >= C_FAILURE_THRESHOLD:
@@ -542,6 +555,7 @@ cdef class Outlet:
         cdef Inflight entry = self.inflight.get(packet_id)
         if entry is None or entry.state != awaiting:
             return False
+        self.progress_at = self.flusher.now
         if entry.msg is not None:
             self.flusher.held -= _cost(entry.msg)
         del self.inflight[packet_id]

@@ -319,7 +319,9 @@ class Connection:
         if self.held:
             self.held -= 1
             if not self.held:
-                self._go()
+                # On the next turn: this runs inside another client's acknowledgement (or the
+                # tick), which should not dispatch this client's backlog within it
+                self.loop.call_soon(self._go)
 
     def _spend_token(self, rate: float) -> None:
         """max_messages_per_second: one PUBLISH spends a token; in debt, reading pauses until

@@ -159,11 +159,13 @@ class FlowControl:
                 elif outlet.transport is None or outlet.slow or outlet.full_since < 0.0:
                     outlet.wake()
                     self.congested.discard(outlet)
-                elif now - outlet.full_since >= timeout:
+                elif outlet.overdue(now):
                     log.info(
-                        "%s: queue full for %.1f s, slow: its oldest messages are dropped",
+                        "%s: queue full for %.1f s (last progress %.1f s ago), slow: its "
+                        "oldest messages are dropped",
                         _name(outlet),
                         now - outlet.full_since,
+                        now - outlet.progress_at,
                     )
                     outlet.become_slow()
                     self.congested.discard(outlet)

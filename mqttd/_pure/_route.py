@@ -47,6 +47,9 @@ AWAIT_PUBCOMP = 3  # QoS 2, PUBREL sent
 
 #: what :meth:`Outlet.pubrec` returns when no PUBREL is to be sent
 NO_PUBREL = -1
+#: a session whose queue stays full this many slow-subscriber timeouts is slow even though it
+#: reads: it cannot keep up, and its publishers have waited for it long enough
+SLOW_READER_FACTOR = 10
 
 # the identifier byte that opens each property these add to a message's block
 _SID_HEAD = bytes((SUBSCRIPTION_IDENTIFIER,))
@@ -279,10 +282,12 @@ class Outlet:
     flight; a queue of at most ``max_queued`` messages and ``max_queued_bytes`` bytes (payload
     and topic of each, counted per session even when sessions share a message); QoS 0 bytes
     buffered for a transport that paused writing up to ``max_buffer``. A QoS 1/2 message that
-    finds the queue full of an online session that keeps reading is taken anyway (up to twice
-    the limits) and its publisher is held (``Flusher.pressure``); a session whose queue stays
-    full for ``Flusher.slow_timeout`` seconds is *slow*: it holds nobody back and its queue
-    drops its oldest messages instead, counted, until it has drained to half its limits.
+    finds the queue of an online session full is taken anyway (up to twice the limits) and its
+    publisher is held (``Flusher.pressure``) until the queue has drained to half its limits. A
+    session whose queue is full and that made no progress (no acknowledgement, no write
+    drained) for ``Flusher.slow_timeout`` seconds, or whose queue stays full
+    ``SLOW_READER_FACTOR`` times that long, is *slow* (:meth:`overdue`): it holds nobody back
+    and its queue drops its oldest messages instead, counted, until it has drained to half.
     """
 
     def __init__(
@@ -313,7 +318,9 @@ class Outlet:
         self.max_buffer = max_buffer
         #: since when (Flusher.now) the queue is full; -1.0: it is not
         self.full_since = -1.0
-        #: the queue stayed full longer than Flusher.slow_timeout: it drops, holds nobody
+        #: Flusher.now of the last acknowledgement, or of the transport taking writes again
+        self.progress_at = 0.0
+        #: overdue() said so: the queue drops its oldest, holds nobody
         self.slow = False
         #: the publishers held until this queue drains (objects with ``unhold()``), or None
         self.waiters: list | None = None
@@ -368,6 +375,7 @@ class Outlet:
         """The transport takes writes again: the buffer goes, and the QoS 1/2 messages queued
         while it was paused."""
         self.paused = False
+        self.progress_at = self.flusher.now
         self.drain_queue()
         if self.buf and not self.pending:
             self.pending = True
@@ -441,11 +449,7 @@ class Outlet:
             flusher = self.flusher
             if self.full_since < 0.0:
                 self.full_since = flusher.now
-            elif (
-                not self.slow
-                and self.transport is not None
-                and flusher.now - self.full_since >= flusher.slow_timeout
-            ):
+            elif not self.slow and self.transport is not None and self.overdue(flusher.now):
                 self.become_slow()
             if (
                 not self.slow
@@ -473,6 +477,14 @@ class Outlet:
         queue.append((msg, qos, retain))
         self.queued_bytes += size
         self.flusher.held += size
+
+    def overdue(self, now: float) -> bool:
+        """Whether this full queue has held publishers back long enough: no progress for the
+        slow-subscriber timeout since it filled, or full for SLOW_READER_FACTOR times that."""
+        timeout = self.flusher.slow_timeout
+        since = self.full_since
+        progress = self.progress_at if self.progress_at > since else since
+        return now - progress >= timeout or now - since >= timeout * SLOW_READER_FACTOR
 
     def become_slow(self) -> None:
         """The queue stayed full too long: from now on it drops instead of holding publishers
@@ -590,8 +602,10 @@ class Outlet:
         if entry is None or entry.state == AWAIT_PUBACK:
             return PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else NO_PUBREL
         msg = entry.msg
+        flusher = self.flusher
+        self.progress_at = flusher.now
         if msg is not None:
-            self.flusher.held -= len(msg.payload) + len(msg.topic)
+            flusher.held -= len(msg.payload) + len(msg.topic)
         if reason_code >= FAILURE_THRESHOLD:
             del self.inflight[packet_id]
             self.drain_queue()
@@ -610,8 +624,10 @@ class Outlet:
         if entry is None or entry.state != awaiting:
             return False
         msg = entry.msg
+        flusher = self.flusher
+        self.progress_at = flusher.now
         if msg is not None:
-            self.flusher.held -= len(msg.payload) + len(msg.topic)
+            flusher.held -= len(msg.payload) + len(msg.topic)
         del self.inflight[packet_id]
         self.drain_queue()
         return True

@@ -164,7 +164,7 @@ class RedisBridge:
 
         def factory() -> _Resp:
             if push:
-                return _PushResp(self._push_reader(), self._lost)
+                return _PushResp(self._push_reader(), self._lost, self.broker)
             return _Resp(on_reply, self._lost)
 
         if "path" in p:
@@ -265,6 +265,8 @@ class RedisBridge:
     def _stalled(self) -> bool:
         # A PONG queued behind a backlog of messages we are still reading is late, but Redis is
         # not stalled: any data counts as a sign of life
+        if self.sub is not None and getattr(self.sub, "held", 0):
+            return False  # not read by our choice (a full local queue): its PONG waits
         last = max(self._last_pong, self.sub.last_rx if self.sub is not None else 0.0)
         return time.monotonic() - last > HEALTH_TIMEOUT
 

@@ -190,6 +190,8 @@ class RedisClusterBridge(RedisBridge):
         return any(
             now - max(t, subs[addr].last_rx if addr in subs else 0.0) > HEALTH_TIMEOUT
             for addr, t in self.pongs.items()
+            # a connection not read by our choice (a full local queue): its PONG waits
+            if not (addr in subs and getattr(subs[addr], "held", 0))
         )
 
     def _redirected(self, why: str) -> None:

@@ -54,12 +54,77 @@ class _Resp(asyncio.Protocol):
 
 class _PushResp(_Resp):
     """The subscription connection: its stream goes to a ``route.PushReader``, which delivers
-    the common messages itself (compiled) and hands the rest to the bridge's ``_on_push``."""
+    the common messages itself (compiled) and hands the rest to the bridge's ``_on_push``.
 
-    def __init__(self, push: Any, on_lost: Any) -> None:
+    Messages from other nodes can fill a local subscriber's queue as a local publisher does:
+    this connection is then not read until that queue drains or its session is slow
+    (docs/flow-control.md), as a held publisher is not, and Redis keeps what it sends
+    meanwhile. A read is fed in slices of :data:`PUSH_SLICE` bytes, so that a read that fills a
+    queue stops there (what is left waits with the connection) rather than pouring the rest of
+    up to 256 KiB of messages into it."""
+
+    def __init__(self, push: Any, on_lost: Any, broker: Any = None) -> None:
         super().__init__(None, on_lost)
         self.push = push
+        self.broker = broker
+        self.held = 0
+        self.waiting: list[bytes] = []  # read while held, fed once it is let go
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
-        self.push.feed(data)
+        if self.held or self.waiting:
+            self.waiting.append(data)  # read before the pause took effect: after the rest
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        broker = self.broker
+        if broker is None or len(data) <= PUSH_SLICE:
+            self.push.feed(data)
+            if broker is not None and broker.flusher.pressure:
+                self._hold(b"")
+            return
+        flusher = broker.flusher
+        for start in range(0, len(data), PUSH_SLICE):
+            self.push.feed(data[start : start + PUSH_SLICE])
+            if flusher.pressure and self._hold(data[start + PUSH_SLICE :]):
+                return
+
+    def _hold(self, rest: bytes) -> bool:
+        """Wait for the queues the last slice filled; ``rest`` waits too. False: none to wait
+        for (they were not full any more, or slow)."""
+        broker = self.broker
+        flusher = broker.flusher
+        pressure, flusher.pressure = flusher.pressure, []
+        n = broker.flow.hold(self, pressure)
+        if not n:
+            return False
+        self.held += n
+        if rest:
+            self.waiting.append(rest)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        return True
+
+    def unhold(self) -> None:
+        if not self.held:
+            return
+        self.held -= 1
+        if self.held or self.lost:
+            return
+        self.last_rx = time.monotonic()  # not read by our choice: not Redis's silence
+        # On the next turn, as a held client (Connection.unhold): not within another's ack
+        asyncio.get_running_loop().call_soon(self._go)
+
+    def _go(self) -> None:
+        if self.held or self.lost:
+            return
+        waiting, self.waiting = self.waiting, []
+        if self.transport is not None:
+            self.transport.resume_reading()
+        if waiting:
+            self._feed(b"".join(waiting))
+
+
+#: bytes of the subscription stream fed to the PushReader at a time (see _PushResp)
+PUSH_SLICE = 16 * 1024

@@ -553,3 +553,22 @@ def test_out_of_memory_writing_cuts_that_subscriber_only(route) -> None:
     loop.run_once()
     assert a.transport.closed and a.buf == bytearray() and flusher.drops["memory"] == 1
     assert decode(b.transport.writes[0], 4)[0].payload == b"1"
+
+
+def test_a_full_queue_that_makes_progress_is_slow_only_after_ten_timeouts(route) -> None:
+    loop, flusher, a = make(route, inflight_max=1, max_queued=2)
+    flusher.now = 10.0
+    for i in range(4):
+        a.send(qos1(route, i), 1, False)
+    assert a.full_since == 10.0 and not a.overdue(10.9)
+    # The client acknowledges (progress), the publisher keeps the queue full
+    for step in range(1, 10):
+        flusher.now = 10.0 + step
+        a.puback(next(iter(a.inflight)))
+        a.send(qos1(route, 10 + step), 1, False)
+        assert not a.slow and a.full_since == 10.0, step
+    assert a.overdue(10.0 + 9.5) is False
+    assert a.overdue(10.0 + 10 * flusher.slow_timeout)  # full for ten timeouts: slow
+    flusher.now = 10.0 + 10.0
+    a.send(qos1(route, 99), 1, False)
+    assert a.slow and a.dropped > 0
