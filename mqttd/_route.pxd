@@ -44,8 +44,9 @@ cdef class Flusher:
     cdef public long long messages_sent
     cdef public long long messages_dropped
     # Flow control (docs/flow-control.md; the twin says each field)
-    cdef public dict drops
+    cdef long long _drops[7]  # by reason (DROP_REASONS); read as the drops property
     cdef public set dropping
+    cdef public list stalled
     cdef public list pressure
     cdef public long long held
     cdef public double now
@@ -73,7 +74,8 @@ cdef class Outlet:
     cdef public double progress_at
     cdef public bint slow
     cdef public object waiters
-    cdef public object drops
+    cdef long long _unlogged[7]  # drops by reason since take_drops()
+    cdef bint _dropping
     cdef public double logged_at
     cdef public Py_ssize_t max_packet
     cdef public int alias_max
@@ -90,9 +92,10 @@ cdef class Outlet:
     cpdef flush(self)
     cdef Message _wire(self, Message msg)
     cpdef drop(self, str reason)
+    cdef inline void _drop(self, int reason)
     cpdef send(self, Message msg, int qos, bint retain)
     cdef _enqueue(self, Message msg, int qos, bint retain)
-    cpdef bint overdue(self, double now)
+    cpdef int overdue(self, double now)
     cpdef become_slow(self)
     cpdef wake(self)
     cdef _send_inflight(self, Message msg, int qos, bint retain)

@@ -219,8 +219,21 @@ cdef inline Inflight _inflight(Message msg, int qos, bint retain, int state):
 SLOW_READER_FACTOR = 10
 cdef double C_SLOW_READER_FACTOR = SLOW_READER_FACTOR
 
-#: why a message was not delivered (the twin's DROP_REASONS)
-DROP_REASONS = ("queue_full", "buffer_full", "expired", "too_big", "offline", "memory")
+#: why a message was not delivered (the twin's DROP_REASONS); counted in C arrays by index
+DROP_REASONS = ("queue_full", "buffer_full", "expired", "too_big", "offline", "memory",
+                "slow_client")
+cdef dict _REASON_INDEX = {reason: i for i, reason in enumerate(DROP_REASONS)}
+cdef enum:
+    D_QUEUE_FULL = 0
+    D_BUFFER_FULL = 1
+    D_EXPIRED = 2
+    D_TOO_BIG = 3
+    D_OFFLINE = 4
+    D_MEMORY = 5
+    N_REASONS = 7
+#: overdue(): why a full queue's session is slow
+STALLED = 1
+CANNOT_KEEP_UP = 2
 
 
 cdef inline Py_ssize_t _cost(Message msg):
@@ -239,13 +252,21 @@ cdef class Flusher:
         self.bytes_sent = 0
         self.messages_sent = 0
         self.messages_dropped = 0
-        self.drops = dict.fromkeys(DROP_REASONS, 0)
+        cdef int i
+        for i in range(N_REASONS):
+            self._drops[i] = 0
         self.dropping = set()
+        self.stalled = []
         self.pressure = []
         self.held = 0
         self.now = 0.0
         self.slow_timeout = 1.0
         self.over = False
+
+    @property
+    def drops(self):
+        """Messages dropped, by reason (a copy)."""
+        return {reason: self._drops[i] for i, reason in enumerate(DROP_REASONS)}
 
     cpdef mark(self, Outlet outlet):
         self.dirty.append(outlet)
@@ -294,7 +315,10 @@ cdef class Outlet:
         self.aliases = {}
         self.next_pid = 1
         self.dropped = 0
-        self.drops = None
+        cdef int i
+        for i in range(N_REASONS):
+            self._unlogged[i] = 0
+        self._dropping = False
         self.logged_at = -1e9
         self.sent = 0
         self.session = None
@@ -328,7 +352,7 @@ cdef class Outlet:
         connection closed (the twin says more)."""
         self.buf = bytearray()
         self.pending = False
-        self.drop("memory")
+        self._drop(D_MEMORY)
         transport = self.transport
         if transport is not None:
             transport.close()
@@ -355,15 +379,36 @@ cdef class Outlet:
 
     cpdef drop(self, str reason):
         """Count one message not delivered to this session, by reason (DROP_REASONS)."""
+        self._drop(_REASON_INDEX[reason])
+
+    cdef inline void _drop(self, int reason):
+        # C counters: a stalled subscriber drops every message sent to it, and 50 of them must
+        # not cost the fast one its rate (a dict update here was 4 of them a drop)
         self.dropped += 1
         cdef Flusher flusher = self.flusher
         flusher.messages_dropped += 1
-        flusher.drops[reason] += 1
-        cdef dict drops = self.drops
-        if drops is None:
-            drops = self.drops = {}
+        flusher._drops[reason] += 1
+        self._unlogged[reason] += 1
+        if not self._dropping:
+            self._dropping = True
             flusher.dropping.add(self)
-        drops[reason] = drops.get(reason, 0) + 1
+
+    @property
+    def drops(self):
+        """Messages dropped by reason since take_drops(), or None when there are none."""
+        if not self._dropping:
+            return None
+        return {r: self._unlogged[i] for i, r in enumerate(DROP_REASONS) if self._unlogged[i]}
+
+    def take_drops(self):
+        """The drops by reason since the last call, reset (mqttd.flow logs them)."""
+        drops = self.drops or {}
+        cdef int i
+        for i in range(N_REASONS):
+            self._unlogged[i] = 0
+        self._dropping = False
+        self.flusher.dropping.discard(self)
+        return drops
 
     cpdef send(self, Message msg, int qos, bint retain):
         """Deliver one message to this session at the given (already downgraded) QoS."""
@@ -371,14 +416,14 @@ cdef class Outlet:
         if self.max_packet and (msg.size(self.version, qos) + (4 if self.alias_max else 0)
                                 > self.max_packet):
             # Too big for this client: discarded as if sent [MQTT-3.1.2-25]
-            self.drop("too_big")
+            self._drop(D_TOO_BIG)
             return
         if qos == 0:
             if self.transport is None:
-                self.drop("offline")  # QoS 0 is not queued for an offline session
+                self._drop(D_OFFLINE)  # QoS 0 is not queued for an offline session
                 return
             if self.paused and PyByteArray_GET_SIZE(self.buf) >= self.max_buffer:
-                self.drop("buffer_full")
+                self._drop(D_BUFFER_FULL)
                 return
             if self.alias_max:
                 msg = self._wire(msg)
@@ -403,8 +448,12 @@ cdef class Outlet:
         if len(queue) >= self.max_queued or self.queued_bytes + size > self.max_queued_bytes:
             if self.full_since < 0.0:
                 self.full_since = flusher.now
-            elif not self.slow and self.transport is not None and self.overdue(flusher.now):
-                self.become_slow()
+            elif not self.slow and self.transport is not None:
+                why = self.overdue(flusher.now)
+                if why:
+                    self.become_slow()
+                    if why == STALLED:
+                        flusher.stalled.append(self)  # mqttd.flow disconnects it
             if (not self.slow and self.transport is not None and flusher.slow_timeout > 0.0
                     and len(queue) < 2 * self.max_queued
                     and self.queued_bytes + size <= 2 * self.max_queued_bytes):
@@ -418,20 +467,23 @@ cdef class Outlet:
                     old_size = _cost(old)
                     self.queued_bytes -= old_size
                     flusher.held -= old_size
-                    self.drop("queue_full")
+                    self._drop(D_QUEUE_FULL)
                 if len(queue) >= self.max_queued or size > self.max_queued_bytes:
-                    self.drop("queue_full")  # no queue at all, or bigger than all of it
+                    self._drop(D_QUEUE_FULL)  # no queue at all, or bigger than all of it
                     return
         queue.append((msg, qos, retain))
         self.queued_bytes += size
         flusher.held += size
 
-    cpdef bint overdue(self, double now):
-        """Whether this full queue has held publishers back long enough (the twin says how)."""
+    cpdef int overdue(self, double now):
+        """Whether this full queue has held publishers back long enough, and why: STALLED,
+        CANNOT_KEEP_UP, or 0 (the twin says how)."""
         cdef double timeout = self.flusher.slow_timeout
-        cdef double since = self.full_since
-        cdef double progress = self.progress_at if self.progress_at > since else since
-        return now - progress >= timeout or now - since >= timeout * C_SLOW_READER_FACTOR
+        if now - self.progress_at >= timeout:
+            return STALLED
+        if now - self.full_since >= timeout * C_SLOW_READER_FACTOR:
+            return CANNOT_KEEP_UP
+        return 0
 
     cpdef become_slow(self):
         """The queue stayed full too long: it drops instead of holding publishers back, until
@@ -448,6 +500,8 @@ cdef class Outlet:
                 waiter.unhold()
 
     cdef _send_inflight(self, Message msg, int qos, bint retain):
+        if not self.inflight:
+            self.progress_at = self.flusher.now  # it owes acknowledgements from now on
         cdef int pid = self.alloc_packet_id()
         cdef bytearray buf = self.buf
         cdef Py_ssize_t mark = PyByteArray_GET_SIZE(buf)
@@ -498,7 +552,7 @@ cdef class Outlet:
                 # is left goes out [MQTT-3.3.2-6]
                 fresh = self.refresh(msg)
                 if fresh is None:
-                    self.drop("expired")
+                    self._drop(D_EXPIRED)
                     continue
                 msg = <Message>fresh
             self._send_inflight(msg, item[1], item[2])

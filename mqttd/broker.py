@@ -65,8 +65,9 @@ class BrokerConfig:
     #: bytes the node may hold for all its clients (queues, in-flight windows, buffers, partly
     #: received packets) before it stops reading from publishers (0: no limit, as Mosquitto)
     memory_limit: int = 0
-    #: seconds a session's full queue may hold publishers back before the session counts as
-    #: slow: its queue then drops its oldest messages, counted (0: publishers are never held)
+    #: seconds a session with a full queue may acknowledge nothing (its publishers held
+    #: meanwhile) before its client is disconnected; one that reads but stays full ten times as
+    #: long drops its oldest messages instead (0: publishers never held; docs/flow-control.md)
     slow_subscriber_timeout: float = 1.0
     retain_available: bool = True
     #: topic aliases a client may use towards us (MQTT 5 Topic Alias Maximum; 0 refuses them)
@@ -397,6 +398,10 @@ class Broker:
                     min(will_delay, session.expiry_interval), self._fire_will, session
                 )
         if session.expiry_interval == 0:
+            if conn.was_cut:
+                # Disconnected for not reading (mqttd.flow): what it held is lost, counted
+                for _ in range(len(outlet.queue) + len(outlet.inflight)):
+                    outlet.drop("slow_client")
             self.end_session(session)
         elif session.expiry_interval < 0xFFFFFFFF and self.loop is not None:
             session.expiry_handle = self.loop.call_later(

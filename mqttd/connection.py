@@ -124,6 +124,8 @@ FAIR_READ = 16 * 1024
 #: read left after it wait for the next iteration, so one client's expensive burst cannot hold
 #: the others (docs/flow-control.md)
 TURN_BUDGET = 0.01
+#: seconds a disconnected slow client's unsent bytes wait for it before the socket is aborted
+CUT_GRACE = 1.0
 #: bytes of PUBLISH a held connection may send before it is not read at all (see _defer_held)
 HELD_READ_LIMIT = 64 * 1024
 
@@ -150,6 +152,7 @@ class Connection:
         self.last_rx = 0.0
         self.timer: Any = None  # the loop's handle of the CONNECT deadline or keepalive check
         self.closing = False
+        self.was_cut = False  # disconnected by cut() (a slow subscriber)
         self.handlers = _PRE_CONNECT
         self.connect_packet: Any = None  # the CONNECT while its authentication runs
         #: packets held while a step waits for the storage (see _block), and what follows it
@@ -476,6 +479,28 @@ class Connection:
         elif self.version == 5:
             self._send(codec.encode_disconnect(reason_code, 5))
         self.close()
+
+    def cut(self, reason_code: int, why: str) -> None:
+        """Disconnect a client that has stopped reading (mqttd.flow): MQTT 5 is told why, after
+        what it has not read yet; what stays unsent is given up after CUT_GRACE seconds rather
+        than waiting for a reader that is not there."""
+        if self.closing:
+            return
+        log.info("closing %s: %s [reason 0x%02X]", self.client_id or self.peer, why, reason_code)
+        self.closing = True
+        self.was_cut = True
+        transport = self.transport
+        outlet = self.outlet
+        if outlet is not None and outlet.transport is transport:
+            # Offline from now on: nothing more is written for it
+            outlet.transport = None
+            outlet.buf = bytearray()
+        if self.version == 5 and self.session is not None:
+            transport.write(codec.encode_disconnect(reason_code, 5))
+        transport.close()
+        abort = getattr(transport, "abort", None)
+        if abort is not None:
+            self.loop.call_later(CUT_GRACE, abort)
 
     def refuse(self, reason_code: int) -> None:
         """Answer CONNECT with a refusal and close [MQTT-3.2.2-6]."""

@@ -20,6 +20,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from mqttd._speedups import route
+from mqttd.constants import QUOTA_EXCEEDED
+
 if TYPE_CHECKING:
     from mqttd.broker import Broker
     from mqttd.connection import Connection
@@ -50,6 +53,7 @@ class FlowControl:
         #: the node held at the last tick
         self.holds = 0
         self.memory = 0
+        self.cuts = 0  # subscribers disconnected for making no progress
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,6 +100,7 @@ class FlowControl:
             "dropped": dict(flusher.drops) if flusher is not None else {},
             "publishers_held": held_now,
             "holds": self.holds,
+            "slow_clients_disconnected": self.cuts,
             "slow_sessions": slow,
             "bytes_held": flusher.held if flusher is not None else 0,
             "over_memory_limit": bool(flusher is not None and flusher.over),
@@ -159,21 +164,41 @@ class FlowControl:
                 elif outlet.transport is None or outlet.slow or outlet.full_since < 0.0:
                     outlet.wake()
                     self.congested.discard(outlet)
-                elif outlet.overdue(now):
-                    log.info(
-                        "%s: queue full for %.1f s (last progress %.1f s ago), slow: its "
-                        "oldest messages are dropped",
-                        _name(outlet),
-                        now - outlet.full_since,
-                        now - outlet.progress_at,
-                    )
-                    outlet.become_slow()
-                    self.congested.discard(outlet)
+                else:
+                    why = outlet.overdue(now)
+                    if why:
+                        outlet.become_slow()
+                        self.congested.discard(outlet)
+                        if why == route.STALLED:
+                            flusher.stalled.append(outlet)
+                        else:
+                            log.info(
+                                "%s: queue full for %.1f s though it reads: slow, its oldest "
+                                "messages are dropped",
+                                _name(outlet),
+                                now - outlet.full_since,
+                            )
+        if flusher.stalled:
+            stalled, flusher.stalled = flusher.stalled, []
+            for outlet in stalled:
+                self._cut(outlet, now)
         limit = self.broker.config.memory_limit
         if limit:
             self._memory(now, limit, timeout)
         if flusher.dropping:
             self._log_drops(now)
+
+    def _cut(self, outlet: Any, now: float) -> None:
+        """A subscriber that made no progress for the timeout with its queue full: its client
+        is disconnected (MQTT 5: DISCONNECT 0x97 Quota exceeded), so that it costs the fan-out
+        nothing any more. A persistent session stays, with its queue; a clean one ends and its
+        messages are counted as dropped (``slow_client``)."""
+        session = outlet.session
+        conn = session.connection if session is not None else None
+        if conn is None or not outlet.slow or conn.closing:
+            return
+        self.cuts += 1
+        conn.cut(QUOTA_EXCEEDED, "slow subscriber: no acknowledgement with its queue full")
 
     def census(self) -> int:
         """Bytes the node holds for its clients: messages queued and in flight, the buffers of
@@ -240,10 +265,8 @@ class FlowControl:
         for outlet in list(flusher.dropping):
             if now - outlet.logged_at < LOG_EVERY:
                 continue
-            drops = outlet.drops or {}
-            outlet.drops = None
+            drops = outlet.take_drops()
             outlet.logged_at = now
-            flusher.dropping.discard(outlet)
             log.warning(
                 "%s: %d messages not delivered (%s)",
                 _name(outlet),

@@ -91,8 +91,9 @@ OPTIONS: tuple[Option, ...] = (
         "slow_subscriber_timeout",
         float,
         1.0,
-        "seconds a full queue may slow publishers down before its session drops its oldest "
-        "messages instead (default 1; 0: never slow publishers)",
+        "seconds a subscriber with a full queue may acknowledge nothing before it is "
+        "disconnected; its publishers are slowed down meanwhile (default 1; 0: never slow "
+        "publishers, drop the oldest)",
         "SECONDS",
     ),
     Option(

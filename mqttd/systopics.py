@@ -150,6 +150,7 @@ class SysPublisher:
         out["flow/publishers/held"] = str(f["publishers_held"])
         out["flow/publishers/holds"] = str(f["holds"])
         out["flow/sessions/slow"] = str(f["slow_sessions"])
+        out["flow/sessions/disconnected"] = str(f["slow_clients_disconnected"])
         out["flow/bytes/held"] = str(f["bytes_held"])
         return out
 

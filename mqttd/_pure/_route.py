@@ -211,7 +211,18 @@ class Inflight:
 
 #: why a message was not delivered: the keys of :attr:`Flusher.drops` and of ``$SYS/broker/
 #: publish/messages/dropped/<reason>`` (docs/flow-control.md)
-DROP_REASONS = ("queue_full", "buffer_full", "expired", "too_big", "offline", "memory")
+DROP_REASONS = (
+    "queue_full",
+    "buffer_full",
+    "expired",
+    "too_big",
+    "offline",
+    "memory",
+    "slow_client",
+)
+#: Outlet.overdue(): why a full queue's session is slow
+STALLED = 1  # no progress for the slow-subscriber timeout: it is disconnected (mqttd.flow)
+CANNOT_KEEP_UP = 2  # it reads, but its queue stayed full SLOW_READER_FACTOR timeouts
 
 
 class Flusher:
@@ -227,6 +238,7 @@ class Flusher:
         "messages_dropped",
         "drops",
         "dropping",
+        "stalled",
         "pressure",
         "held",
         "now",
@@ -246,6 +258,8 @@ class Flusher:
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         #: outlets that dropped messages since their last log line (mqttd.flow logs them)
         self.dropping: set[Outlet] = set()
+        #: slow outlets that made no progress: mqttd.flow disconnects their clients
+        self.stalled: list[Outlet] = []
         #: outlets that took a QoS 1/2 message beyond their queue's limits in this turn: the
         #: publisher that sent it is held (not read) until they drain (Connection._hold)
         self.pressure: list[Outlet] = []
@@ -399,6 +413,13 @@ class Outlet:
             flusher.dropping.add(self)
         drops[reason] = drops.get(reason, 0) + 1
 
+    def take_drops(self) -> dict[str, int]:
+        """The drops by reason since the last call, reset (mqttd.flow logs them)."""
+        drops = self.drops or {}
+        self.drops = None
+        self.flusher.dropping.discard(self)
+        return drops
+
     def _wire(self, msg: Message) -> Message:
         """The message as written on this connection: with a Topic Alias when the client
         accepts them, never above its Topic Alias Maximum [MQTT-3.3.2-10]."""
@@ -449,8 +470,12 @@ class Outlet:
             flusher = self.flusher
             if self.full_since < 0.0:
                 self.full_since = flusher.now
-            elif not self.slow and self.transport is not None and self.overdue(flusher.now):
-                self.become_slow()
+            elif not self.slow and self.transport is not None:
+                why = self.overdue(flusher.now)
+                if why:
+                    self.become_slow()
+                    if why == STALLED:
+                        flusher.stalled.append(self)  # mqttd.flow disconnects it
             if (
                 not self.slow
                 and self.transport is not None
@@ -478,13 +503,16 @@ class Outlet:
         self.queued_bytes += size
         self.flusher.held += size
 
-    def overdue(self, now: float) -> bool:
-        """Whether this full queue has held publishers back long enough: no progress for the
-        slow-subscriber timeout since it filled, or full for SLOW_READER_FACTOR times that."""
+    def overdue(self, now: float) -> int:
+        """Whether this full queue has held publishers back long enough, and why: STALLED (no
+        acknowledgement nor drained write for the slow-subscriber timeout since it began to
+        owe one), CANNOT_KEEP_UP (full for SLOW_READER_FACTOR times that), or 0."""
         timeout = self.flusher.slow_timeout
-        since = self.full_since
-        progress = self.progress_at if self.progress_at > since else since
-        return now - progress >= timeout or now - since >= timeout * SLOW_READER_FACTOR
+        if now - self.progress_at >= timeout:
+            return STALLED
+        if now - self.full_since >= timeout * SLOW_READER_FACTOR:
+            return CANNOT_KEEP_UP
+        return 0
 
     def become_slow(self) -> None:
         """The queue stayed full too long: from now on it drops instead of holding publishers
@@ -501,6 +529,8 @@ class Outlet:
                 waiter.unhold()
 
     def _send_inflight(self, msg: Message, qos: int, retain: bool) -> None:
+        if not self.inflight:
+            self.progress_at = self.flusher.now  # it owes acknowledgements from now on
         pid = self.alloc_packet_id()
         buf = self.buf
         mark = len(buf)

@@ -91,11 +91,11 @@ class RedisClusterBridge(RedisBridge):
     def _owner(self, key: bytes) -> Address | None:
         return self.slots[key_slot(key)]
 
-    async def _open_at(self, addr: Address, on_reply: Any) -> _Resp:
+    async def _open_at(self, addr: Address, on_reply: Any, broker: Any = None) -> _Resp:
         loop = asyncio.get_running_loop()
         ctx = ssl_module.create_default_context() if self.tls else None
         _, proto = await loop.create_connection(
-            lambda: _Resp(on_reply, self._lost), addr[0], addr[1], ssl=ctx
+            lambda: _Resp(on_reply, self._lost, broker), addr[0], addr[1], ssl=ctx
         )
         self._authenticate(proto)
         return proto
@@ -146,7 +146,10 @@ class RedisClusterBridge(RedisBridge):
         for addr in dict.fromkeys(self.slots):
             assert addr is not None
             self.pubs[addr] = await self._open_at(addr, functools.partial(self._on_reply, addr))
-            self.subs[addr] = await self._open_at(addr, functools.partial(self._on_spush, addr))
+            # a subscription stream: held when it fills a local queue (mqttd.redis.resp)
+            self.subs[addr] = await self._open_at(
+                addr, functools.partial(self._on_spush, addr), self.broker
+            )
         self.pub = self.pubs[self._owner(self.control)]  # type: ignore[index]
         self.sub = self.subs[self._owner(self.control)]  # type: ignore[index]
         self._waiting_pongs = set(self.pubs)

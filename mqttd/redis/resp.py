@@ -23,21 +23,37 @@ def _command(*args: bytes) -> bytes:
 
 
 class _Resp(asyncio.Protocol):
-    """A RESP connection whose replies go to a callback (hiredis parses them)."""
+    """A RESP connection whose replies go to a callback (hiredis parses them).
 
-    def __init__(self, on_reply: Any, on_lost: Any) -> None:
+    Given the ``broker``, it is a subscription stream: messages from other nodes can fill a local
+    subscriber's queue as a local publisher does, and the connection is then not read until that
+    queue drains or its session is slow (docs/flow-control.md), as a held publisher is not;
+    Redis keeps what it sends meanwhile. A read is fed in slices of :data:`PUSH_SLICE` bytes,
+    so that a read that fills a queue stops there (the rest waits with the connection) rather
+    than pouring up to 256 KiB of messages into it."""
+
+    def __init__(self, on_reply: Any, on_lost: Any, broker: Any = None) -> None:
         self.reader = hiredis.Reader()
         self.on_reply = on_reply
         self.on_lost = on_lost
         self.transport: Any = None
         self.lost = False
         self.last_rx = time.monotonic()  # Redis is alive while it sends anything
+        self.broker = broker
+        self.held = 0
+        self.waiting: list[bytes] = []  # read while held, fed once it is let go
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
+        if self.held or self.waiting:
+            self.waiting.append(data)  # read before the pause took effect: after the rest
+            return
+        self._feed(data)
+
+    def _feed_slice(self, data: bytes) -> None:
         reader = self.reader
         reader.feed(data)
         on_reply = self.on_reply
@@ -47,46 +63,19 @@ class _Resp(asyncio.Protocol):
                 return
             on_reply(reply)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.on_lost(self, exc)
-
-
-class _PushResp(_Resp):
-    """The subscription connection: its stream goes to a ``route.PushReader``, which delivers
-    the common messages itself (compiled) and hands the rest to the bridge's ``_on_push``.
-
-    Messages from other nodes can fill a local subscriber's queue as a local publisher does:
-    this connection is then not read until that queue drains or its session is slow
-    (docs/flow-control.md), as a held publisher is not, and Redis keeps what it sends
-    meanwhile. A read is fed in slices of :data:`PUSH_SLICE` bytes, so that a read that fills a
-    queue stops there (what is left waits with the connection) rather than pouring the rest of
-    up to 256 KiB of messages into it."""
-
-    def __init__(self, push: Any, on_lost: Any, broker: Any = None) -> None:
-        super().__init__(None, on_lost)
-        self.push = push
-        self.broker = broker
-        self.held = 0
-        self.waiting: list[bytes] = []  # read while held, fed once it is let go
-
-    def data_received(self, data: bytes) -> None:
-        self.last_rx = time.monotonic()
-        if self.held or self.waiting:
-            self.waiting.append(data)  # read before the pause took effect: after the rest
-            return
-        self._feed(data)
-
     def _feed(self, data: bytes) -> None:
         broker = self.broker
-        if broker is None or len(data) <= PUSH_SLICE:
-            self.push.feed(data)
-            if broker is not None and broker.flusher.pressure:
-                self._hold(b"")
+        if broker is None:
+            self._feed_slice(data)
             return
         flusher = broker.flusher
+        if len(data) <= PUSH_SLICE:
+            self._feed_slice(data)
+            if flusher.pressure:
+                self._hold(b"")
+            return
         for start in range(0, len(data), PUSH_SLICE):
-            self.push.feed(data[start : start + PUSH_SLICE])
+            self._feed_slice(data[start : start + PUSH_SLICE])
             if flusher.pressure and self._hold(data[start + PUSH_SLICE :]):
                 return
 
@@ -125,6 +114,23 @@ class _PushResp(_Resp):
         if waiting:
             self._feed(b"".join(waiting))
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.on_lost(self, exc)
 
-#: bytes of the subscription stream fed to the PushReader at a time (see _PushResp)
+
+class _PushResp(_Resp):
+    """The subscription connection of a single Redis: its stream goes to a
+    ``route.PushReader``, which delivers the common messages itself (compiled) and hands the
+    rest to the bridge's ``_on_push``; held as :class:`_Resp` says."""
+
+    def __init__(self, push: Any, on_lost: Any, broker: Any = None) -> None:
+        super().__init__(None, on_lost, broker)
+        self.push = push
+
+    def _feed_slice(self, data: bytes) -> None:
+        self.push.feed(data)
+
+
+#: bytes of a subscription stream fed at a time (see _Resp)
 PUSH_SLICE = 16 * 1024

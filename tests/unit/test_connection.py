@@ -440,27 +440,44 @@ def test_full_queue_holds_the_publisher_then_lets_it_go() -> None:
     assert net.broker.flusher.messages_dropped == 0
 
 
-def test_a_subscriber_that_stops_reading_holds_publishers_one_timeout_at_most() -> None:
+@pytest.mark.parametrize("clean", [True, False])
+def test_a_subscriber_that_stops_reading_is_disconnected_after_the_timeout(clean: bool) -> None:
+    """A subscriber that acknowledges nothing holds its publishers one timeout at most, then
+    its client is disconnected (MQTT 5: 0x97): a clean session ends (what it held counted as
+    slow_client), a persistent one keeps its queue, bounded, dropping the oldest."""
     net = Net(max_inflight=2, max_queued_messages=10, slow_subscriber_timeout=1.0)
-    stalled = subscriber(net, "stalled")
+    stalled = net.client("stalled", level=5, clean=clean, properties=props(
+        prop(SESSION_EXPIRY_INTERVAL, 0 if clean else 3600)))
+    net.send(stalled, subscribe(1, [("t", 1)], level=5))
+    stalled.packets()
     fast = subscriber(net, "fast", qos=0)
     pub = net.client("pub", level=4)
     net.send(pub, pubs(0, 20))
     assert held(pub)
     net.loop.advance(0.9)
-    assert held(pub)
-    net.loop.advance(0.5)  # the queue stayed full 1 s: that session is slow
-    assert not held(pub)
-    outlet = net.broker.sessions["stalled"].outlet
-    assert outlet.slow and acks_of(pub) == 20
+    assert held(pub) and not stalled.closed
+    net.loop.advance(0.5)  # no PUBACK for 1 s with its queue full: cut
+    assert not held(pub) and acks_of(pub) == 20
+    assert stalled.closed
+    (p,) = [p for p in stalled.packets() if p.type == DISCONNECT]
+    assert parse_disconnect(p) == 0x97  # Quota exceeded
+    flow = net.broker.flow.figures()
+    assert flow["slow_clients_disconnected"] == 1
     net.send(pub, pubs(20, 100))
-    # It holds nobody now: the publisher goes on, the stalled queue keeps its newest 10
     assert not held(pub) and acks_of(pub) == 100
-    assert len(outlet.queue) == 10 and outlet.queue[-1][0].payload == b"119"
-    drops = net.broker.flusher.drops["queue_full"]
-    assert drops == 120 - 2 - 10
     assert payloads(fast) == list(range(120))
-    assert stalled.packets()  # its 2 in flight
+    drops = net.broker.flusher.drops
+    if clean:
+        # Cut, it is offline until its connection ends: the last 7 of the 20 made room in its
+        # queue of 10 (8 oldest dropped), then its 2 in flight and 10 queued went with it
+        assert "stalled" not in net.broker.sessions
+        assert drops["slow_client"] == 12 and drops["queue_full"] == 8
+    else:
+        outlet = net.broker.sessions["stalled"].outlet
+        # Offline now: the newest 10 stay queued, the 2 in flight wait to be resent
+        assert len(outlet.queue) == 10 and outlet.queue[-1][0].payload == b"119"
+        assert len(outlet.inflight) == 2
+        assert drops["queue_full"] == 120 - 2 - 10 and drops["slow_client"] == 0
 
 
 def test_one_expensive_read_gives_the_loop_back_after_its_budget() -> None:
@@ -543,9 +560,9 @@ def test_drops_and_held_publishers_are_in_sys() -> None:
     assert values["flow/sessions/slow"] == "0"
     # in flight 1 + queued 3 (stalled) + queued 2 (parked), each payload "0".."3" + topic "t"
     assert int(values["flow/bytes/held"]) == (1 + 3 + 2) * 2
-    net.loop.advance(1.5)
+    net.loop.advance(1.5)  # "stalled" acknowledged nothing for 1 s: disconnected
     values = SysPublisher(net.broker, 10).snapshot()
-    assert values["flow/publishers/held"] == "0" and values["flow/sessions/slow"] == "1"
+    assert values["flow/publishers/held"] == "0" and values["flow/sessions/disconnected"] == "1"
 
 
 def test_clients_that_publish_to_each_other_do_not_hold_each_other_for_good() -> None:

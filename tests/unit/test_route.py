@@ -439,8 +439,10 @@ def test_queue_full_longer_than_the_timeout_makes_the_session_slow(route) -> Non
     a.waiters = [waiter]
     flusher.now = 100.0 + flusher.slow_timeout
     a.send(qos1(route, 4), 1, False)
-    # Slow: it holds nobody now, and drops its oldest to stay within its limit
+    # Slow: it holds nobody now, and drops its oldest to stay within its limit; it made no
+    # progress since it began to owe a PUBACK, so mqttd.flow is to disconnect it
     assert a.slow and waiter.woken == 1 and a.waiters is None
+    assert flusher.stalled == [a]
     assert len(a.queue) == 2 and a.dropped == 2
     assert [int.from_bytes(m.payload[:4], "big") for m, _, _ in a.queue] == [3, 4]
     flusher.pressure.clear()
@@ -560,15 +562,17 @@ def test_a_full_queue_that_makes_progress_is_slow_only_after_ten_timeouts(route)
     flusher.now = 10.0
     for i in range(4):
         a.send(qos1(route, i), 1, False)
-    assert a.full_since == 10.0 and not a.overdue(10.9)
-    # The client acknowledges (progress), the publisher keeps the queue full
-    for step in range(1, 10):
-        flusher.now = 10.0 + step
+    assert a.full_since == 10.0 and a.overdue(10.9) == 0
+    # The client acknowledges (progress) every half second, the publisher keeps it full
+    for step in range(1, 20):
+        flusher.now = 10.0 + step / 2
         a.puback(next(iter(a.inflight)))
         a.send(qos1(route, 10 + step), 1, False)
         assert not a.slow and a.full_since == 10.0, step
-    assert a.overdue(10.0 + 9.5) is False
-    assert a.overdue(10.0 + 10 * flusher.slow_timeout)  # full for ten timeouts: slow
-    flusher.now = 10.0 + 10.0
+    assert a.overdue(19.9) == 0
+    # full for ten timeouts though it reads: slow, and not to be disconnected
+    assert a.overdue(20.0) == route.CANNOT_KEEP_UP
+    flusher.now = 20.0
     a.send(qos1(route, 99), 1, False)
-    assert a.slow and a.dropped > 0
+    assert a.slow and a.dropped > 0 and flusher.stalled == []
+    assert a.overdue(20.5) == route.STALLED  # and one that stops: no progress for 1 s
