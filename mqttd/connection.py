@@ -203,30 +203,10 @@ class Connection:
             packets = exc.packets
             error = exc
         self.broker.stats["packets_received"] += len(packets)
-        loop = self.loop
-        deadline = loop.time() + TURN_BUDGET
-        last = len(packets) - 1
-        for i, packet in enumerate(packets):
-            if self.closing:
-                return
-            self.handlers[packet.packet_type](self, packet)
-            # The clock is read after the first packet and every 8th (95 ns a read: 3 % of a
-            # fan-in's time if read after each), so an expensive packet is seen at once
-            if (
-                i < last
-                and not i & 7
-                and self.backlog is None
-                and loop.time() >= deadline
-                and not self.closing
-            ):
-                # Out of turn: the rest of this read waits for the next loop iteration
-                self._give_turn()
-        if error is not None and not self.closing:
-            if self.backlog is not None:
-                self.backlog_error = error  # after the packets waiting before it
-            else:
-                self.protocol_error(error.reason_code, str(error))
-        elif len(data) >= FAIR_READ and not self.closing and self.backlog is None:
+        self._dispatch(packets, error)
+        if error is not None or self.closing:
+            return
+        if len(data) >= FAIR_READ and self.backlog is None:
             # A big read means more is waiting. Yield to the loop before reading this client
             # again: uvloop would otherwise keep reading (up to 32 reads per wake-up) and starve
             # the writes to subscribers, which only happen between loop iterations.
@@ -375,21 +355,27 @@ class Connection:
         self._go()
 
     def _release(self) -> None:
-        """Dispatch the packets held while stopped, in order; once stopped or held again (or
-        out of turn, TURN_BUDGET), the rest goes through the table of that state (which keeps
-        them, in order)."""
+        """Dispatch the packets held while stopped, in order (:meth:`_dispatch`)."""
         backlog, self.backlog = self.backlog, None
         error, self.backlog_error = self.backlog_error, None
         self.deferred = 0
         self.handlers = self.next_handlers
         self.transport.resume_reading()
+        self._dispatch(backlog or [], error)
+
+    def _dispatch(self, packets: list, error: PacketError | None) -> None:
+        """Each packet to the handler of the current state, in order, then the reader's error if
+        any. Once stopped or held (by a handler, or out of turn: TURN_BUDGET), the rest goes
+        through the table of that state, which keeps it, in order."""
         loop = self.loop
         deadline = loop.time() + TURN_BUDGET
-        last = len(backlog or ()) - 1
-        for i, packet in enumerate(backlog or ()):
+        last = len(packets) - 1
+        for i, packet in enumerate(packets):
             if self.closing:
                 return
             self.handlers[packet.packet_type](self, packet)
+            # The clock is read after the first packet and every 8th (95 ns a read: 3 % of a
+            # fan-in's time if read after each), so an expensive packet is seen at once
             if (
                 i < last
                 and not i & 7
@@ -397,10 +383,11 @@ class Connection:
                 and loop.time() >= deadline
                 and not self.closing
             ):
+                # Out of turn: the rest waits for the next loop iteration
                 self._give_turn()
         if error is not None and not self.closing:
             if self.backlog is not None:
-                self.backlog_error = error
+                self.backlog_error = error  # after the packets waiting before it
             else:
                 self.protocol_error(error.reason_code, str(error))
 
