@@ -95,6 +95,7 @@ cdef class Outlet:
     cdef inline void _drop(self, int reason)
     cpdef send(self, Message msg, int qos, bint retain)
     cdef _enqueue(self, Message msg, int qos, bint retain)
+    cdef void _stalling(self)
     cpdef int overdue(self, double now)
     cpdef become_slow(self)
     cpdef wake(self)

@@ -424,6 +424,8 @@ cdef class Outlet:
                 return
             if self.paused and PyByteArray_GET_SIZE(self.buf) >= self.max_buffer:
                 self._drop(D_BUFFER_FULL)
+                if not self.slow:
+                    self._stalling()
                 return
             if self.alias_max:
                 msg = self._wire(msg)
@@ -474,6 +476,18 @@ cdef class Outlet:
         queue.append((msg, qos, retain))
         self.queued_bytes += size
         flusher.held += size
+
+    cdef void _stalling(self):
+        """QoS 0 to a paused transport with the buffer full (the twin says why)."""
+        cdef Flusher flusher = self.flusher
+        if flusher.slow_timeout <= 0.0:
+            return
+        if self.full_since < 0.0:
+            self.full_since = flusher.now
+        elif (flusher.now - (self.full_since if self.full_since > self.progress_at
+                             else self.progress_at) >= flusher.slow_timeout):
+            self.slow = True
+            flusher.stalled.append(self)
 
     cpdef int overdue(self, double now):
         """Whether this full queue has held publishers back long enough, and why: STALLED,

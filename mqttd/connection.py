@@ -488,6 +488,10 @@ class Connection:
         abort = getattr(transport, "abort", None)
         if abort is not None:
             self.loop.call_later(CUT_GRACE, abort)
+        # Gone for the broker now, not when the transport gives up its unsent bytes: a clean
+        # session ends, a persistent one goes offline (the later connection_lost finds nothing
+        # left to do)
+        self.connection_lost(None)
 
     def refuse(self, reason_code: int) -> None:
         """Answer CONNECT with a refusal and close [MQTT-3.2.2-6]."""

@@ -448,6 +448,7 @@ class Outlet:
                 return
             if self.paused and len(self.buf) >= self.max_buffer:
                 self.drop("buffer_full")
+                self._stalling()
                 return
             if self.alias_max:
                 msg = self._wire(msg)
@@ -513,6 +514,19 @@ class Outlet:
         if now - self.full_since >= timeout * SLOW_READER_FACTOR:
             return CANNOT_KEEP_UP
         return 0
+
+    def _stalling(self) -> None:
+        """QoS 0 to a transport that stopped taking writes, with the buffer full: a client
+        whose socket does not drain (no resume) for the slow-subscriber timeout since then is
+        stalled, to be disconnected as a QoS 1 one is (mqttd.flow)."""
+        flusher = self.flusher
+        if self.slow or flusher.slow_timeout <= 0.0:
+            return
+        if self.full_since < 0.0:
+            self.full_since = flusher.now
+        elif flusher.now - max(self.full_since, self.progress_at) >= flusher.slow_timeout:
+            self.slow = True
+            flusher.stalled.append(self)
 
     def become_slow(self) -> None:
         """The queue stayed full too long: from now on it drops instead of holding publishers

@@ -468,10 +468,10 @@ def test_a_subscriber_that_stops_reading_is_disconnected_after_the_timeout(clean
     assert payloads(fast) == list(range(120))
     drops = net.broker.flusher.drops
     if clean:
-        # Cut, it is offline until its connection ends: the last 7 of the 20 made room in its
-        # queue of 10 (8 oldest dropped), then its 2 in flight and 10 queued went with it
+        # Cut, its session ended at once with its 2 in flight and 11 queued (10, and the one
+        # taken beyond that held the publisher); the last 7 of the 20 matched nobody
         assert "stalled" not in net.broker.sessions
-        assert drops["slow_client"] == 12 and drops["queue_full"] == 8
+        assert drops["slow_client"] == 13 and drops["queue_full"] == 0
     else:
         outlet = net.broker.sessions["stalled"].outlet
         # Offline now: the newest 10 stay queued, the 2 in flight wait to be resent
@@ -610,3 +610,22 @@ def test_a_held_client_is_not_read_past_its_limit() -> None:
     assert not pub.reading  # what waits is bounded: the socket is left to TCP
     net.loop.advance(1.5)  # the stalled subscriber is slow now: it holds nobody
     assert pub.reading and not held(pub) and acks_of(pub) == 3 + n
+
+
+@pytest.mark.parametrize("drains", [False, True])
+def test_a_qos0_subscriber_whose_socket_does_not_drain_is_disconnected(drains: bool) -> None:
+    net = Net(max_buffer=100, slow_subscriber_timeout=1.0)
+    sub = subscriber(net, "sub", qos=0)
+    assert sub.core is not None
+    sub.core.pause_writing()  # its socket stopped taking writes
+    pub = net.client("pub", level=4)
+    for _ in range(4):
+        net.send(pub, b"".join(publish("t", b"x" * 40) for _ in range(10)))
+        net.loop.advance(0.5)
+        if drains:
+            sub.core.resume_writing()  # it drains (slowly), then stops again
+            net.loop.run_ready()
+            sub.core.pause_writing()
+    assert net.broker.flusher.drops["buffer_full"] > 0
+    assert sub.closed is not drains
+    assert net.broker.flow.figures()["slow_clients_disconnected"] == (0 if drains else 1)
