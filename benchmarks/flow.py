@@ -39,10 +39,8 @@ import argparse
 import json
 import os
 import random
-import re
 import selectors
 import shlex
-import shutil
 import signal
 import socket
 import struct
@@ -60,13 +58,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import brokers  # noqa: E402
+from brokers import find_mosquitto  # noqa: E402
+
+from mqttd._speedups import route  # noqa: E402
 from mqttd.bench import mqtt  # noqa: E402
 from mqttd.bench.hotloop import FrameCounter, describe, fill_publishes  # noqa: E402
 from mqttd.broker import BrokerConfig  # noqa: E402
 
-LISTEN_RE = re.compile(r"listening on (\S+):(\d+) \(pid (\d+)\)")
-MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 # Mosquitto's defaults (max_inflight_messages 20, max_queued_messages 1000, no byte limits, no
 # memory limit): only what it needs to listen on our port and what we read.
 MOSQUITTO_CONF = """listener {port} 127.0.0.1
@@ -78,15 +80,7 @@ log_dest file {log}
 MQTTD_BASE_ARGS = ("--sys-interval", "1")
 SYS_PREFIX = "$SYS/broker/"
 DROP_PREFIX = "publish/messages/dropped"
-DROP_REASONS = (
-    "queue_full",
-    "buffer_full",
-    "expired",
-    "too_big",
-    "offline",
-    "memory",
-    "slow_client",
-)
+DROP_REASONS = route.DROP_REASONS
 #: payload of a marker PUBLISH: shorter than a sequence header, so FrameCounter counts it as
 #: ``foreign``, never as a message
 MARK_PAYLOAD = b"flow-mark"
@@ -144,84 +138,41 @@ class Broker:
         p = self.proc
         if p is None:
             return None
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT if self.name == "mqttd" else signal.SIGTERM)
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.output.append("flow: broker did not stop within 15 s of the signal: killed\n")
-                p.kill()
-                p.wait(5)
+        sig = signal.SIGINT if self.name == "mqttd" else signal.SIGTERM
+        if brokers.stop(p, sig, 15):
+            self.output.append("flow: broker did not stop within 15 s of the signal: killed\n")
         return p.returncode
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_mqttd(args: list[str], timeout: float = 30.0) -> Broker:
     """``python -m mqttd --port 0 ARGS``; waits for its listening line (naming its own pid)."""
-    cmd = [sys.executable, "-m", "mqttd", "--port", "0", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
     out: deque[str] = deque(maxlen=200)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        out.append(line)
-        m = LISTEN_RE.search(line)
-        if m and int(m.group(3)) == proc.pid:
-            b = Broker("mqttd", "127.0.0.1", int(m.group(2)), proc.pid, proc, out)
+    proc, port = brokers.start_mqttd(args, timeout=timeout, error=FlowError, seen=out)
+    b = Broker("mqttd", "127.0.0.1", port, proc.pid, proc, out)
 
-            def drain(stream: Any = proc.stdout, keep: deque[str] = out, br: Broker = b) -> None:
-                for ln in stream:
-                    keep.append(ln)
-                    if "Traceback" in ln or " ERROR" in ln or " CRITICAL" in ln:
-                        br.n_errors += 1
-                        if len(br.errors) < 20:
-                            br.errors.append(ln)
+    def keep(ln: str) -> None:
+        out.append(ln)
+        if "Traceback" in ln or " ERROR" in ln or " CRITICAL" in ln:
+            b.n_errors += 1
+            if len(b.errors) < 20:
+                b.errors.append(ln)
 
-            threading.Thread(target=drain, daemon=True).start()
-            return b
-    proc.kill()
-    proc.wait(5)
-    raise FlowError(f"mqttd did not start ({' '.join(cmd)}):\n" + "".join(out))
+    assert proc.stdout is not None
+    brokers.drain(proc.stdout, keep)
+    return b
 
 
-def find_mosquitto() -> str | None:
-    for c in MOSQUITTO_CANDIDATES:
-        path = shutil.which(c) or (c if os.path.exists(c) else None)
-        if path:
-            return path
-    return None
+def _mqtt_probe(host: str, port: int) -> None:
+    s, _ = open_client(host, port, "flow-probe", timeout=1.0)
+    s.close()
 
 
 def start_mosquitto(binary: str, tmp: str, timeout: float = 10.0) -> Broker:
     """Mosquitto with MOSQUITTO_CONF on a free port; ready once it answers a CONNECT."""
-    port = free_port()
-    conf = Path(tmp) / f"mosquitto-{port}.conf"
-    logf = Path(tmp) / f"mosquitto-{port}.log"
-    conf.write_text(MOSQUITTO_CONF.format(port=port, log=logf))
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    proc, port, logf = brokers.start_mosquitto(
+        binary, tmp, MOSQUITTO_CONF, probe=_mqtt_probe, timeout=timeout, error=FlowError
     )
-    b = Broker("mosquitto", "127.0.0.1", port, proc.pid, proc, log_path=logf)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise FlowError(f"mosquitto exited at start:\n{b.tail()}")
-        try:
-            s, _ = open_client(b.host, port, "flow-probe", timeout=1.0)
-            s.close()
-            return b
-        except (OSError, FlowError):
-            time.sleep(0.05)
-    b.stop()
-    raise FlowError("mosquitto did not start listening")
+    return Broker("mosquitto", "127.0.0.1", port, proc.pid, proc, log_path=logf)
 
 
 # --- /proc -----------------------------------------------------------------------------------
@@ -304,37 +255,16 @@ def cpu_seconds(pid: int | None = None) -> float | None:
 
 
 def recv_packet(sock: socket.socket, deadline: float) -> tuple[int, bytes]:
-    """One whole packet (first byte, body), read with blocking calls, exactly its bytes."""
-
-    def read(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise FlowError("timed out waiting for the broker")
-            sock.settimeout(left)
-            try:
-                chunk = sock.recv(n - len(data))
-            except TimeoutError:
-                raise FlowError("timed out waiting for the broker") from None
-            except OSError as e:
-                raise FlowError(f"connection error: {e}") from None
-            if not chunk:
-                raise FlowError("broker closed the connection")
-            data += chunk
-        return data
-
-    first = read(1)[0]
-    rl = mult = 0
-    while True:
-        c = read(1)[0]
-        rl |= (c & 0x7F) << mult
-        if not c & 0x80:
-            break
-        mult += 7
-        if mult > 21:
-            raise FlowError("malformed remaining length from the broker")
-    return first, read(rl) if rl else b""
+    """One whole packet (first byte, body), read with blocking calls, exactly its bytes
+    (``mqtt``'s reader, its errors and connection errors raised as FlowError)."""
+    if deadline <= time.monotonic():
+        raise FlowError("timed out waiting for the broker")
+    try:
+        return mqtt._recv_packet(sock, deadline)
+    except mqtt.BenchError as e:
+        raise FlowError(str(e)) from None
+    except OSError as e:
+        raise FlowError(f"connection error: {e}") from None
 
 
 def encode_publish(topic: str, payload: bytes, qos: int = 0, packet_id: int = 0) -> bytes:
@@ -890,6 +820,27 @@ def timed_rates(
     return {"whole": whole, "steady": steady, "steady_from": after, "steady_to": end}
 
 
+def load_phase(
+    ctx: Ctx, res: dict[str, Any], sampler: RssSampler, t_start: float, t_end: float
+) -> None:
+    """The broker's peak RSS so far and its RSS growth over the loaded phase [t_start, t_end]
+    (seconds of ``sampler``), into ``res``."""
+    res["rss_peak"] = proc_status(ctx.broker.pid, "VmHWM")
+    res["rss_growth"] = sampler.growth(t_start, t_end)
+    res["load_t"] = (t_start, t_end)
+    res["load_s"] = t_end - t_start
+
+
+def finish(ctx: Ctx, res: dict[str, Any], sampler: RssSampler) -> dict[str, Any]:
+    """The end of a scenario run: stops ``sampler``, adds its RSS series, the broker's ``$SYS``
+    values and its dropped counters to ``res`` and returns it."""
+    sampler.stop()
+    res["rss_series"] = sampler.samples
+    res["sys"] = sys_after(ctx)
+    res["dropped"] = dropped_counters(res["sys"])
+    return res
+
+
 def fanout(
     ctx: Ctx,
     tag: str,
@@ -978,10 +929,7 @@ def fanout(
             }
         t_end = time.monotonic() - sampler.t0
         res["status"] = status_of(ctx, sampler, deadline, finished)
-        res["rss_peak"] = proc_status(ctx.broker.pid, "VmHWM")
-        res["rss_growth"] = sampler.growth(t_start, t_end)
-        res["load_t"] = (t_start, t_end)
-        res["load_s"] = t_end - t_start
+        load_phase(ctx, res, sampler, t_start, t_end)
         published = sum(p.sent() for p in pubs)
         res["published"] = published
         res["acked"] = sum(p.acked() for p in pubs)
@@ -1019,11 +967,7 @@ def fanout(
                 "drain_complete": complete,
                 "closed_by_broker": sum(1 for c in slow_conns if c.closed),
             }
-        sampler.stop()
-        res["rss_series"] = sampler.samples
-        res["sys"] = sys_after(ctx)
-        res["dropped"] = dropped_counters(res["sys"])
-        return res
+        return finish(ctx, res, sampler)
     finally:
         sampler.stop()
         loop.close()
@@ -1189,16 +1133,8 @@ def offline_run(
             res["held_drain_s"] = drain_s
             res["held_drain_complete"] = complete
             res["held_closed"] = back.closed
-        t_end = time.monotonic() - sampler.t0
-        res["rss_peak"] = proc_status(ctx.broker.pid, "VmHWM")
-        res["rss_growth"] = sampler.growth(t_start, t_end)
-        res["load_t"] = (t_start, t_end)
-        res["load_s"] = t_end - t_start
-        sampler.stop()
-        res["rss_series"] = sampler.samples
-        res["sys"] = sys_after(ctx)
-        res["dropped"] = dropped_counters(res["sys"])
-        return res
+        load_phase(ctx, res, sampler, t_start, time.monotonic() - sampler.t0)
+        return finish(ctx, res, sampler)
     finally:
         sampler.stop()
         loop.close()
@@ -1309,11 +1245,7 @@ def burst_run(ctx: Ctx, nf: int, npub: int = 200, levels: int = 100) -> dict[str
         if not ctx.broker.alive():
             res["status"] = "broker exited"
         res["rss_peak"] = proc_status(ctx.broker.pid, "VmHWM")
-        sampler.stop()
-        res["rss_series"] = sampler.samples
-        res["sys"] = sys_after(ctx)
-        res["dropped"] = dropped_counters(res["sys"])
-        return res
+        return finish(ctx, res, sampler)
     finally:
         sampler.stop()
         sock.close()

@@ -56,6 +56,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from brokers import find_mosquitto  # noqa: E402
 from flow import (  # noqa: E402
     DROP_REASONS,
     MQTTD_BASE_ARGS,
@@ -64,7 +65,7 @@ from flow import (  # noqa: E402
     FlowError,
     MiB,
     dropped_counters,
-    find_mosquitto,
+    encode_publish,
     log,
     proc_status,
     start_mosquitto,
@@ -90,12 +91,6 @@ def encode_subscribe(filters: list[tuple[str, int]], packet_id: int = 1) -> byte
         fb = f.encode()
         body += PID.pack(len(fb)) + fb + bytes((q,))
     return b"\x82" + mqtt.varint(len(body)) + body
-
-
-def encode_publish(topic: str, payload: bytes, qos: int = 0, packet_id: int = 0) -> bytes:
-    t = topic.encode()
-    body = PID.pack(len(t)) + t + (PID.pack(packet_id) if qos else b"") + payload
-    return bytes((0x30 | (qos << 1),)) + mqtt.varint(len(body)) + body
 
 
 def covered(filters: list[tuple[str, int]]) -> set[int]:

@@ -18,15 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -38,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import brokers  # noqa: E402
+from brokers import find_mosquitto, free_port, stop  # noqa: E402
 from chart import bar_chart  # noqa: E402
 
 from mqttd.bench import hotloop  # noqa: E402
@@ -63,8 +62,6 @@ BUDGETS: dict[str, tuple[str, float, str]] = {
     "redis_fanin": ("cross_min", 0.5, "fan-in through Redis >= 0.5 x single-node fan-in"),
 }
 
-LISTEN_RE = re.compile(r"listening on (\S+):(\d+) \(pid (\d+)\)")
-MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 # As fair as we can make it: no persistence, Nagle off as mqttd does, no limit on queued or
 # in-flight QoS 1 messages: Mosquitto's default of 20 in flight and 1000 queued would drop QoS 1
 # messages of a fast fan-in (it has no backpressure). mqttd runs with its defaults (100 in
@@ -91,69 +88,16 @@ class Row:
     fresh_each_round: bool = False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _drain(stream) -> None:
-    for _ in stream:
-        pass
-
-
 def start_mqttd(*extra: str, timeout: float = 20.0) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mqttd", "--port", "0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-    )
+    proc, port = brokers.start_mqttd(extra, timeout=timeout, cwd=ROOT)
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        m = LISTEN_RE.search(line)
-        if m and int(m.group(3)) == proc.pid:
-            threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
-            return proc, int(m.group(2))
-    proc.kill()
-    proc.wait(5)
-    raise RuntimeError("mqttd did not start:\n" + "".join(seen))
-
-
-def find_mosquitto() -> str | None:
-    for c in MOSQUITTO_CANDIDATES:
-        path = shutil.which(c) or (c if os.path.exists(c) else None)
-        if path:
-            return path
-    return None
+    brokers.drain(proc.stdout)
+    return proc, port
 
 
 def start_mosquitto(binary: str, tmp: str, timeout: float = 10.0) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    conf = Path(tmp) / f"mosquitto-{port}.conf"
-    log = Path(tmp) / f"mosquitto-{port}.log"
-    conf.write_text(MOSQUITTO_CONF.format(port=port, log=log))
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited: {log.read_text() if log.exists() else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("mosquitto did not start listening")
+    proc, port, _log = brokers.start_mosquitto(binary, tmp, MOSQUITTO_CONF, timeout=timeout)
+    return proc, port
 
 
 def find_redis() -> str | None:
@@ -190,16 +134,6 @@ def start_redis(binary: str, tmp: str) -> tuple[subprocess.Popen, int]:
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("redis server did not start")
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def rows(idle_connections: int) -> list[Row]:
