@@ -90,6 +90,7 @@ LIMIT_FLAGS = {
     "max_queued_messages": "--max-queued-messages",
     "max_buffer": "--max-buffer",
     "max_inflight": "--max-inflight",
+    "max_inflight_bytes": "--max-inflight-bytes",
 }
 MiB = 1024 * 1024
 EV_R = selectors.EVENT_READ
@@ -1277,10 +1278,14 @@ def limits_allowance(fill: tuple[int, int, int], limits: dict[str, int]) -> int:
     """Bytes the configured limits let mqttd hold for ``fill``'s sessions, each as if nothing
     were shared: the queue (``max_queued_bytes``; ``max_queued_messages`` x the message when
     there is no byte limit), the in-flight window (``max_inflight`` x the message), and at QoS 0
-    the buffer of a client that stopped reading (``max_buffer``)."""
+    the buffer of a client that stopped reading (``max_buffer``). The window is also bounded in
+    bytes (``max_inflight_bytes``, one message beyond it)."""
     sessions, qos, size = fill
     queue = limits["max_queued_bytes"] or limits["max_queued_messages"] * size
-    per = queue + limits["max_inflight"] * size + (limits["max_buffer"] if qos == 0 else 0)
+    window = limits["max_inflight"] * size
+    if limits["max_inflight_bytes"]:
+        window = min(window, limits["max_inflight_bytes"] + size)
+    per = queue + window + (limits["max_buffer"] if qos == 0 else 0)
     return sessions * per
 
 

@@ -64,7 +64,7 @@ BUDGETS: dict[str, tuple[str, float, str]] = {
 
 # As fair as we can make it: no persistence, Nagle off as mqttd does, no limit on queued or
 # in-flight QoS 1 messages: Mosquitto's default of 20 in flight and 1000 queued would drop QoS 1
-# messages of a fast fan-in (it has no backpressure). mqttd runs with its defaults (100 in
+# messages of a fast fan-in (it has no backpressure). mqttd runs with its defaults (1000 in
 # flight, 1000 queued, publishers slowed down when the queue is full: docs/flow-control.md).
 MOSQUITTO_CONF = """listener {port} 127.0.0.1
 allow_anonymous true

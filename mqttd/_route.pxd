@@ -65,6 +65,8 @@ cdef class Outlet:
     cdef public bint paused
     cdef public dict inflight  # packet id -> Inflight
     cdef public int inflight_max
+    cdef public long long inflight_bytes
+    cdef public long long max_inflight_bytes
     cdef public object queue
     cdef public int max_queued
     cdef public long long max_queued_bytes

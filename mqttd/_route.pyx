@@ -292,7 +292,7 @@ cdef class Outlet:
 
     def __init__(self, Flusher flusher, int version=4, int inflight_max=65535,
                  int max_queued=1000, Py_ssize_t max_buffer=8 * 1024 * 1024,
-                 long long max_queued_bytes=0):
+                 long long max_queued_bytes=0, long long max_inflight_bytes=0):
         self.flusher = flusher
         self.transport = None
         self.version = version
@@ -301,6 +301,8 @@ cdef class Outlet:
         self.paused = False
         self.inflight = {}
         self.inflight_max = inflight_max
+        self.inflight_bytes = 0
+        self.max_inflight_bytes = max_inflight_bytes if max_inflight_bytes > 0 else (1LL << 60)
         self.queue = deque()
         self.max_queued = max_queued
         self.max_queued_bytes = max_queued_bytes if max_queued_bytes > 0 else (1LL << 60)
@@ -436,7 +438,8 @@ cdef class Outlet:
             return
         # QoS 1/2 is encoded only when it can go: a paused transport or a full window keeps it
         # queued, as a message, not as bytes
-        if self.transport is None or self.paused or len(self.inflight) >= self.inflight_max:
+        if (self.transport is None or self.paused or len(self.inflight) >= self.inflight_max
+                or self.inflight_bytes >= self.max_inflight_bytes):
             self._enqueue(msg, qos, retain)
             return
         self._send_inflight(msg, qos, retain)
@@ -528,7 +531,9 @@ cdef class Outlet:
             raise
         self.inflight[pid] = _inflight(msg, qos, retain,
                                        C_AWAIT_PUBACK if qos == 1 else C_AWAIT_PUBREC)
-        self.flusher.held += _cost(msg)
+        cdef Py_ssize_t size = _cost(msg)
+        self.inflight_bytes += size
+        self.flusher.held += size
         self.sent += 1
         self.flusher.messages_sent += 1
         self._mark()
@@ -555,7 +560,8 @@ cdef class Outlet:
         cdef Message msg
         cdef Py_ssize_t size
         while (queue and self.transport is not None and not self.paused
-               and len(self.inflight) < self.inflight_max):
+               and len(self.inflight) < self.inflight_max
+               and self.inflight_bytes < self.max_inflight_bytes):
             item = queue.popleft()
             msg = <Message>item[0]
             size = _cost(msg)
@@ -587,6 +593,7 @@ cdef class Outlet:
         self.queue.clear()
         self.queued_bytes = 0
         self.inflight.clear()
+        self.inflight_bytes = 0
         self.full_since = -1.0
         self.slow = False
         self.wake()
@@ -604,8 +611,11 @@ cdef class Outlet:
         if entry is None or entry.state == C_AWAIT_PUBACK:
             return C_PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else C_NO_PUBREL
         self.progress_at = self.flusher.now
+        cdef Py_ssize_t size
         if entry.msg is not None:
-            self.flusher.held -= _cost(entry.msg)
+            size = _cost(entry.msg)
+            self.inflight_bytes -= size
+            self.flusher.held -= size
         if reason_code >= C_FAILURE_THRESHOLD:
             del self.inflight[packet_id]
             self.drain_queue()
@@ -624,8 +634,11 @@ cdef class Outlet:
         if entry is None or entry.state != awaiting:
             return False
         self.progress_at = self.flusher.now
+        cdef Py_ssize_t size
         if entry.msg is not None:
-            self.flusher.held -= _cost(entry.msg)
+            size = _cost(entry.msg)
+            self.inflight_bytes -= size
+            self.flusher.held -= size
         del self.inflight[packet_id]
         self.drain_queue()
         return True
@@ -645,8 +658,10 @@ cdef class Outlet:
             raise ValueError(f"no message for packet id {packet_id} awaiting PUBACK/PUBREC")
         old = self.inflight.get(packet_id)
         if old is not None and old.msg is not None:
+            self.inflight_bytes -= _cost(old.msg)
             self.flusher.held -= _cost(old.msg)
         if msg is not None:
+            self.inflight_bytes += _cost(msg)
             self.flusher.held += _cost(msg)
         self.inflight[packet_id] = _inflight(msg, qos, retain, state)
 

@@ -66,10 +66,17 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_inflight",
         int,
-        100,
-        "QoS 1/2 messages in flight to each client (default 100; an MQTT 5 client's "
+        1000,
+        "QoS 1/2 messages in flight to each client (default 1000; an MQTT 5 client's "
         "Receive Maximum lowers it)",
         "N",
+    ),
+    Option(
+        "max_inflight_bytes",
+        int,
+        1024 * 1024,
+        "bytes those in-flight messages may take per client (default 1048576; 0: no limit)",
+        "BYTES",
     ),
     Option(
         "max_buffer",
@@ -366,7 +373,7 @@ _MOSQUITTO_WORDS = frozenset(
         "per_listener_settings", "allow_zero_length_clientid", "retain_available", "plugin",
         "auth_plugin", "persistent_client_expiration", "set_tcp_nodelay", "connection",
         "address", "topic", "socket_domain", "http_dir", "queue_qos0_messages",
-        "max_queued_bytes", "memory_limit",
+        "max_queued_bytes", "memory_limit", "max_inflight_bytes",
     }
 )  # fmt: skip
 #: mosquitto.conf words that are an mqttd option, for the hint in the error
@@ -376,6 +383,7 @@ _MOSQUITTO_TO_MQTTD = {
     "max_inflight_messages": "max_inflight",
     "max_queued_messages": "max_queued_messages",
     "max_queued_bytes": "max_queued_bytes",
+    "max_inflight_bytes": "max_inflight_bytes",
     "memory_limit": "memory_limit",
     "max_packet_size": "max_packet_size",
     "max_keepalive": "max_keepalive",

@@ -312,6 +312,7 @@ class Outlet:
         max_queued: int = 1000,
         max_buffer: int = 8 * 1024 * 1024,
         max_queued_bytes: int = 0,
+        max_inflight_bytes: int = 0,
     ) -> None:
         self.flusher = flusher
         self.transport: Any = None  # None while the session is offline
@@ -323,6 +324,10 @@ class Outlet:
         #: first. Changed only by the methods below (send, the acknowledgements, restore).
         self.inflight: dict[int, Inflight] = {}
         self.inflight_max = inflight_max
+        #: bytes (payload and topic) in flight, and how many the window may hold (0: no limit;
+        #: one message goes whatever its size), as Mosquitto's max_inflight_bytes
+        self.inflight_bytes = 0
+        self.max_inflight_bytes = max_inflight_bytes if max_inflight_bytes > 0 else 1 << 60
         #: QoS 1/2 messages waiting for room in the inflight window, or for the client to return
         self.queue: deque = deque()
         self.max_queued = max_queued
@@ -459,7 +464,12 @@ class Outlet:
             return
         # QoS 1/2 is encoded only when it can go: a paused transport or a full window keeps it
         # queued, as a message, not as bytes
-        if self.transport is None or self.paused or len(self.inflight) >= self.inflight_max:
+        if (
+            self.transport is None
+            or self.paused
+            or len(self.inflight) >= self.inflight_max
+            or self.inflight_bytes >= self.max_inflight_bytes
+        ):
             self._enqueue(msg, qos, retain)
             return
         self._send_inflight(msg, qos, retain)
@@ -558,7 +568,9 @@ class Outlet:
             del buf[mark:]
             raise
         self.inflight[pid] = Inflight(msg, qos, retain, AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC)
-        self.flusher.held += len(msg.payload) + len(msg.topic)
+        size = len(msg.payload) + len(msg.topic)
+        self.inflight_bytes += size
+        self.flusher.held += size
         self.sent += 1
         self.flusher.messages_sent += 1
         self._mark()
@@ -586,6 +598,7 @@ class Outlet:
             and self.transport is not None
             and not self.paused
             and len(self.inflight) < self.inflight_max
+            and self.inflight_bytes < self.max_inflight_bytes
         ):
             msg, qos, retain = queue.popleft()
             size = len(msg.payload) + len(msg.topic)
@@ -619,6 +632,7 @@ class Outlet:
         self.queue.clear()
         self.queued_bytes = 0
         self.inflight.clear()
+        self.inflight_bytes = 0
         self.full_since = -1.0
         self.slow = False
         self.wake()
@@ -649,7 +663,9 @@ class Outlet:
         flusher = self.flusher
         self.progress_at = flusher.now
         if msg is not None:
-            flusher.held -= len(msg.payload) + len(msg.topic)
+            size = len(msg.payload) + len(msg.topic)
+            self.inflight_bytes -= size
+            flusher.held -= size
         if reason_code >= FAILURE_THRESHOLD:
             del self.inflight[packet_id]
             self.drain_queue()
@@ -671,7 +687,9 @@ class Outlet:
         flusher = self.flusher
         self.progress_at = flusher.now
         if msg is not None:
-            flusher.held -= len(msg.payload) + len(msg.topic)
+            size = len(msg.payload) + len(msg.topic)
+            self.inflight_bytes -= size
+            flusher.held -= size
         del self.inflight[packet_id]
         self.drain_queue()
         return True
@@ -695,9 +713,13 @@ class Outlet:
             raise ValueError(f"no message for packet id {packet_id} awaiting PUBACK/PUBREC")
         old = self.inflight.get(packet_id)
         if old is not None and old.msg is not None:
-            self.flusher.held -= len(old.msg.payload) + len(old.msg.topic)
+            size = len(old.msg.payload) + len(old.msg.topic)
+            self.inflight_bytes -= size
+            self.flusher.held -= size
         if msg is not None:
-            self.flusher.held += len(msg.payload) + len(msg.topic)
+            size = len(msg.payload) + len(msg.topic)
+            self.inflight_bytes += size
+            self.flusher.held += size
         self.inflight[packet_id] = Inflight(msg, qos, retain, state)
 
     def resend_inflight(self) -> None:

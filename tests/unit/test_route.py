@@ -576,3 +576,20 @@ def test_a_full_queue_that_makes_progress_is_slow_only_after_ten_timeouts(route)
     a.send(qos1(route, 99), 1, False)
     assert a.slow and a.dropped > 0 and flusher.stalled == []
     assert a.overdue(20.5) == route.STALLED  # and one that stops: no progress for 1 s
+
+
+def test_inflight_window_in_bytes(route) -> None:
+    """As Mosquitto's max_inflight_bytes: messages go in flight while the bytes in flight are
+    under the limit; one message goes whatever its size."""
+    loop, flusher, a = make(route, inflight_max=100, max_inflight_bytes=250)
+    for i in range(5):
+        a.send(qos1(route, i, 100), 1, False)  # 101 bytes each with the topic
+    assert len(a.inflight) == 3 and a.inflight_bytes == 303 and len(a.queue) == 2
+    a.puback(next(iter(a.inflight)))  # 202 in flight: one more goes
+    assert len(a.inflight) == 3 and len(a.queue) == 1
+    b = make(route, inflight_max=100, max_inflight_bytes=10)[2]
+    b.send(qos1(route, 0, 1000), 1, False)
+    b.send(qos1(route, 1, 4), 1, False)
+    assert len(b.inflight) == 1 and len(b.queue) == 1  # the big one went, alone
+    a.clear()
+    assert a.inflight_bytes == 0
