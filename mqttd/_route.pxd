@@ -87,6 +87,7 @@ cdef class Outlet:
     cdef public long long sent
     cdef public object session
     cdef public object refresh
+    cdef public object readable
     cdef object __weakref__
 
     cdef inline void _mark(self)
@@ -107,6 +108,7 @@ cdef class Outlet:
     cpdef bint puback(self, object packet_id) except -1
     cpdef int pubrec(self, object packet_id, int reason_code) except -2
     cpdef bint pubcomp(self, object packet_id) except -1
+    cdef inline void _in_flight(self, Message msg, Py_ssize_t sign)
     cdef inline bint _end(self, object packet_id, int awaiting) except -1
 
 

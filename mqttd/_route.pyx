@@ -325,6 +325,7 @@ cdef class Outlet:
         self.sent = 0
         self.session = None
         self.refresh = None
+        self.readable = None  # readable(topic) -> bool when an ACL limits it (mqttd.acl)
 
     cdef inline void _mark(self):
         if not self.pending:
@@ -531,9 +532,7 @@ cdef class Outlet:
             raise
         self.inflight[pid] = _inflight(msg, qos, retain,
                                        C_AWAIT_PUBACK if qos == 1 else C_AWAIT_PUBREC)
-        cdef Py_ssize_t size = _cost(msg)
-        self.inflight_bytes += size
-        self.flusher.held += size
+        self._in_flight(msg, 1)
         self.sent += 1
         self.flusher.messages_sent += 1
         self._mark()
@@ -611,11 +610,8 @@ cdef class Outlet:
         if entry is None or entry.state == C_AWAIT_PUBACK:
             return C_PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else C_NO_PUBREL
         self.progress_at = self.flusher.now
-        cdef Py_ssize_t size
         if entry.msg is not None:
-            size = _cost(entry.msg)
-            self.inflight_bytes -= size
-            self.flusher.held -= size
+            self._in_flight(entry.msg, -1)
         if reason_code >= C_FAILURE_THRESHOLD:
             del self.inflight[packet_id]
             self.drain_queue()
@@ -629,16 +625,20 @@ cdef class Outlet:
         out); an id not awaiting PUBCOMP changes nothing."""
         return self._end(packet_id, C_AWAIT_PUBCOMP)
 
+    cdef inline void _in_flight(self, Message msg, Py_ssize_t sign):
+        """A message enters (``sign`` 1) or leaves (-1) the window: its bytes count against
+        max_inflight_bytes and the node's held total."""
+        cdef Py_ssize_t size = sign * _cost(msg)
+        self.inflight_bytes += size
+        self.flusher.held += size
+
     cdef inline bint _end(self, object packet_id, int awaiting) except -1:
         cdef Inflight entry = self.inflight.get(packet_id)
         if entry is None or entry.state != awaiting:
             return False
         self.progress_at = self.flusher.now
-        cdef Py_ssize_t size
         if entry.msg is not None:
-            size = _cost(entry.msg)
-            self.inflight_bytes -= size
-            self.flusher.held -= size
+            self._in_flight(entry.msg, -1)
         del self.inflight[packet_id]
         self.drain_queue()
         return True
@@ -658,11 +658,9 @@ cdef class Outlet:
             raise ValueError(f"no message for packet id {packet_id} awaiting PUBACK/PUBREC")
         old = self.inflight.get(packet_id)
         if old is not None and old.msg is not None:
-            self.inflight_bytes -= _cost(old.msg)
-            self.flusher.held -= _cost(old.msg)
+            self._in_flight(old.msg, -1)
         if msg is not None:
-            self.inflight_bytes += _cost(msg)
-            self.flusher.held += _cost(msg)
+            self._in_flight(msg, 1)
         self.inflight[packet_id] = _inflight(msg, qos, retain, state)
 
     def resend_inflight(self):
@@ -736,6 +734,10 @@ def deliver(list nodes, Message msg, origin):
             if value & C_OPT_NO_LOCAL and outlet is origin:
                 # No Local: not to the connection that published it [MQTT-3.8.3-3]
                 continue
+        if outlet.readable is not None and not outlet.readable(msg.topic):
+            # The ACL: this client may not read this topic, whatever it subscribed to
+            # (mqttd.acl; a shared subscription's pick is not made again)
+            continue
         if sids is None and value >> 8:
             sids = (value >> 8,)
         qos = value & C_OPT_QOS

@@ -289,6 +289,11 @@ class Flusher:
                 outlet.cut()  # that subscriber's problem: the others are still written to
 
 
+def _cost(msg: Message) -> int:
+    """What a message counts for against the byte limits: its payload and topic."""
+    return len(msg.payload) + len(msg.topic)
+
+
 class Outlet:
     """A session's delivery end: output buffer, packet ids and outgoing QoS 1/2 in flight.
 
@@ -358,6 +363,8 @@ class Outlet:
         #: the broker's check of Message Expiry for queued messages: returns the message to
         #: send (with the interval left) or None when it expired
         self.refresh: Any = None
+        #: ``readable(topic) -> bool`` when an ACL limits what this client reads (mqttd.acl)
+        self.readable: Any = None
 
     # -- writing ---------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -475,7 +482,7 @@ class Outlet:
         self._send_inflight(msg, qos, retain)
 
     def _enqueue(self, msg: Message, qos: int, retain: bool) -> None:
-        size = len(msg.payload) + len(msg.topic)
+        size = _cost(msg)
         queue = self.queue
         if len(queue) >= self.max_queued or self.queued_bytes + size > self.max_queued_bytes:
             flusher = self.flusher
@@ -503,7 +510,7 @@ class Outlet:
                     or self.queued_bytes + size > self.max_queued_bytes
                 ):
                     old = queue.popleft()[0]
-                    old_size = len(old.payload) + len(old.topic)
+                    old_size = _cost(old)
                     self.queued_bytes -= old_size
                     flusher.held -= old_size
                     self.drop("queue_full")
@@ -568,9 +575,7 @@ class Outlet:
             del buf[mark:]
             raise
         self.inflight[pid] = Inflight(msg, qos, retain, AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC)
-        size = len(msg.payload) + len(msg.topic)
-        self.inflight_bytes += size
-        self.flusher.held += size
+        self._in_flight(msg, 1)
         self.sent += 1
         self.flusher.messages_sent += 1
         self._mark()
@@ -601,7 +606,7 @@ class Outlet:
             and self.inflight_bytes < self.max_inflight_bytes
         ):
             msg, qos, retain = queue.popleft()
-            size = len(msg.payload) + len(msg.topic)
+            size = _cost(msg)
             self.queued_bytes -= size
             flusher.held -= size
             if msg.expires_at and self.refresh is not None:
@@ -627,7 +632,7 @@ class Outlet:
         held = self.queued_bytes
         for entry in self.inflight.values():
             if entry.msg is not None:
-                held += len(entry.msg.payload) + len(entry.msg.topic)
+                held += _cost(entry.msg)
         self.flusher.held -= held
         self.queue.clear()
         self.queued_bytes = 0
@@ -659,13 +664,9 @@ class Outlet:
         entry = self.inflight.get(packet_id)
         if entry is None or entry.state == AWAIT_PUBACK:
             return PACKET_IDENTIFIER_NOT_FOUND if self.version == 5 else NO_PUBREL
-        msg = entry.msg
-        flusher = self.flusher
-        self.progress_at = flusher.now
-        if msg is not None:
-            size = len(msg.payload) + len(msg.topic)
-            self.inflight_bytes -= size
-            flusher.held -= size
+        self.progress_at = self.flusher.now
+        if entry.msg is not None:
+            self._in_flight(entry.msg, -1)
         if reason_code >= FAILURE_THRESHOLD:
             del self.inflight[packet_id]
             self.drain_queue()
@@ -679,17 +680,20 @@ class Outlet:
         and the next queued message goes out. An id not awaiting PUBCOMP changes nothing."""
         return self._end(packet_id, AWAIT_PUBCOMP)
 
+    def _in_flight(self, msg: Message, sign: int) -> None:
+        """A message enters (``sign`` 1) or leaves (-1) the window: its bytes count against
+        max_inflight_bytes and the node's held total."""
+        size = sign * _cost(msg)
+        self.inflight_bytes += size
+        self.flusher.held += size
+
     def _end(self, packet_id: int, awaiting: int) -> bool:
         entry = self.inflight.get(packet_id)
         if entry is None or entry.state != awaiting:
             return False
-        msg = entry.msg
-        flusher = self.flusher
-        self.progress_at = flusher.now
-        if msg is not None:
-            size = len(msg.payload) + len(msg.topic)
-            self.inflight_bytes -= size
-            flusher.held -= size
+        self.progress_at = self.flusher.now
+        if entry.msg is not None:
+            self._in_flight(entry.msg, -1)
         del self.inflight[packet_id]
         self.drain_queue()
         return True
@@ -713,13 +717,9 @@ class Outlet:
             raise ValueError(f"no message for packet id {packet_id} awaiting PUBACK/PUBREC")
         old = self.inflight.get(packet_id)
         if old is not None and old.msg is not None:
-            size = len(old.msg.payload) + len(old.msg.topic)
-            self.inflight_bytes -= size
-            self.flusher.held -= size
+            self._in_flight(old.msg, -1)
         if msg is not None:
-            size = len(msg.payload) + len(msg.topic)
-            self.inflight_bytes += size
-            self.flusher.held += size
+            self._in_flight(msg, 1)
         self.inflight[packet_id] = Inflight(msg, qos, retain, state)
 
     def resend_inflight(self) -> None:
@@ -779,6 +779,10 @@ def deliver(nodes: list[dict], msg: Message, origin: Outlet | None) -> int:
             sids = None
         elif value & OPT_NO_LOCAL and key is origin:
             # No Local: not to the connection that published it [MQTT-3.8.3-3]
+            continue
+        if key.readable is not None and not key.readable(msg.topic):
+            # The ACL: this client may not read this topic, whatever it subscribed to
+            # (mqttd.acl; a shared subscription's pick is not made again)
             continue
         if sids is None and value >> 8:
             sids = (value >> 8,)
