@@ -123,6 +123,9 @@ class MQTTClient:
     #: 3 (MQTT 3.1), 4 (3.1.1) or 5
     protocol_version: int = 4
     connection_id: str | None = None  # for 0.5.x compatibility (its QUIC connections)
+    #: the client's TLS certificate as ``ssl.SSLSocket.getpeercert()`` gives it (subject,
+    #: issuer, notAfter, ...), on a listener with ``cafile``; None otherwise
+    certificate: dict[str, Any] | None = None
 
     def __str__(self) -> str:
         return f"MQTTClient(id={self.client_id}, user={self.username})"
@@ -749,6 +752,7 @@ class MQTTApp:
                 clean_session=conn.clean_start,
                 address=conn.peer if isinstance(conn.peer, tuple) else None,
                 protocol_version=conn.version,
+                certificate=conn.certificate,
             )
         return client
 

@@ -99,6 +99,31 @@ class BrokerConfig:
     #: TLS: certificate chain and private key (PEM) of the listener; None: plain TCP
     certfile: str | None = None
     keyfile: str | None = None
+    #: TLS: CA certificates (PEM) that client certificates are checked against
+    cafile: str | None = None
+    #: TLS: refuse the handshake of a client without a certificate signed by cafile
+    require_certificate: bool = False
+    #: the client certificate's CN is the user name (no password asked)
+    use_identity_as_username: bool = False
+    #: the client certificate's whole subject (RFC 2253) is the user name
+    use_subject_as_username: bool = False
+    #: Mosquitto-format password file (docs/security.md)
+    password_file: str | None = None
+    #: Mosquitto-format ACL file (docs/security.md)
+    acl_file: str | None = None
+    #: clients without a user name; None: allowed only while nothing authenticates clients
+    #: (no password file, no certificate identity), as Mosquitto 2.0
+    allow_anonymous: bool | None = None
+    #: once clients authenticate, a persistent session is taken over by the same user only
+    #: (another gets CONNACK 0x87 / 0x05); False: any client may, as Mosquitto
+    session_owner_check: bool = True
+    #: levels a topic name or filter may have (a topic/filter deeper is refused as invalid)
+    max_topic_levels: int = 200
+    #: bytes held in partly received packets across all connections; the connection that
+    #: would pass it is closed (0: no limit)
+    max_incoming_bytes: int = 64 * 1024 * 1024
+    #: seconds a new connection has to send its CONNECT
+    connect_timeout: float = 10.0
 
     def validate(self) -> None:
         """ValueError in one line naming the first bad field (by its option name) and what it
@@ -107,6 +132,14 @@ class BrokerConfig:
             self.check(name, getattr(self, name))
         if self.keyfile and not self.certfile:
             raise ValueError("a TLS key file needs a certificate file (certfile)")
+        if (self.cafile or self.require_certificate) and not self.certfile:
+            raise ValueError(
+                "client certificates (cafile, require_certificate) need TLS (certfile)"
+            )
+        if self.require_certificate and not self.cafile:
+            raise ValueError("require_certificate needs the CA to check them against (cafile)")
+        if (self.use_identity_as_username or self.use_subject_as_username) and not self.cafile:
+            raise ValueError("use_identity_as_username needs client certificates (cafile)")
 
     @staticmethod
     def check(name: str, value: Any) -> None:
@@ -125,6 +158,7 @@ class BrokerConfig:
             "max_inflight": (1, 65535, ""),
             "topic_alias_maximum": (0, 65535, ""),
             "max_keepalive": (0, 65535, " seconds"),
+            "max_topic_levels": (1, 65535, ""),
         }
         #: field -> what 0 means, for the fields that are 0 or more
         at_least_0 = {
@@ -139,6 +173,7 @@ class BrokerConfig:
             "max_connections_per_ip": " (no limit)",
             "max_subscriptions_per_minute": " (no limit)",
             "max_messages_per_second": " (no limit)",
+            "max_incoming_bytes": " (no limit)",
         }
         if name in ranges:
             low, high, unit = ranges[name]
@@ -149,6 +184,11 @@ class BrokerConfig:
                 raise ValueError(f"{name} must be 0{at_least_0[name]} or more, not {value}")
         elif name == "redis_url":
             check_redis_url(value)
+        elif name == "connect_timeout":
+            if not 0 < value <= 3600:
+                raise ValueError(
+                    f"connect_timeout must be more than 0 and at most 3600 seconds, not {value}"
+                )
 
 
 class SharedGroup:
@@ -201,6 +241,9 @@ class Session:
         #: a will waiting for its MQTT 5 Will Delay Interval, and its timer
         self.will: Any = None
         self.will_handle: asyncio.TimerHandle | None = None
+        #: the user name of the client that made it (its connection's since); only that user
+        #: takes it over once clients authenticate (BrokerConfig.session_owner_check)
+        self.owner: str | None = None
 
 
 class Broker:
@@ -227,10 +270,16 @@ class Broker:
             "packets_received": 0,
             "subscriptions_total": 0,
             "unsubscriptions_total": 0,
+            # connections closed for max_incoming_bytes
+            "refused_incoming": 0,
         }
         #: clients past CONNECT (counted against max_connections), and per IP address
         self.clients = 0
         self.clients_per_ip: dict[str, int] = {}
+        #: bytes in partly received packets across all connections (max_incoming_bytes)
+        self.incoming = 0
+        #: password file, ACL, certificate identity (mqttd.security); None: none configured
+        self.security: Any = None
         #: Hooks for the library layer (mqttd.app). Each is None or empty unless registered, so
         #: they cost nothing on the hot path otherwise.
         #: ``authenticate(conn, username, password)``: a reason code (< 0x80 accepts), or an
@@ -316,6 +365,24 @@ class Broker:
         would make one client take the other over)."""
         self._next_assigned += 1
         return f"{self._assigned_prefix}{self._next_assigned}"
+
+    def session_owner(self, client_id: str) -> tuple[bool, str | None]:
+        """(True, user name) of this node's session or connection of ``client_id``, or
+        (False, None) when it has none."""
+        session = self.storage.sessions().get(client_id)
+        if session is not None:
+            return True, session.owner
+        return False, None
+
+    def refresh_rights(self) -> None:
+        """The ACL changed (SIGHUP): every session's rights again, connected or not, so that a
+        client whose rights were removed stops receiving what it may no longer read."""
+        security = self.security
+        for session in list(self.storage.sessions().values()):
+            rights = None if security is None else security.rights(session.owner, session.client_id)
+            session.outlet.readable = None if rights is None else rights.may_read
+            if session.connection is not None:
+                session.connection.rights = rights
 
     async def open_session(
         self, conn: Connection, client_id: str, clean_start: bool, version: int

@@ -117,7 +117,7 @@ class Link(Protocol):
 
 
 #: seconds a new connection has to send its CONNECT
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0  # the default of BrokerConfig.connect_timeout
 #: a read at least this big makes the connection wait one loop iteration before the next read
 FAIR_READ = 16 * 1024
 #: seconds of work one connection's packets may take in one loop iteration: the packets of a
@@ -181,17 +181,24 @@ class Connection:
         self.waiting = False  # a step waits for the storage (_block)
         self.sub_times: deque[float] | None = None  # max_subscriptions_per_minute
         self.app_client: Any = None  # the library's MQTTClient view, made on first use
+        #: bytes of a partly received packet, counted in broker.incoming (max_incoming_bytes)
+        self.incoming = 0
+        #: the client certificate (ssl's getpeercert() dict) on a TLS listener, else None
+        self.certificate: dict[str, Any] | None = None
+        #: what the ACL lets this client do (mqttd.acl.Rights); None: no ACL
+        self.rights: Any = None
 
     # -- events from the adapter -----------------------------------------------------------------
     def connection_made(self, link: Link) -> None:
         self.transport = link
         self.peer = link.get_extra_info("peername")
+        self.certificate = link.get_extra_info("peercert")
         self.broker.connections.add(self)
         self.broker.flow.ensure()
         self.broker.stats["connections_total"] += 1
         self.last_rx = self.loop.time()
         # [MQTT-3.1.4-1]-adjacent: a peer that never sends CONNECT is not kept forever.
-        self.timer = self.loop.call_later(CONNECT_TIMEOUT, self._connect_timeout)
+        self.timer = self.loop.call_later(self.broker.config.connect_timeout, self._connect_timeout)
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.loop.time()
@@ -203,6 +210,9 @@ class Connection:
             packets = exc.packets
             error = exc
         self.broker.stats["packets_received"] += len(packets)
+        partial = self.reader.buffered
+        if partial != self.incoming and self._count_incoming(partial):
+            return
         self._dispatch(packets, error)
         if error is not None or self.closing:
             return
@@ -212,6 +222,29 @@ class Connection:
             # the writes to subscribers, which only happen between loop iterations.
             self.transport.pause_reading()
             self.loop.call_soon(self._resume_reading)
+
+    def _count_incoming(self, partial: int) -> bool:
+        """Count the bytes of this connection's partly received packet in the node's total;
+        True (and the connection closed) when it would pass max_incoming_bytes: a thousand
+        sockets each sending most of a large packet cannot make the node hold a gigabyte."""
+        broker = self.broker
+        grown = partial - self.incoming
+        limit = broker.config.max_incoming_bytes
+        if grown > 0 and limit and broker.incoming + grown > limit:
+            broker.stats["refused_incoming"] += 1
+            self._forget_incoming()
+            self.protocol_error(
+                QUOTA_EXCEEDED,
+                f"partly received packets of all clients over max_incoming_bytes ({limit})",
+            )
+            return True
+        broker.incoming += grown
+        self.incoming = partial
+        return False
+
+    def _forget_incoming(self) -> None:
+        self.broker.incoming -= self.incoming
+        self.incoming = 0
 
     def _resume_reading(self) -> None:
         if not self.closing and self.backlog is None and not self.throttled and not self.held:
@@ -401,6 +434,8 @@ class Connection:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        if self.incoming:
+            self._forget_incoming()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -535,7 +570,9 @@ class Connection:
     def _connect_timeout(self) -> None:
         self.timer = None
         if self.session is None and not self.closing:
-            log.info("closing %s: no CONNECT within %.0f s", self.peer, CONNECT_TIMEOUT)
+            log.info(
+                "closing %s: no CONNECT within %g s", self.peer, self.broker.config.connect_timeout
+            )
             self.close()
 
     def _keepalive_check(self) -> None:
@@ -611,6 +648,8 @@ class Connection:
         if will is not None:
             if not match.validate_topic(will.topic):
                 return self.protocol_error(TOPIC_NAME_INVALID, "invalid will topic")
+            if will.topic.count("/") >= cfg.max_topic_levels:
+                return self.protocol_error(TOPIC_NAME_INVALID, "will topic over max_topic_levels")
             why = _bad_publish_properties(will.properties)
             if why:
                 return self.protocol_error(PROTOCOL_ERROR, "will: " + why)
@@ -647,6 +686,38 @@ class Connection:
             return self._auth_result(rc, data)
         self._block(self._accept())
 
+    def _authorized(self, security: Any) -> bool:
+        """After authentication: the client's ACL rights, its will allowed by them, its client id
+        not another user's session; False (and refused) otherwise."""
+        rights = self.rights = security.rights(self.username, self.client_id)
+        will = self.will
+        if rights is not None and will is not None and not rights.may_write(will.topic):
+            # Its will could never be published: refused at CONNECT, as Mosquitto does
+            return self._refuse_logged(
+                NOT_AUTHORIZED, f"may not publish its will to {will.topic!r}"
+            )
+        broker = self.broker
+        if broker.config.session_owner_check and security.authenticates:
+            found, owner = broker.session_owner(self.client_id)
+            if found and owner != self.username:
+                # Taking it over would hand this user another user's subscriptions and queued
+                # messages (session_owner_check; Mosquitto lets any client)
+                return self._refuse_logged(
+                    NOT_AUTHORIZED, "its client id is another user's session"
+                )
+        return True
+
+    def _refuse_logged(self, reason_code: int, why: str) -> bool:
+        log.info(
+            "refusing client %r, user %r from %s: %s",
+            self.client_id,
+            self.username,
+            self.peer,
+            why,
+        )
+        self.refuse(reason_code)
+        return False
+
     async def _accept(self, auth_data: bytes | None = None) -> None:
         """CONNECT accepted (and authenticated): attach the session, send CONNACK."""
         broker = self.broker
@@ -660,16 +731,32 @@ class Connection:
         else:
             # 3.1.1 persistent session: lives until a clean start
             session_expiry = 0 if p.clean_start else 0xFFFFFFFF
+        security = broker.security
+        if security is not None:
+            # The password file, the certificate identity, allow_anonymous (mqttd.security)
+            rc = await security.authenticate(self, p.username, p.password)
+            if self.closing:
+                return
+            if rc >= 0x80:
+                return self.refuse(rc)  # logged by security, with the address
         if broker.authenticate is not None:
-            rc = broker.authenticate(self, p.username, p.password)
+            rc = broker.authenticate(self, self.username, p.password)
             if inspect.isawaitable(rc):
                 rc = await rc
             if self.closing:
                 return
             if rc >= 0x80:
                 # 3.1.1: 0x04 Bad user name or password / 0x05 Not authorized [MQTT-3.2.2-6]
-                log.info("refusing %s: authentication (reason 0x%02X)", self.client_id, rc)
+                log.info(
+                    "refusing client %r, user %r from %s: authentication hook (reason 0x%02X)",
+                    self.client_id,
+                    self.username,
+                    self.peer,
+                    rc,
+                )
                 return self.refuse(rc)
+        if security is not None and not self._authorized(security):
+            return
         session, present = await broker.open_session(self, self.client_id, p.clean_start, v)
         if self.closing:
             # The client went away while the storage answered
@@ -679,7 +766,9 @@ class Connection:
         if session_expiry:
             broker.peers.mark_session(self.client_id)  # other nodes find it here
         self.session = session
+        session.owner = self.username
         outlet = self.outlet = session.outlet
+        outlet.readable = None if self.rights is None else self.rights.may_read
         outlet.transport = self.transport
         outlet.paused = False
         # A queue filled while offline does not count as full since then (docs/flow-control.md)
@@ -811,6 +900,9 @@ class Connection:
         if not match.validate_topic(topic):
             # Topic names must not contain wildcards [MQTT-3.3.2-2] nor be empty [MQTT-4.7.3-1]
             return self.protocol_error(TOPIC_NAME_INVALID, f"invalid topic name {topic!r}")
+        if topic.count("/") >= broker.config.max_topic_levels:
+            # Valid MQTT, but deeper than this broker takes (max_topic_levels; as Mosquitto)
+            return self.protocol_error(TOPIC_NAME_INVALID, "topic over max_topic_levels")
         qos = p.qos
         session = self.session
         if qos == 2:
@@ -838,6 +930,11 @@ class Connection:
         ):
             # $SYS belongs to the broker: not routed; MQTT 5 is told 0x87, as Mosquitto does.
             # A bridge's own connection state is the exception (_is_bridge_state).
+            rc = NOT_AUTHORIZED
+        elif self.rights is not None and not self.rights.may_write(topic):
+            # The ACL (mqttd.acl): MQTT 5 is told 0x87 in PUBACK/PUBREC; 3.1.1 has no way to say
+            # it, the message is acknowledged and dropped, as Mosquitto does
+            log.debug("%s may not publish to %r (ACL)", self.client_id, topic)
             rc = NOT_AUTHORIZED
         elif broker.authorize_publish is not None:
             rc = broker.authorize_publish(self, msg, p.packet_id)
@@ -950,6 +1047,14 @@ class Connection:
                 # No Local on a Shared Subscription is a Protocol Error [MQTT-3.8.3-4]
                 return self.protocol_error(PROTOCOL_ERROR, "No Local on a shared subscription")
             granted = opts & 0x03
+            inner = filt if shared is None else shared[1]
+            if inner.count("/") >= broker.config.max_topic_levels:
+                codes.append(TOPIC_FILTER_INVALID if v == 5 else SUBACK_FAILURE)
+                continue
+            if self.rights is not None and not self.rights.may_subscribe(inner):
+                # The ACL lets nothing this filter matches be read (mqttd.acl)
+                codes.append(NOT_AUTHORIZED if v == 5 else SUBACK_FAILURE)
+                continue
             if decisions is not None:
                 d = decisions[i]
                 if d >= 0x80:
@@ -976,8 +1081,10 @@ class Connection:
                     # The store has to be asked: they follow when it answers
                     later.append((filt, granted))
                     continue
+                readable = self.outlet.readable
                 for msg in found:
-                    retained.append((msg.with_ids((sid,)) if sid else msg, granted))
+                    if readable is None or readable(msg.topic):
+                        retained.append((msg.with_ids((sid,)) if sid else msg, granted))
         ack_props = None
         if v == 5 and self.problem_info and any(c >= 0x80 for c in codes):
             ack_props = {REASON_STRING: _suback_reason(codes)}
@@ -1034,6 +1141,8 @@ class Connection:
             for msg in await self.broker.fetch_retained(filt):
                 if self.closing:
                     return
+                if outlet.readable is not None and not outlet.readable(msg.topic):
+                    continue  # the ACL (mqttd.acl)
                 outlet.send(msg.with_ids((sid,)) if sid else msg, min(msg.qos, granted), True)
 
     def on_unsubscribe(self, p: Any) -> None:
@@ -1162,9 +1271,7 @@ _BLOCKED = (Connection._defer,) * 16
 # While the queues a client published into are full (Connection._hold): what it owes for the
 # messages sent to it, and PINGREQ, are handled; everything else waits, in order
 _READ_WHILE_HELD = frozenset((4, 5, 7, 12))  # PUBACK, PUBREC, PUBCOMP, PINGREQ
-_HELD = tuple(
-    _CONNECTED[t] if t in _READ_WHILE_HELD else Connection._defer_held for t in range(16)
-)
+_HELD = tuple(_CONNECTED[t] if t in _READ_WHILE_HELD else Connection._defer_held for t in range(16))
 _AUTHENTICATING = tuple(
     Connection.on_auth
     if t == 15

@@ -30,6 +30,7 @@ from mqttd import systopics
 from mqttd.broker import Broker, BrokerConfig, tls_context
 from mqttd.listener import StreamProtocol
 from mqttd.redis import RedisUnavailable, open_bridge
+from mqttd.security import Security, client_tls_settings
 from mqttd.storage import MemoryStorage, Storage
 from mqttd.version import version_line
 
@@ -95,6 +96,17 @@ class Node:
             log.info("loaded %d retained messages from Redis", count)
         if self.ssl_context is None and cfg.certfile:
             self.ssl_context = tls_context(cfg.certfile, cfg.keyfile)
+        if self.ssl_context is not None:
+            client_tls_settings(self.ssl_context, cfg)
+        if (
+            cfg.password_file
+            or cfg.acl_file
+            or cfg.allow_anonymous is not None
+            or cfg.use_identity_as_username
+            or cfg.use_subject_as_username
+        ):
+            # PasswordFileError / AclFileError: one line naming the file and line
+            broker.security = Security(cfg, has_hook=broker.authenticate is not None)
         self.server = await loop.create_server(
             lambda: StreamProtocol(broker),
             cfg.host,
@@ -104,7 +116,42 @@ class Node:
             ssl=self.ssl_context,
         )
         broker.started_at = time.time()
+        self._warn_if_open()
         self.sys_publisher = systopics.start_publisher(broker)  # None when sys_interval is 0
+
+    def _warn_if_open(self) -> None:
+        """Listening beyond this machine with nobody authenticated: say so, once, at start."""
+        broker = self.broker
+        if self.config.host in ("127.0.0.1", "localhost", "::1"):
+            return
+        security = broker.security
+        if (security is not None and security.authenticates) or broker.authenticate is not None:
+            return
+        if broker.authenticators:
+            return
+        log.warning(
+            "listening on %s with no authentication: any client that reaches this port can "
+            "connect%s (set password_file, client certificates or allow_anonymous = false; "
+            "docs/security.md)",
+            self.config.host,
+            "" if security is not None and security.acl is not None else " and read every topic",
+        )
+
+    def reload(self) -> None:
+        """SIGHUP: the password file, the ACL file and the TLS certificates again, without
+        dropping anyone; a file that no longer loads is reported and the old one stays."""
+        log.info("SIGHUP: reloading")
+        broker, cfg = self.broker, self.config
+        if broker.security is not None and broker.security.reload():
+            broker.refresh_rights()
+        ctx = self.ssl_context
+        if ctx is not None and cfg.certfile:
+            try:
+                tls_context(cfg.certfile, cfg.keyfile)  # checked first: a bad file changes nothing
+                ctx.load_cert_chain(cfg.certfile, cfg.keyfile)
+                client_tls_settings(ctx, cfg)
+            except (ValueError, OSError, ssl.SSLError) as exc:
+                log.error("reload: %s; the previous certificates stay", exc)
 
     def start_error(self, exc: BaseException) -> str:
         """One line for a start that raised one of :data:`START_ERRORS`."""
@@ -141,6 +188,7 @@ class Node:
         stop = until if until is not None else asyncio.Event()
         for sig in SIGNALS:
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._signals = True
         await stop.wait()
 
@@ -151,6 +199,7 @@ class Node:
             loop = asyncio.get_running_loop()
             for sig in SIGNALS:
                 loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(signal.SIGHUP)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop listening, tell MQTT 5 clients (DISCONNECT 0x8B), close every connection, stop the

@@ -165,6 +165,83 @@ OPTIONS: tuple[Option, ...] = (
     Option("certfile", str, None, "TLS: PEM certificate chain of the listener", "PATH"),
     Option("keyfile", str, None, "TLS: PEM private key (if not in the certfile)", "PATH"),
     Option(
+        "cafile",
+        str,
+        None,
+        "TLS: CA certificates (PEM) that client certificates must be signed by",
+        "PATH",
+    ),
+    Option(
+        "require_certificate",
+        bool,
+        False,
+        "TLS: refuse clients without a certificate signed by --cafile (at the handshake)",
+    ),
+    Option(
+        "use_identity_as_username",
+        bool,
+        False,
+        "the client certificate's CN is the user name (for the ACL); no password asked",
+    ),
+    Option(
+        "use_subject_as_username",
+        bool,
+        False,
+        "the client certificate's whole subject (CN=...,O=...) is the user name",
+    ),
+    Option(
+        "password_file",
+        str,
+        None,
+        "Mosquitto-format password file (mosquitto_passwd or mqttd passwd); clients must then "
+        "give a user name and password unless --allow-anonymous",
+        "PATH",
+    ),
+    Option(
+        "acl_file",
+        str,
+        None,
+        "Mosquitto-format ACL file: who may publish and read which topics (no matching rule: "
+        "denied)",
+        "PATH",
+    ),
+    Option(
+        "allow_anonymous",
+        bool,
+        None,
+        "accept clients without a user name (default: only while there is no password file "
+        "and no certificate identity, as Mosquitto 2.0); --allow-anonymous false refuses them",
+    ),
+    Option(
+        "session_owner_check",
+        bool,
+        True,
+        "a persistent session is taken over only by the user that made it (default true; "
+        "false lets any client, as Mosquitto)",
+    ),
+    Option(
+        "max_topic_levels",
+        int,
+        200,
+        "levels a topic name or filter may have (default 200)",
+        "N",
+    ),
+    Option(
+        "max_incoming_bytes",
+        int,
+        64 * 1024 * 1024,
+        "bytes held in partly received packets across all connections; the connection that "
+        "would pass it is closed (default 67108864; 0: no limit)",
+        "BYTES",
+    ),
+    Option(
+        "connect_timeout",
+        float,
+        10.0,
+        "seconds a new connection has to send its CONNECT (default 10)",
+        "SECONDS",
+    ),
+    Option(
         "redis_url",
         str,
         None,
@@ -373,7 +450,8 @@ _MOSQUITTO_WORDS = frozenset(
         "per_listener_settings", "allow_zero_length_clientid", "retain_available", "plugin",
         "auth_plugin", "persistent_client_expiration", "set_tcp_nodelay", "connection",
         "address", "topic", "socket_domain", "http_dir", "queue_qos0_messages",
-        "max_queued_bytes", "memory_limit", "max_inflight_bytes",
+        "max_queued_bytes", "memory_limit", "max_inflight_bytes", "use_identity_as_username",
+        "use_subject_as_username",
     }
 )  # fmt: skip
 #: mosquitto.conf words that are an mqttd option, for the hint in the error
@@ -390,6 +468,13 @@ _MOSQUITTO_TO_MQTTD = {
     "sys_interval": "sys_interval",
     "certfile": "certfile",
     "keyfile": "keyfile",
+    "cafile": "cafile",
+    "require_certificate": "require_certificate",
+    "use_identity_as_username": "use_identity_as_username",
+    "use_subject_as_username": "use_subject_as_username",
+    "password_file": "password_file",
+    "acl_file": "acl_file",
+    "allow_anonymous": "allow_anonymous",
 }
 
 

@@ -141,9 +141,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _answers_connect(host: str, port: int) -> bool:
+def _answers_connect(host: str, port: int, any_code: bool = False) -> bool:
     """True once the port accepts a TCP connection and answers an MQTT 3.1.1 CONNECT with
-    CONNACK 0 (so the broker is really serving, not just listening)."""
+    CONNACK 0 (so the broker is really serving, not just listening); with ``any_code`` a
+    refusal counts too (a broker that authenticates)."""
     cid = b"conftest-probe"
     body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(cid).to_bytes(2, "big") + cid
     try:
@@ -156,12 +157,14 @@ def _answers_connect(host: str, port: int) -> bool:
                     return False
                 reply += chunk
             s.sendall(b"\xe0\x00")  # DISCONNECT
-            return reply == b"\x20\x02\x00\x00"
+            return reply == b"\x20\x02\x00\x00" or (any_code and reply[:2] == b"\x20\x02")
     except OSError:
         return False
 
 
-def _start_mosquitto(timeout: float) -> BrokerProc:
+def _start_mosquitto(timeout: float, conf_lines: str = "") -> BrokerProc:
+    """Mosquitto on a free port with the tests' settings; ``conf_lines`` replace
+    ``allow_anonymous true`` (e.g. a password_file and allow_anonymous false)."""
     import tempfile
     import threading
 
@@ -175,8 +178,8 @@ def _start_mosquitto(timeout: float) -> BrokerProc:
             with open(conf, "w") as f:
                 f.write(
                     f"listener {port} 127.0.0.1\n"
-                    "allow_anonymous true\n"
-                    "persistence false\n"
+                    + (conf_lines or "allow_anonymous true\n")
+                    + "persistence false\n"
                     # Without a limit Mosquitto allocates whatever a fixed header announces and
                     # waits for the body; the oversize test needs a limit (mqttd has one too).
                     "max_packet_size 1048576\n"
@@ -198,11 +201,11 @@ def _start_mosquitto(timeout: float) -> BrokerProc:
             threading.Thread(target=drain, daemon=True).start()
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and proc.poll() is None:
-                if _answers_connect("127.0.0.1", port):
+                if _answers_connect("127.0.0.1", port, bool(conf_lines)):
                     break
                 time.sleep(0.05)
             # The config is read once at start-up; the temp dir can go now.
-        if proc.poll() is None and _answers_connect("127.0.0.1", port):
+        if proc.poll() is None and _answers_connect("127.0.0.1", port, bool(conf_lines)):
             return BrokerProc("127.0.0.1", port, proc, cmd)
         if proc.poll() is None:
             proc.kill()

@@ -67,16 +67,52 @@ def test_refused_connect_gets_connack_before_close(srv, packet, level, code):
         c.close()
 
 
-@pytest.mark.mosquitto_deviation("Mosquitto refuses topics of more than 200 levels")
+@pytest.mark.mosquitto_deviation("Mosquitto's 200-level filter with + does not match the topic")
 @pytest.mark.parametrize("level", [4, 5])
-def test_topics_of_any_depth(srv, uid, level):
-    """Neither spec limits the number of levels; mqttd neither (Mosquitto's default is 200 for
-    PUBLISH topics, an option of its own). A 5,000-level topic reaches a 5,000-level filter with
-    a `+` in every other level and a `#` filter."""
-    deep = f"deep/{uid}/" + "/".join(f"l{i}" for i in range(5000))
+def test_topics_up_to_max_topic_levels(srv, uid, level):
+    """Neither spec limits the number of levels; mqttd takes 200 by default (max_topic_levels,
+    Mosquitto's figure; docs/security.md). A 200-level topic reaches a 200-level filter with a
+    `+` in every other level and a `#` filter."""
+    deep = f"deep/{uid}/" + "/".join(f"l{i}" for i in range(198))
+    assert deep.count("/") == 199  # 200 levels
     filt = "/".join("+" if i % 2 else part for i, part in enumerate(deep.split("/")))
     with connected(srv, f"s-{uid}", level) as sub, connected(srv, f"p-{uid}", level) as pub:
         sub.subscribe([(filt, 1), (f"deep/{uid}/#", 0)])
         pub.publish(deep, b"far", qos=1)
         m = sub.recv_publish()
         assert (m.topic, m.payload, m.qos) == (deep, b"far", 1)  # one copy, the higher QoS
+
+
+@pytest.mark.mosquitto_deviation("Mosquitto grants a filter deeper than 200 levels (never matches)")
+@pytest.mark.parametrize("level", [4, 5])
+def test_deeper_than_max_topic_levels_is_refused(srv, uid, level):
+    """One level more: the filter gets SUBACK 0x8F Topic Filter invalid (3.1.1: 0x80), and a
+    PUBLISH is a Topic Name invalid: MQTT 5 DISCONNECT 0x90, 3.1.1 closed [MQTT-4.8.0-1]."""
+    deep = f"deep/{uid}/" + "/".join(f"l{i}" for i in range(199))
+    with connected(srv, f"s-{uid}", level) as c:
+        assert c.subscribe([(deep, 0), (f"deep/{uid}/#", 0)]) == [
+            0x8F if level == 5 else 0x80,
+            0,
+        ]
+        c.send(publish(deep, b"x", qos=0, level=level))
+        got = c.wait_closed()
+        if level == 5:
+            assert [p.type for p in got] == [14] and got[0].body[:1] == b"\x90", got
+
+
+def test_max_topic_levels_can_be_raised():
+    """--max-topic-levels 6000: a 5,000-level topic reaches a 5,000-level filter."""
+    from tests.conftest import start_broker, stop_broker
+
+    b = start_broker("--max-topic-levels", "6000")
+    try:
+        deep = "deep/" + "/".join(f"l{i}" for i in range(5000))
+        filt = "/".join("+" if i % 2 else part for i, part in enumerate(deep.split("/")))
+        with connected((b.host, b.port), "s-deep", 5) as sub:
+            with connected((b.host, b.port), "p-deep", 5) as pub:
+                sub.subscribe([(filt, 1)])
+                pub.publish(deep, b"far", qos=1)
+                m = sub.recv_publish()
+                assert (m.topic, m.payload) == (deep, b"far")
+    finally:
+        stop_broker(b)
