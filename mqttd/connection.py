@@ -900,7 +900,8 @@ class Connection:
         if not match.validate_topic(topic):
             # Topic names must not contain wildcards [MQTT-3.3.2-2] nor be empty [MQTT-4.7.3-1]
             return self.protocol_error(TOPIC_NAME_INVALID, f"invalid topic name {topic!r}")
-        if topic.count("/") >= broker.config.max_topic_levels:
+        levels = broker.config.max_topic_levels
+        if len(topic) >= levels and topic.count("/") >= levels:  # (a shorter one cannot be)
             # Valid MQTT, but deeper than this broker takes (max_topic_levels; as Mosquitto)
             return self.protocol_error(TOPIC_NAME_INVALID, "topic over max_topic_levels")
         qos = p.qos
