@@ -214,3 +214,44 @@ def test_library_hook_sees_the_certificate(certs: Certs) -> None:
             plain.close()
     finally:
         runner.stop()
+
+
+def test_sighup_reloads_the_server_certificate(certs: Certs, tmp_path: Path) -> None:
+    """A renewed certificate (same file name) is served to new clients after SIGHUP; clients
+    connected before stay connected."""
+    import signal
+    import time
+
+    ca = trustme.CA()
+    server = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server))
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    b = start_broker("--certfile", str(server))
+    try:
+
+        def served() -> bytes:
+            ctx = ssl.create_default_context(cafile=str(cafile))
+            with socket.create_connection(("127.0.0.1", b.port), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    der = tls.getpeercert(binary_form=True)
+                    assert der is not None
+                    return der
+
+        before = served()
+        kept = ssl.create_default_context(cafile=str(cafile)).wrap_socket(
+            socket.create_connection(("127.0.0.1", b.port), timeout=5),
+            server_hostname="127.0.0.1",
+        )
+        assert _connack(kept, "kept", level=4) == 0
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server))
+        b.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while served() == before:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the certificate"
+            time.sleep(0.05)
+        kept.sendall(PINGREQ_BYTES)
+        assert kept.recv(2)[0] >> 4 == PINGRESP
+        kept.close()
+    finally:
+        stop_broker(b)
