@@ -686,6 +686,10 @@ class MQTTApp:
             "connections_per_ip": dict(b.clients_per_ip),
             # flow control (docs/flow-control.md): drops by reason, publishers held back
             "flow": b.flow.figures(),
+            # docs/security.md: CONNECTs refused by authentication, and connections closed for
+            # holding too much of a partly received packet (max_incoming_bytes)
+            "auth_failures": b.security.failures if b.security is not None else 0,
+            "closed_incoming_limit": stats["refused_incoming"],
         }
         if b.peers.remote:
             out["redis"] = b.peers.health()

@@ -364,3 +364,22 @@ def test_an_acl_alone_governs_anonymous_clients(tmp_path: Path) -> None:
             assert (got.topic, got.payload) == ("public/x", b"news")
     finally:
         stop_broker(b)
+
+
+def test_the_library_takes_the_same_files_and_counts_refusals(files: tuple[Path, Path]) -> None:
+    """MQTTApp(password_file=..., acl_file=...): the same checks in a program, and
+    get_metrics()["auth_failures"] counts the refused CONNECTs."""
+    from tests.library.conftest import AppRunner, local_app
+
+    pw, acl = files
+    runner = AppRunner(local_app(password_file=str(pw), acl_file=str(acl)))
+    try:
+        where = ("127.0.0.1", runner.port)
+        with Client(where, level=5) as c:
+            c.connect("lib-bad", username="alice", password=b"nope", expect_rc=0x86)
+        with Client(where, level=5) as c:
+            c.connect("lib-good", username="alice", password=b"alice-pw")
+            assert c.subscribe([("bob/#", 0)]) == [NOT_AUTHORIZED]
+        assert runner.app.get_metrics()["auth_failures"] == 1
+    finally:
+        runner.stop()
