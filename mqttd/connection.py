@@ -233,6 +233,9 @@ class Connection:
         if grown > 0 and limit and broker.incoming + grown > limit:
             broker.stats["refused_incoming"] += 1
             self._forget_incoming()
+            # Its partial packet goes now, not when the closed connection is collected: a
+            # thousand refused at once must not hold a thousand reads
+            self.reader = codec.Reader(broker.config.max_packet_size)
             self.protocol_error(
                 QUOTA_EXCEEDED,
                 f"partly received packets of all clients over max_incoming_bytes ({limit})",
@@ -563,7 +566,9 @@ class Connection:
                 self.will = None
             else:
                 self.will_delay = 0
-        if self.version == 5 and self.outlet is not None:
+        if self.version == 5 and self.outlet is not None and not self.closing:
+            # (a connection already closing is told nothing: its session's buffer may be the
+            # new connection's before this one is gone)
             self._send(codec.encode_disconnect(SESSION_TAKEN_OVER, 5))
         self.close()
 
@@ -769,6 +774,10 @@ class Connection:
         session.owner = self.username
         outlet = self.outlet = session.outlet
         outlet.readable = None if self.rights is None else self.rights.may_read
+        if outlet.buf:
+            # Written for the connection this one took over after it closed: CONNACK comes
+            # first [MQTT-3.2.0-1] (what was in flight is resent below, with DUP)
+            outlet.buf = bytearray()
         outlet.transport = self.transport
         outlet.paused = False
         # A queue filled while offline does not count as full since then (docs/flow-control.md)

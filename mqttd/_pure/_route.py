@@ -287,6 +287,10 @@ class Flusher:
                 outlet.flush()
             except MemoryError:
                 outlet.cut()  # that subscriber's problem: the others are still written to
+            except Exception:
+                # A transport closed under it (uvloop raises on a write after close): those
+                # bytes have no reader, and the outlets after it in this turn are still written
+                outlet.buf = bytearray()
 
 
 def _cost(msg: Message) -> int:
