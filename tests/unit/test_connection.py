@@ -446,8 +446,12 @@ def test_a_subscriber_that_stops_reading_is_disconnected_after_the_timeout(clean
     its client is disconnected (MQTT 5: 0x97): a clean session ends (what it held counted as
     slow_client), a persistent one keeps its queue, bounded, dropping the oldest."""
     net = Net(max_inflight=2, max_queued_messages=10, slow_subscriber_timeout=1.0)
-    stalled = net.client("stalled", level=5, clean=clean, properties=props(
-        prop(SESSION_EXPIRY_INTERVAL, 0 if clean else 3600)))
+    stalled = net.client(
+        "stalled",
+        level=5,
+        clean=clean,
+        properties=props(prop(SESSION_EXPIRY_INTERVAL, 0 if clean else 3600)),
+    )
     net.send(stalled, subscribe(1, [("t", 1)], level=5))
     stalled.packets()
     fast = subscriber(net, "fast", qos=0)
@@ -577,8 +581,12 @@ def test_clients_that_publish_to_each_other_do_not_hold_each_other_for_good() ->
     a.packets(), b.packets()
     got: dict[str, list[int]] = {"a": [], "b": []}
     for i in range(0, 30, 10):
-        net.send(a, b"".join(publish("to-b", b"%d" % j, qos=1, pid=j + 1) for j in range(i, i + 10)))
-        net.send(b, b"".join(publish("to-a", b"%d" % j, qos=1, pid=j + 1) for j in range(i, i + 10)))
+        net.send(
+            a, b"".join(publish("to-b", b"%d" % j, qos=1, pid=j + 1) for j in range(i, i + 10))
+        )
+        net.send(
+            b, b"".join(publish("to-a", b"%d" % j, qos=1, pid=j + 1) for j in range(i, i + 10))
+        )
     assert held(a) and held(b)
     for _ in range(100):
         for name, link in (("a", a), ("b", b)):
