@@ -29,7 +29,7 @@ import logging
 import os
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol, TypeAlias, TypeVar
@@ -44,7 +44,7 @@ from mqttd.auth import NOT_AUTHORIZED as NOT_AUTHORIZED
 from mqttd.auth import QUOTA_EXCEEDED as QUOTA_EXCEEDED
 from mqttd.auth import SUCCESS as SUCCESS
 from mqttd.auth import UNSPECIFIED_ERROR as UNSPECIFIED_ERROR
-from mqttd.broker import Broker
+from mqttd.broker import Broker, ListenerConfig
 from mqttd.constants import (
     CONTENT_TYPE,
     CORRELATION_DATA,
@@ -373,12 +373,16 @@ class MQTTApp:
         quic_port: int | None = None,
         quic_certfile: str | None = None,
         quic_keyfile: str | None = None,
+        listeners: Sequence[ListenerConfig | dict[str, Any]] | None = None,
         **more: Any,
     ) -> None:
         """Options, lowest precedence first: mqttd's defaults (but ``host`` 0.0.0.0 as in 0.5.x),
         the TOML ``config_file``, the arguments given here, then ``MQTTD_<OPTION>`` environment
         variables. ``more`` takes any other option of the
-        table in :mod:`mqttd.options` (``max_packet_size=...``, ``redis_prefix=...``)."""
+        table in :mod:`mqttd.options` (``max_packet_size=...``, ``redis_prefix=...``).
+        ``listeners``: :class:`ListenerConfig` objects or dicts with the keys of a
+        ``[[listener]]`` table (docs/listeners.md); they replace the listener of host and
+        port."""
         if not enable_tcp or enable_quic or quic_certfile or quic_keyfile or quic_port:
             quic = {
                 "enable_quic": enable_quic,
@@ -417,6 +421,8 @@ class MQTTApp:
             values[name] = options.convert(name, value, f"MQTTApp({name}=...)")
         for name, value in more.items():
             values[name] = options.convert(name, value, f"MQTTApp({name}=...)")
+        if listeners is not None:
+            values["listeners"] = options.listeners_from(list(listeners), "MQTTApp(listeners=...)")
         values.update(options.from_env())
         self._values = values
         self.config = options.broker_config(values)  # ValueError names the bad option

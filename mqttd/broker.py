@@ -17,7 +17,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mqttd._speedups import codec, match, route
@@ -40,6 +40,69 @@ ROUTE_WAIT = 2.0
 
 Message = route.Message
 Outlet = route.Outlet
+
+
+#: what a listener speaks: MQTT straight over TCP (or TLS, or a Unix socket), or over WebSocket
+LISTENER_PROTOCOLS = ("mqtt", "websockets")
+
+
+@dataclass
+class ListenerConfig:
+    """One listener of a node: a ``[[listener]]`` table of the config file, an entry of
+    ``MQTTApp(listeners=[...])``, or what ``--port``/``--ws-port``/``--wss-port`` make
+    (docs/listeners.md)."""
+
+    #: TCP port (0: a free one); not used with ``socket``
+    port: int = 1883
+    #: address to listen on; None: the node's ``host``
+    host: str | None = None
+    #: "mqtt" (TCP, TLS or a Unix socket) or "websockets" (ws://, or wss:// with a certfile)
+    protocol: str = "mqtt"
+    #: the HTTP path WebSocket clients ask for
+    path: str = "/mqtt"
+    #: TLS on this listener: certificate chain and key (PEM); client certificates as the node's
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None
+    require_certificate: bool = False
+    #: a Unix socket path instead of host and port
+    socket: str | None = None
+    #: permissions of the Unix socket file
+    socket_mode: int = 0o660
+    #: clients connected at once through this listener (0: no limit), refused with 0x97 / 3
+    max_connections: int = 0
+    #: WebSocket: the Origin header values allowed (browsers); None: any
+    origins: list[str] | None = None
+
+    def validate(self, where: str = "listener") -> None:
+        """ValueError in one line naming ``where`` and the field."""
+        if self.protocol not in LISTENER_PROTOCOLS:
+            raise ValueError(
+                f'{where}: protocol must be "mqtt" or "websockets", not {self.protocol!r}'
+            )
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"{where}: port must be 0..65535, not {self.port}")
+        if not self.path.startswith("/"):
+            raise ValueError(f"{where}: path must start with /, not {self.path!r}")
+        if self.keyfile and not self.certfile:
+            raise ValueError(f"{where}: a TLS key file needs a certificate file (certfile)")
+        if (self.cafile or self.require_certificate) and not self.certfile:
+            raise ValueError(f"{where}: client certificates (cafile) need TLS (certfile)")
+        if self.require_certificate and not self.cafile:
+            raise ValueError(f"{where}: require_certificate needs cafile")
+        if not 0 <= self.socket_mode <= 0o777:
+            raise ValueError(f"{where}: socket_mode must be 0..0o777, not {self.socket_mode:#o}")
+        if self.max_connections < 0:
+            raise ValueError(f"{where}: max_connections must be 0 or more")
+
+    def url(self, host: str, port: int) -> str:
+        """How clients reach it: mqtt://, mqtts://, ws://, wss:// or unix:."""
+        if self.socket:
+            return f"unix:{self.socket}"
+        shown = f"[{host}]" if ":" in host else host
+        if self.protocol == "websockets":
+            return f"{'wss' if self.certfile else 'ws'}://{shown}:{port}{self.path}"
+        return f"{'mqtts' if self.certfile else 'mqtt'}://{shown}:{port}"
 
 
 @dataclass
@@ -124,12 +187,53 @@ class BrokerConfig:
     max_incoming_bytes: int = 64 * 1024 * 1024
     #: seconds a new connection has to send its CONNECT
     connect_timeout: float = 10.0
+    #: a WebSocket listener on this port besides the default one (host as above)
+    ws_port: int | None = None
+    #: a secure WebSocket listener on this port, with certfile/keyfile
+    wss_port: int | None = None
+    #: the listeners of [[listener]] tables / MQTTApp(listeners=...); they replace the default
+    #: listener of host, port and certfile (docs/listeners.md)
+    listeners: list[ListenerConfig] = field(default_factory=list)
+
+    def all_listeners(self) -> list[ListenerConfig]:
+        """Every listener the node opens, in order: the tables' (or the default one of host,
+        port, certfile), then --ws-port's and --wss-port's."""
+        out = list(self.listeners) or [
+            ListenerConfig(
+                port=self.port,
+                host=self.host,
+                certfile=self.certfile,
+                keyfile=self.keyfile,
+                cafile=self.cafile,
+                require_certificate=self.require_certificate,
+            )
+        ]
+        if self.ws_port is not None:
+            out.append(ListenerConfig(port=self.ws_port, host=self.host, protocol="websockets"))
+        if self.wss_port is not None:
+            out.append(
+                ListenerConfig(
+                    port=self.wss_port,
+                    host=self.host,
+                    protocol="websockets",
+                    certfile=self.certfile,
+                    keyfile=self.keyfile,
+                    cafile=self.cafile,
+                    require_certificate=self.require_certificate,
+                )
+            )
+        return out
 
     def validate(self) -> None:
         """ValueError in one line naming the first bad field (by its option name) and what it
         may be."""
         for name in self.__dataclass_fields__:
-            self.check(name, getattr(self, name))
+            if name != "listeners":
+                self.check(name, getattr(self, name))
+        for i, listener in enumerate(self.listeners):
+            listener.validate(f"listener {i + 1}")
+        if self.wss_port is not None and not self.certfile:
+            raise ValueError("wss_port needs a certificate (certfile)")
         if self.keyfile and not self.certfile:
             raise ValueError("a TLS key file needs a certificate file (certfile)")
         if (self.cafile or self.require_certificate) and not self.certfile:
@@ -138,7 +242,8 @@ class BrokerConfig:
             )
         if self.require_certificate and not self.cafile:
             raise ValueError("require_certificate needs the CA to check them against (cafile)")
-        if (self.use_identity_as_username or self.use_subject_as_username) and not self.cafile:
+        cafiles = self.cafile or any(lst.cafile for lst in self.listeners)
+        if (self.use_identity_as_username or self.use_subject_as_username) and not cafiles:
             raise ValueError("use_identity_as_username needs client certificates (cafile)")
 
     @staticmethod
@@ -159,6 +264,8 @@ class BrokerConfig:
             "topic_alias_maximum": (0, 65535, ""),
             "max_keepalive": (0, 65535, " seconds"),
             "max_topic_levels": (1, 65535, ""),
+            "ws_port": (0, 65535, ""),
+            "wss_port": (0, 65535, ""),
         }
         #: field -> what 0 means, for the fields that are 0 or more
         at_least_0 = {

@@ -187,6 +187,8 @@ class Connection:
         self.certificate: dict[str, Any] | None = None
         #: what the ACL lets this client do (mqttd.acl.Rights); None: no ACL
         self.rights: Any = None
+        #: the listener it came through (mqttd.listener.ListenerState), for its limits
+        self.listener: Any = None
 
     # -- events from the adapter -----------------------------------------------------------------
     def connection_made(self, link: Link) -> None:
@@ -452,6 +454,8 @@ class Connection:
             else:
                 broker.clients_per_ip.pop(self.counted_ip, None)
             self.counted_ip = None
+            if self.listener is not None:
+                self.listener.clients -= 1
         # A will still here means the connection ended without a DISCONNECT that discards it
         # [MQTT-3.1.2-8]; the broker publishes it (after its delay, if any).
         will, self.will = self.will, None
@@ -667,15 +671,26 @@ class Connection:
             self.will_delay = will.properties.get(WILL_DELAY_INTERVAL, 0) if v == 5 else 0
 
         ip = self.peer[0] if isinstance(self.peer, tuple) else str(self.peer or "")
-        if (cfg.max_connections and broker.clients >= cfg.max_connections) or (
-            cfg.max_connections_per_ip
-            and broker.clients_per_ip.get(ip, 0) >= cfg.max_connections_per_ip
+        listener = self.listener
+        if (
+            (cfg.max_connections and broker.clients >= cfg.max_connections)
+            or (
+                cfg.max_connections_per_ip
+                and broker.clients_per_ip.get(ip, 0) >= cfg.max_connections_per_ip
+            )
+            or (
+                listener is not None
+                and listener.config.max_connections
+                and listener.clients >= listener.config.max_connections
+            )
         ):
             log.info("refusing %s from %s: connection limit", client_id, ip)
             return self.refuse(QUOTA_EXCEEDED)  # 3.1.1: 0x03 Server unavailable
         self.counted_ip = ip
         broker.clients += 1
         broker.clients_per_ip[ip] = broker.clients_per_ip.get(ip, 0) + 1
+        if listener is not None:
+            listener.clients += 1
 
         self.connect_packet = p
         if v == 5 and AUTHENTICATION_METHOD in props:

@@ -15,14 +15,25 @@ from typing import TYPE_CHECKING, Any
 from mqttd.connection import Connection
 
 if TYPE_CHECKING:
-    from mqttd.broker import Broker
+    from mqttd.broker import Broker, ListenerConfig
+
+
+class ListenerState:
+    """One listener's configuration and the clients connected through it now."""
+
+    __slots__ = ("config", "clients")
+
+    def __init__(self, config: ListenerConfig) -> None:
+        self.config = config
+        self.clients = 0
 
 
 class StreamProtocol(asyncio.Protocol):
-    """One accepted TCP/TLS connection."""
+    """One accepted TCP, TLS or Unix-socket connection."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, listener: ListenerState | None = None) -> None:
         self.core = core = Connection(broker)
+        core.listener = listener
         # Every read goes straight to the core: the loop calls the core's bound method (a
         # forwarding method here would add a Python frame per read)
         self.data_received = core.data_received  # type: ignore[method-assign]

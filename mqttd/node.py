@@ -15,6 +15,7 @@ connection -> the compiled hot paths (codec, match, route). Nothing below import
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -27,8 +28,8 @@ from typing import IO, Any
 
 from mqttd import redis as redis_wing
 from mqttd import systopics
-from mqttd.broker import Broker, BrokerConfig, tls_context
-from mqttd.listener import StreamProtocol
+from mqttd.broker import Broker, BrokerConfig, ListenerConfig, tls_context
+from mqttd.listener import ListenerState, StreamProtocol
 from mqttd.redis import RedisUnavailable, open_bridge
 from mqttd.security import Security, client_tls_settings
 from mqttd.storage import MemoryStorage, Storage
@@ -62,7 +63,9 @@ class Node:
         self.broker = Broker(self.config, storage)
         #: TLS for the listener: given, or made from config.certfile / config.keyfile at start
         self.ssl_context = ssl_context
-        self.server: asyncio.base_events.Server | None = None
+        self.server: asyncio.base_events.Server | None = None  # the first listener's
+        #: every listener opened: (its configuration, its server, its TLS context or None)
+        self.servers: list[tuple[ListenerConfig, Any, ssl.SSLContext | None]] = []
         self.sys_publisher: systopics.SysPublisher | None = None
         self._bridge: Any = None
         self._signals = False  # SIGINT/SIGTERM handlers installed by serve_forever
@@ -94,10 +97,6 @@ class Node:
                 broker.storage = redis_wing.RedisStorage(bridge)
             count = await bridge.load_retained()
             log.info("loaded %d retained messages from Redis", count)
-        if self.ssl_context is None and cfg.certfile:
-            self.ssl_context = tls_context(cfg.certfile, cfg.keyfile)
-        if self.ssl_context is not None:
-            client_tls_settings(self.ssl_context, cfg)
         if (
             cfg.password_file
             or cfg.acl_file
@@ -107,17 +106,49 @@ class Node:
         ):
             # PasswordFileError / AclFileError: one line naming the file and line
             broker.security = Security(cfg, has_hook=broker.authenticate is not None)
-        self.server = await loop.create_server(
-            lambda: StreamProtocol(broker),
-            cfg.host,
-            cfg.port,
-            reuse_address=True,
-            backlog=1024,
-            ssl=self.ssl_context,
-        )
+        for i, listener in enumerate(cfg.all_listeners()):
+            await self._listen(loop, listener, first=i == 0)
+        self.server = self.servers[0][1]
+        if self.ssl_context is None:
+            self.ssl_context = self.servers[0][2]
         broker.started_at = time.time()
         self._warn_if_open()
         self.sys_publisher = systopics.start_publisher(broker)  # None when sys_interval is 0
+
+    async def _listen(
+        self, loop: asyncio.AbstractEventLoop, listener: ListenerConfig, first: bool
+    ) -> None:
+        """Open one listener (mqttd.listener for MQTT, mqttd.websocket for WebSocket)."""
+        broker, cfg = self.broker, self.config
+        ctx: ssl.SSLContext | None = None
+        if first and self.ssl_context is not None:
+            ctx = self.ssl_context  # a program's own context (MQTTApp(ssl_context=...))
+        elif listener.certfile:
+            ctx = tls_context(listener.certfile, listener.keyfile)
+        if ctx is not None:
+            client_tls_settings(ctx, listener.cafile or cfg.cafile, listener.require_certificate)
+        state = ListenerState(listener)
+        factory: Callable[[], asyncio.BaseProtocol]
+        if listener.protocol == "websockets":
+            from mqttd.websocket import WebSocketProtocol  # (websockets: imported when used)
+
+            def factory() -> asyncio.BaseProtocol:
+                return WebSocketProtocol(broker, listener.path, listener.origins, state)
+
+        else:
+
+            def factory() -> asyncio.BaseProtocol:
+                return StreamProtocol(broker, state)
+
+        if listener.socket:
+            server = await loop.create_unix_server(factory, listener.socket, ssl=ctx, backlog=1024)
+            os.chmod(listener.socket, listener.socket_mode)
+        else:
+            host = listener.host if listener.host is not None else cfg.host
+            server = await loop.create_server(
+                factory, host, listener.port, reuse_address=True, backlog=1024, ssl=ctx
+            )
+        self.servers.append((listener, server, ctx))
 
     def _warn_if_open(self) -> None:
         """Listening beyond this machine with nobody authenticated: say so, once, at start."""
@@ -144,12 +175,16 @@ class Node:
         broker, cfg = self.broker, self.config
         if broker.security is not None and broker.security.reload():
             broker.refresh_rights()
-        ctx = self.ssl_context
-        if ctx is not None and cfg.certfile:
+        for listener, _, ctx in self.servers:
+            if ctx is None or not listener.certfile:
+                continue  # no TLS, or a program's own context
             try:
-                tls_context(cfg.certfile, cfg.keyfile)  # checked first: a bad file changes nothing
-                ctx.load_cert_chain(cfg.certfile, cfg.keyfile)
-                client_tls_settings(ctx, cfg)
+                # checked first on a context of its own: a bad file changes nothing
+                tls_context(listener.certfile, listener.keyfile)
+                ctx.load_cert_chain(listener.certfile, listener.keyfile)
+                client_tls_settings(
+                    ctx, listener.cafile or cfg.cafile, listener.require_certificate
+                )
             except (ValueError, OSError, ssl.SSLError) as exc:
                 log.error("reload: %s; the previous certificates stay", exc)
 
@@ -157,17 +192,34 @@ class Node:
         """One line for a start that raised one of :data:`START_ERRORS`."""
         cfg = self.config
         if isinstance(exc, OSError):
+            # The listener that failed is the one after those already open
+            failed = cfg.all_listeners()[min(len(self.servers), len(cfg.all_listeners()) - 1)]
+            if failed.socket:
+                return f"cannot listen on the Unix socket {failed.socket}: {exc.strerror or exc}"
+            host = failed.host if failed.host is not None else cfg.host
             if exc.errno == errno.EADDRINUSE:
-                return f"port {cfg.port} on {cfg.host} is already in use (another broker?)"
-            return f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
+                return f"port {failed.port} on {host} is already in use (another broker?)"
+            return f"cannot listen on {host}:{failed.port}: {exc.strerror or exc}"
         return str(exc)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """(host, port) of each listening socket (the real port when the config said 0)."""
+        """(host, port) of each socket of the first listener (the real port when the config
+        said 0)."""
         if self.server is None:
             return []
         return [s.getsockname()[:2] for s in self.server.sockets]
+
+    def urls(self) -> list[str]:
+        """Where each listener is reached (``mqtt://127.0.0.1:1883``, ``ws://...``, ``unix:``)."""
+        out = []
+        for listener, server, _ in self.servers:
+            if listener.socket:
+                out.append(listener.url("", 0))
+                continue
+            host, port = server.sockets[0].getsockname()[:2]
+            out.append(listener.url(host, port))
+        return out
 
     def start_line(self, host_hint: str = "") -> str:
         """The line a started node logs; tests and scripts read the address and pid from it.
@@ -177,8 +229,10 @@ class Node:
         hint = ""
         if host_hint and self.config.host in ("127.0.0.1", "localhost", "::1"):
             hint = f"; local clients only, use {host_hint} 0.0.0.0 to accept remote clients"
-        tls = " with TLS" if self.ssl_context is not None else ""
-        return f"{version_line()} listening on {host}:{port} (pid {os.getpid()}){tls}{hint}"
+        tls = " with TLS" if self.servers and self.servers[0][2] is not None else ""
+        others = self.urls()[1:]
+        also = f"; also {', '.join(others)}" if others else ""
+        return f"{version_line()} listening on {host}:{port} (pid {os.getpid()}){tls}{also}{hint}"
 
     async def serve_forever(self, until: asyncio.Event | None = None) -> None:
         """Wait until SIGINT or SIGTERM arrives (or ``until`` is set). The signals stay this
@@ -217,12 +271,16 @@ class Node:
         if self.sys_publisher is not None:
             self.sys_publisher.stop()
             self.sys_publisher = None
-        server, self.server = self.server, None
-        if server is not None:
+        servers, self.servers = self.servers, []
+        self.server = None
+        for _, server, _ in servers:
             server.close()
         broker.close_connections()
-        if server is not None:
+        for listener, server, _ in servers:
             await server.wait_closed()  # (from Python 3.12: until every connection_lost ran)
+            if listener.socket:
+                with contextlib.suppress(OSError):
+                    os.unlink(listener.socket)
         broker.stop_timers()
         bridge, self._bridge = self._bridge, None
         if bridge is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from mqttd.broker import BrokerConfig
+from mqttd.broker import BrokerConfig, ListenerConfig
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,20 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("certfile", str, None, "TLS: PEM certificate chain of the listener", "PATH"),
     Option("keyfile", str, None, "TLS: PEM private key (if not in the certfile)", "PATH"),
+    Option(
+        "ws_port",
+        int,
+        None,
+        "also serve MQTT over WebSocket (ws://HOST:PORT/mqtt) on this port",
+        "PORT",
+    ),
+    Option(
+        "wss_port",
+        int,
+        None,
+        "also serve MQTT over secure WebSocket (wss://) on this port, with --certfile",
+        "PORT",
+    ),
     Option(
         "cafile",
         str,
@@ -405,9 +419,12 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         if mosquitto is not None:
             raise ValueError(f"{where} looks like a mosquitto.conf file {mosquitto}") from None
         raise ValueError(f"{where} is not valid TOML: {exc}") from None
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
+        if name == "listener":
+            out["listeners"] = listeners_from(value, where)
+            continue
         if isinstance(value, dict) or (
             isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
         ):
@@ -416,9 +433,62 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return out
 
 
+#: the keys of a [[listener]] table (ListenerConfig's fields) and their TOML types
+_LISTENER_TYPES: dict[str, tuple[type, ...]] = {
+    "port": (int,),
+    "host": (str,),
+    "protocol": (str,),
+    "path": (str,),
+    "certfile": (str,),
+    "keyfile": (str,),
+    "cafile": (str,),
+    "require_certificate": (bool,),
+    "socket": (str,),
+    "socket_mode": (int,),
+    "max_connections": (int,),
+    "origins": (list,),
+}
+
+
+def listeners_from(value: Any, where: str) -> list[ListenerConfig]:
+    """``[[listener]]`` tables (or MQTTApp(listeners=[...]) dicts) as ListenerConfigs; one-line
+    ValueError naming ``where``, the table's number and the key otherwise."""
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: listener must be [[listener]] tables, not {_toml(value)}")
+    out = []
+    for i, table in enumerate(value, 1):
+        if isinstance(table, ListenerConfig):
+            table.validate(f"{where}: listener {i}")
+            out.append(table)
+            continue
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: listener {i} must be a table, not {_toml(table)}")
+        fields: dict[str, Any] = {}
+        for key, item in table.items():
+            name = key.replace("-", "_")
+            types = _LISTENER_TYPES.get(name)
+            if types is None:
+                close = difflib.get_close_matches(name, _LISTENER_TYPES, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ValueError(f"{where}: listener {i}: unknown key {key!r}{hint}")
+            if isinstance(item, bool) != (types == (bool,)) or not isinstance(item, types):
+                kind = {int: "a whole number", str: "a string", bool: "true or false",
+                        list: "a list of strings"}[types[0]]  # fmt: skip
+                raise ValueError(f"{where}: listener {i}: {name} must be {kind}, not {_toml(item)}")
+            if name == "origins" and not all(isinstance(o, str) for o in item):
+                raise ValueError(f"{where}: listener {i}: origins must be a list of strings")
+            fields[name] = item
+        listener = ListenerConfig(**fields)
+        listener.validate(f"{where}: listener {i}")
+        out.append(listener)
+    return out
+
+
 def _table_error(where: str, key: str, value: Any, text: str) -> str:
-    """The error for a table in the file: mqttd's file is flat (tables such as [[listener]] may
-    come in a later version, so the error names the table rather than guessing at it)."""
+    """The error for a table in the file: mqttd's file is flat but for its [[listener]] tables,
+    so the error names the table rather than guessing at it."""
     inner = value if isinstance(value, dict) else value[0]
     first = next(iter(inner.items()), None)
     example = "port = 1883"
@@ -434,7 +504,7 @@ def _table_error(where: str, key: str, value: Any, text: str) -> str:
         what = f"table [{key}]"
     return (
         f"{where}: {what} is not supported: the config file is flat, name = value lines "
-        f"without a [table] header (e.g. {example})"
+        f"without a [table] header (e.g. {example}), and [[listener]] tables"
     )
 
 
@@ -553,6 +623,8 @@ def broker_config(values: Mapping[str, Any]) -> BrokerConfig:
         k: v for k, v in values.items() if k not in _NOT_CONFIG and k in BY_NAME and v is not None
     }
     fields["redis_url"] = redis_url(values)
+    if values.get("listeners"):
+        fields["listeners"] = list(values["listeners"])
     config = BrokerConfig(**fields)
     config.validate()
     return config

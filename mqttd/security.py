@@ -246,15 +246,15 @@ def _address(conn: Any) -> str:
 _DUMMY = passwords.make_hash(b"", passwords.ITERATIONS)
 
 
-def client_tls_settings(ctx: ssl.SSLContext, config: BrokerConfig) -> None:
+def client_tls_settings(ctx: ssl.SSLContext, cafile: str | None, required: bool) -> None:
     """Client certificates on a listener's context: trust ``cafile``; ask for a certificate
-    (and refuse the handshake without one) with ``require_certificate``."""
-    if config.cafile:
+    (and refuse the handshake without one) when ``required``."""
+    if cafile:
         try:
-            ctx.load_verify_locations(cafile=config.cafile)
+            ctx.load_verify_locations(cafile=cafile)
         except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"cafile {config.cafile}: {exc}") from None
-        ctx.verify_mode = ssl.CERT_REQUIRED if config.require_certificate else ssl.CERT_OPTIONAL
+            raise ValueError(f"cafile {cafile}: {exc}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
 
 
 __all__ = ["FailureThrottle", "Security", "certificate_identity", "client_tls_settings"]

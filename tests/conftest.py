@@ -29,6 +29,18 @@ class BrokerProc:
     port: int
     proc: subprocess.Popen
     args: list[str] = field(default_factory=list)
+    #: the start line ("... listening on H:P (pid N)[ with TLS][; also URL, URL]")
+    line: str = ""
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Each listener's URL by scheme (mqtt, mqtts, ws, wss, unix), from the start line."""
+        first = ("mqtts" if " with TLS" in self.line else "mqtt") + f"://{self.host}:{self.port}"
+        out = {first.split(":", 1)[0]: first}
+        also = re.search(r"; also ([^;]+)", self.line)
+        for url in also.group(1).split(", ") if also else []:
+            out[url.split(":", 1)[0]] = url.strip()
+        return out
 
     def connect(self, timeout: float = 5.0) -> socket.socket:
         """A raw TCP socket to the broker."""
@@ -76,7 +88,7 @@ def start_broker(
                     pass
 
             threading.Thread(target=drain, daemon=True).start()
-            return BrokerProc(m.group(1), int(m.group(2)), proc, cmd)
+            return BrokerProc(m.group(1), int(m.group(2)), proc, cmd, line.strip())
     proc.kill()
     raise RuntimeError("broker did not start:\n" + "".join(lines))
 

@@ -206,7 +206,7 @@ def test_config_file_range_error_names_the_file_and_the_key(
     "text, table",
     [
         ("[mqttd]\nport = 1884\n", "[mqttd]"),
-        ("port = 0\n[[listener]]\nport = 1884\n", "[[listener]]"),
+        ("port = 0\n[[listeners]]\nport = 1884\n", "[[listeners]]"),
         ("tls.certfile = 'a.pem'\n", "tls.certfile"),
     ],
 )
