@@ -73,6 +73,16 @@ class ListenerConfig:
     max_connections: int = 0
     #: WebSocket: the Origin header values allowed (browsers); None: any
     origins: list[str] | None = None
+    #: this listener's own users and rules instead of the node's (docs/security.md); None: the
+    #: node's
+    password_file: str | None = None
+    acl_file: str | None = None
+    allow_anonymous: bool | None = None
+
+    @property
+    def own_security(self) -> bool:
+        """True when this listener authenticates differently from the node."""
+        return bool(self.password_file or self.acl_file or self.allow_anonymous is not None)
 
     def validate(self, where: str = "listener") -> None:
         """ValueError in one line naming ``where`` and the field."""
@@ -351,6 +361,8 @@ class Session:
         #: the user name of the client that made it (its connection's since); only that user
         #: takes it over once clients authenticate (BrokerConfig.session_owner_check)
         self.owner: str | None = None
+        #: the listener's own mqttd.security.Security its client came through, if it has one
+        self.security: Any = None
 
 
 class Broker:
@@ -484,8 +496,9 @@ class Broker:
     def refresh_rights(self) -> None:
         """The ACL changed (SIGHUP): every session's rights again, connected or not, so that a
         client whose rights were removed stops receiving what it may no longer read."""
-        security = self.security
         for session in list(self.storage.sessions().values()):
+            # the rules of the listener it came through, else the node's
+            security = session.security if session.security is not None else self.security
             rights = None if security is None else security.rights(session.owner, session.client_id)
             session.outlet.readable = None if rights is None else rights.may_read
             if session.connection is not None:

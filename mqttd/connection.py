@@ -751,9 +751,12 @@ class Connection:
         else:
             # 3.1.1 persistent session: lives until a clean start
             session_expiry = 0 if p.clean_start else 0xFFFFFFFF
-        security = broker.security
+        listener = self.listener
+        # The listener's own users and rules, else the node's (password file, certificate
+        # identity, allow_anonymous: mqttd.security)
+        own = listener.security if listener is not None else None
+        security = own if own is not None else broker.security
         if security is not None:
-            # The password file, the certificate identity, allow_anonymous (mqttd.security)
             rc = await security.authenticate(self, p.username, p.password)
             if self.closing:
                 return
@@ -787,6 +790,7 @@ class Connection:
             broker.peers.mark_session(self.client_id)  # other nodes find it here
         self.session = session
         session.owner = self.username
+        session.security = own
         outlet = self.outlet = session.outlet
         outlet.readable = None if self.rights is None else self.rights.may_read
         if outlet.buf:

@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 class ListenerState:
     """One listener's configuration and the clients connected through it now."""
 
-    __slots__ = ("config", "clients")
+    __slots__ = ("config", "clients", "security")
 
     def __init__(self, config: ListenerConfig) -> None:
         self.config = config
         self.clients = 0
+        #: its own mqttd.security.Security when it has its own users or rules (else the node's)
+        self.security: Any = None
 
 
 class StreamProtocol(asyncio.Protocol):

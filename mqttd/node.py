@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -66,6 +67,7 @@ class Node:
         self.server: asyncio.base_events.Server | None = None  # the first listener's
         #: every listener opened: (its configuration, its server, its TLS context or None)
         self.servers: list[tuple[ListenerConfig, Any, ssl.SSLContext | None]] = []
+        self.listener_states: list[ListenerState] = []
         self.sys_publisher: systopics.SysPublisher | None = None
         self._bridge: Any = None
         self._signals = False  # SIGINT/SIGTERM handlers installed by serve_forever
@@ -128,6 +130,18 @@ class Node:
         if ctx is not None:
             client_tls_settings(ctx, listener.cafile or cfg.cafile, listener.require_certificate)
         state = ListenerState(listener)
+        if listener.own_security:
+            own = dataclasses.replace(
+                cfg,
+                password_file=listener.password_file or cfg.password_file,
+                acl_file=listener.acl_file or cfg.acl_file,
+                allow_anonymous=(
+                    listener.allow_anonymous
+                    if listener.allow_anonymous is not None
+                    else cfg.allow_anonymous
+                ),
+            )
+            state.security = Security(own, has_hook=broker.authenticate is not None)
         factory: Callable[[], asyncio.BaseProtocol]
         if listener.protocol == "websockets":
             from mqttd.websocket import WebSocketProtocol  # (websockets: imported when used)
@@ -149,31 +163,43 @@ class Node:
                 factory, host, listener.port, reuse_address=True, backlog=1024, ssl=ctx
             )
         self.servers.append((listener, server, ctx))
+        self.listener_states.append(state)
+
+    def _securities(self) -> list[Security]:
+        """The node's Security and the listeners' own."""
+        out = [self.broker.security] if self.broker.security is not None else []
+        return out + [s.security for s in self.listener_states if s.security is not None]
 
     def _warn_if_open(self) -> None:
-        """Listening beyond this machine with nobody authenticated: say so, once, at start."""
+        """A listener beyond this machine with nobody authenticated: say so, once, at start."""
         broker = self.broker
-        if self.config.host in ("127.0.0.1", "localhost", "::1"):
-            return
-        security = broker.security
-        if (security is not None and security.authenticates) or broker.authenticate is not None:
-            return
-        if broker.authenticators:
-            return
-        log.warning(
-            "listening on %s with no authentication: any client that reaches this port can "
-            "connect%s (set password_file, client certificates or allow_anonymous = false; "
-            "docs/security.md)",
-            self.config.host,
-            "" if security is not None and security.acl is not None else " and read every topic",
-        )
+        if broker.authenticate is not None or broker.authenticators:
+            return  # the program authenticates
+        for state, url in zip(self.listener_states, self.urls(), strict=True):
+            listener = state.config
+            host = listener.host if listener.host is not None else self.config.host
+            if listener.socket or host in ("127.0.0.1", "localhost", "::1"):
+                continue
+            security = state.security if state.security is not None else broker.security
+            if security is not None and security.authenticates:
+                continue
+            log.warning(
+                "listening on %s with no authentication: any client that reaches this port can "
+                "connect%s (set password_file, client certificates or allow_anonymous = false; "
+                "docs/security.md)",
+                url,
+                ""
+                if security is not None and security.acl is not None
+                else " and read every topic",
+            )
 
     def reload(self) -> None:
         """SIGHUP: the password file, the ACL file and the TLS certificates again, without
         dropping anyone; a file that no longer loads is reported and the old one stays."""
         log.info("SIGHUP: reloading")
         broker, cfg = self.broker, self.config
-        if broker.security is not None and broker.security.reload():
+        # (a file that does not load keeps its old rules; the others apply at once)
+        if any([s.reload() for s in self._securities()]):
             broker.refresh_rights()
         for listener, _, ctx in self.servers:
             if ctx is None or not listener.certfile:

@@ -447,6 +447,9 @@ _LISTENER_TYPES: dict[str, tuple[type, ...]] = {
     "socket_mode": (int,),
     "max_connections": (int,),
     "origins": (list,),
+    "password_file": (str,),
+    "acl_file": (str,),
+    "allow_anonymous": (bool,),
 }
 
 

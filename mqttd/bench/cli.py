@@ -105,6 +105,13 @@ def _common_options(p: argparse.ArgumentParser) -> None:
         help="read the broker's CPU and memory from /proc (Linux)",
     )
     g.add_argument("--label", default="", help="name of the broker in the report")
+    g.add_argument(
+        "--transport",
+        choices=("tcp", "ws"),
+        default="tcp",
+        help="tcp (default), or ws: MQTT over WebSocket to the port (and --compare's)",
+    )
+    g.add_argument("--ws-path", default="/mqtt", help="the WebSocket path with --transport ws")
     g = p.add_argument_group("timing and load")
     g.add_argument("--duration", type=float, default=5.0, help="measured window, s")
     g.add_argument("--warmup", type=float, default=1.0, help="s before the window opens")
@@ -237,6 +244,7 @@ def _options(
         sndbuf=args.sndbuf,
         inflight=args.inflight,
         rcvlowat=args.rcvlowat,
+        ws_path=args.ws_path if args.transport == "ws" else "",
         broker_pid=pid,
         label=label,
         progress=not (args.json or args.quiet),

@@ -76,6 +76,7 @@ class WorkerPlan:
     # is read anyway every ``read_tick`` s: a broker that writes each message in its own TCP
     # segment would otherwise wake us once per message and make the generator the bottleneck.
     rcvlowat: int = 32768
+    ws_path: str = ""  # not empty: MQTT over WebSocket on that path
     read_tick: float = 0.005
     # At QoS 1/2 the broker stops after its in-flight window (Mosquitto's default is 20
     # messages) until we acknowledge: a subscriber waits for at most ``qos_lowat_packets``
@@ -297,7 +298,12 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
     pubs: list[_Pub] = []
     for s in plan.subs:
         sock, _ = mqtt.connect(
-            plan.host, plan.sub_port or plan.port, s.client_id, lvl, rcvbuf=plan.rcvbuf
+            plan.host,
+            plan.sub_port or plan.port,
+            s.client_id,
+            lvl,
+            rcvbuf=plan.rcvbuf,
+            ws_path=plan.ws_path,
         )
         mqtt.subscribe(sock, s.filters, s.qos, lvl)
         sub = _Sub(s, sock, plan)
@@ -311,7 +317,9 @@ def _run(plan: WorkerPlan, conn: Connection) -> None:
             sub.lowat = True
         subs.append(sub)
     for p in plan.pubs:
-        sock, props = mqtt.connect(plan.host, plan.port, p.client_id, lvl, sndbuf=plan.sndbuf)
+        sock, props = mqtt.connect(
+            plan.host, plan.port, p.client_id, lvl, sndbuf=plan.sndbuf, ws_path=plan.ws_path
+        )
         if p.qos > props.get(mqtt.MAXIMUM_QOS, 2):
             raise mqtt.BenchError(f"broker's Maximum QoS is {props[mqtt.MAXIMUM_QOS]}")
         pub = _Pub(p, sock, plan)

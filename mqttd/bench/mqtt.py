@@ -11,6 +11,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from mqttd.bench.hotloop import HEAD_SIZE, STAMP_OFF
 
@@ -215,12 +216,19 @@ def connect(
     sndbuf: int = 0,
     rcvbuf: int = 0,
     timeout: float = 10.0,
-) -> tuple[socket.socket, dict[int, int]]:
-    """Open a TCP connection and complete CONNECT/CONNACK; returns the blocking socket and the
-    CONNACK's integer properties (always empty before MQTT 5)."""
+    ws_path: str = "",
+) -> tuple[Any, dict[int, int]]:
+    """Open a TCP connection (with ``ws_path``, a WebSocket on that path: mqttd.bench.ws) and
+    complete CONNECT/CONNACK; returns the blocking socket and the CONNACK's integer properties
+    (always empty before MQTT 5)."""
     if protocol_level not in PROTOCOL_LEVELS:
         raise ValueError("protocol level must be 4 (MQTT 3.1.1) or 5 (MQTT 5.0)")
-    sock = socket.create_connection((host, port), timeout=timeout)
+    if ws_path:
+        from mqttd.bench.ws import ws_connect
+
+        sock: Any = ws_connect(host, port, ws_path, timeout)
+    else:
+        sock = socket.create_connection((host, port), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if sndbuf:

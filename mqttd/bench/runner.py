@@ -57,6 +57,7 @@ class Options:
     sndbuf: int = 131072
     inflight: int = 1000
     rcvlowat: int = 32768
+    ws_path: str = ""  # not empty: MQTT over WebSocket on that path (mqttd.bench.ws)
     broker_pid: int | None = None
     label: str = ""
     ready_timeout: float = 30.0
@@ -235,6 +236,7 @@ def _place(scn: Scenario, opt: Options) -> list[WorkerPlan]:
             sub_port=opt.sub_port,
             inflight=opt.inflight,
             rcvlowat=opt.rcvlowat,
+            ws_path=opt.ws_path,
         )
 
     if opt.procs <= 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,7 +169,6 @@ def test_the_library_takes_listeners(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_a_bad_listener_table_is_one_line(tmp_path: Path, table: str, says: str) -> None:
     import subprocess
-    import sys
 
     conf = tmp_path / "bad.toml"
     conf.write_text(table)
@@ -179,3 +179,46 @@ def test_a_bad_listener_table_is_one_line(tmp_path: Path, table: str, says: str)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and says in lines[0], r.stderr
     assert str(conf) in lines[0]
+
+
+def test_a_listener_with_its_own_users_and_rules(tmp_path: Path) -> None:
+    """A [[listener]] with password_file / acl_file authenticates on its own: anonymous local
+    clients on the first listener, users with a password (and the ACL) on the second; SIGHUP
+    reloads the listener's files too."""
+    import signal
+    import time
+
+    from mqtt_raw import Client
+
+    from mqttd.cli import main as cli_main
+
+    pw = tmp_path / "passwd"
+    assert cli_main(["passwd", "-c", "-b", str(pw), "alice", "alice-pw"]) == 0
+    acl = tmp_path / "acl"
+    acl.write_text("user alice\ntopic readwrite alice/#\n")
+    conf = tmp_path / "mqttd.toml"
+    conf.write_text(
+        f'[[listener]]\nport = 0\n\n[[listener]]\nport = 0\npassword_file = "{pw}"\n'
+        f'acl_file = "{acl}"\n'
+    )
+    b = start_broker("--config", str(conf))
+    try:
+        urls = b.line.split("; also ")[1].split(";")[0]
+        port2 = int(urls.rsplit(":", 1)[1])
+        open_side, closed_side = (b.host, b.port), (b.host, port2)
+        with Client(open_side, level=5) as anon:
+            anon.connect("anon-open")  # the node's settings: anonymous welcome
+            assert anon.subscribe([("bob/#", 0)]) == [0]  # and no ACL there
+        with Client(closed_side, level=5) as anon:
+            anon.connect("anon-closed", expect_rc=0x87)
+        with Client(closed_side, level=5) as alice:
+            alice.connect("alice", username="alice", password=b"alice-pw")
+            assert alice.subscribe([("bob/#", 0), ("alice/#", 0)]) == [0x87, 0]
+            acl.write_text("user alice\ntopic readwrite alice/#\ntopic read bob/#\n")
+            b.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while alice.subscribe([("bob/#", 0)], pid=7) != [0]:
+                assert time.monotonic() < deadline, "SIGHUP did not reload the listener's ACL"
+                time.sleep(0.05)
+    finally:
+        stop_broker(b)

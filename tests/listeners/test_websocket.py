@@ -173,3 +173,21 @@ def test_a_websocket_message_over_the_packet_limit_is_refused(tmp_path) -> None:
             assert err.value.rcvd is not None and err.value.rcvd.code == 1009
     finally:
         stop_broker(b)
+
+
+@pytest.mark.parametrize("scenario", ["fanin", "fanout"])
+def test_the_load_generator_speaks_websocket(ws_broker: BrokerProc, scenario: str) -> None:
+    """mqttd-bench --transport ws (mqttd/bench/ws.py): every message counted, none lost."""
+    import json
+    import subprocess
+    import sys
+
+    port = ws_url(ws_broker).rsplit(":", 1)[1].split("/")[0]
+    out = subprocess.run(
+        [sys.executable, "-m", "mqttd.bench", scenario, "--port", port, "--transport", "ws",
+         "--duration", "0.5", "--warmup", "0.2", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    result = json.loads(out.stdout)
+    assert result["integrity_ok"] and result["lost_total"] == 0, result["integrity"]
+    assert result["delivered"] > 0
