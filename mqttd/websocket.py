@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import InvalidOrigin
-from websockets.frames import CloseCode, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -93,10 +93,12 @@ class WebSocketProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         ws = self.ws
         ws.receive_data(data)
-        chunks: list[bytes] = []
+        chunks: list[bytes | bytearray | memoryview] = []
         for event in ws.events_received():
             if isinstance(event, Request):
                 self._handshake(event)
+            elif not isinstance(event, Frame):
+                continue  # (a server receives no Response)
             elif event.opcode is Opcode.BINARY or event.opcode is Opcode.CONT:
                 chunks.append(event.data)
             elif event.opcode is Opcode.TEXT:
@@ -106,7 +108,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._send_pending()
         core = self.core
         if chunks and core is not None and not core.closing:
-            core.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            core.data_received(bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks))
         if ws.state is State.CLOSED or ws.close_expected():
             self.transport.close()
 
