@@ -651,7 +651,12 @@ class MQTTApp:
         if ssl_context is not None:
             self.ssl_context = ssl_context
         if not logging.getLogger().handlers and not log.handlers:
-            setup_logging(str(self._values["log_level"]))
+            setup_logging(
+                str(self._values["log_level"]),
+                None,
+                str(self._values["log_format"]),
+                self._values["log_file"],
+            )
         status = run(self._main)
         if status:
             raise SystemExit(status)

@@ -201,6 +201,10 @@ class BrokerConfig:
     ws_port: int | None = None
     #: a secure WebSocket listener on this port, with certfile/keyfile
     wss_port: int | None = None
+    #: HTTP port of the Prometheus metrics, /health and /ready (None: off; mqttd.metrics)
+    metrics_port: int | None = None
+    #: address of that endpoint
+    metrics_host: str = "127.0.0.1"
     #: the listeners of [[listener]] tables / MQTTApp(listeners=...); they replace the default
     #: listener of host, port and certfile (docs/listeners.md)
     listeners: list[ListenerConfig] = field(default_factory=list)
@@ -275,6 +279,7 @@ class BrokerConfig:
             "max_keepalive": (0, 65535, " seconds"),
             "max_topic_levels": (1, 65535, ""),
             "ws_port": (0, 65535, ""),
+            "metrics_port": (0, 65535, ""),
             "wss_port": (0, 65535, ""),
         }
         #: field -> what 0 means, for the fields that are 0 or more

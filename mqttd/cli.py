@@ -112,7 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"mqttd: error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(str(values["log_level"]), sys.stdout)
+    try:
+        setup_logging(
+            str(values["log_level"]), sys.stdout, str(values["log_format"]), values["log_file"]
+        )
+    except OSError as exc:
+        print(
+            f"mqttd: error: log_file {values['log_file']}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 2
     node = Node(config)
     return run(lambda: serve(node, host_hint="--host"))
 

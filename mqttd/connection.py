@@ -189,6 +189,8 @@ class Connection:
         self.rights: Any = None
         #: the listener it came through (mqttd.listener.ListenerState), for its limits
         self.listener: Any = None
+        #: why it ends, for the disconnection's log line (None: the network connection ended)
+        self.end_reason: str | None = None
 
     # -- events from the adapter -----------------------------------------------------------------
     def connection_made(self, link: Link) -> None:
@@ -461,6 +463,14 @@ class Connection:
         will, self.will = self.will, None
         session = self.session
         if session is not None:
+            log.info(
+                "disconnected client %r, user %r from %s: %s",
+                self.client_id,
+                self.username,
+                _address(self.peer),
+                self.end_reason
+                or ("connection lost" if exc is None else f"connection lost ({exc})"),
+            )
             broker.detach(session, self, will, self.will_delay)
             self.session = None
             for observer in broker.disconnect_observers:
@@ -492,6 +502,7 @@ class Connection:
 
     def protocol_error(self, reason_code: int, why: str) -> None:
         """Close the connection for a protocol violation, telling an MQTT 5 client why."""
+        self.end_reason = f"{why} [reason 0x{reason_code:02X}]"
         log.info(
             "closing %s (%s): %s [reason 0x%02X]",
             self.client_id or self.peer,
@@ -516,6 +527,7 @@ class Connection:
         if self.closing:
             return
         log.info("closing %s: %s [reason 0x%02X]", self.client_id or self.peer, why, reason_code)
+        self.end_reason = f"{why} [reason 0x{reason_code:02X}]"
         self.closing = True
         self.was_cut = True
         transport = self.transport
@@ -549,6 +561,7 @@ class Connection:
 
     def shutdown(self) -> None:
         """The broker is stopping: tell an MQTT 5 client (0x8B Server shutting down), close."""
+        self.end_reason = "server shutting down"
         if self.version == 5 and self.session is not None:
             self._send(codec.encode_disconnect(SERVER_SHUTTING_DOWN, 5))
         self.close()
@@ -570,6 +583,8 @@ class Connection:
                 self.will = None
             else:
                 self.will_delay = 0
+        if not self.closing:
+            self.end_reason = "taken over by a new connection with its client id"
         if self.version == 5 and self.outlet is not None and not self.closing:
             # (a connection already closing is told nothing: its session's buffer may be the
             # new connection's before this one is gone)
@@ -596,7 +611,7 @@ class Connection:
             # Nothing for 1.5 x keepalive: close as if the network failed (3.1.1 [MQTT-3.1.2-24],
             # 5.0 [MQTT-3.1.2-22])
             self.timer = None
-            log.info("closing %s: keepalive %d s expired", self.client_id, self.keepalive)
+            self.end_reason = f"keepalive {self.keepalive} s expired"
             if self.version == 5:
                 self._send(codec.encode_disconnect(KEEP_ALIVE_TIMEOUT, 5))
             self.close()
@@ -831,6 +846,16 @@ class Connection:
                 if auth_data is not None:
                     ack_props[AUTHENTICATION_DATA] = auth_data
         outlet.write(codec.encode_connack(present, 0, v, ack_props))
+        log.info(
+            "connected client %r, user %r from %s: MQTT %s, keepalive %d, clean start %s%s",
+            self.client_id,
+            self.username,
+            _address(self.peer),
+            {3: "3.1", 4: "3.1.1", 5: "5.0"}.get(v, v),
+            self.keepalive,
+            "yes" if p.clean_start else "no",
+            ", session resumed" if present else "",
+        )
         if self.keepalive:
             self.timer = self.loop.call_later(self.keepalive * 1.5, self._keepalive_check)
         if present:
@@ -1207,11 +1232,21 @@ class Connection:
                     return self.protocol_error(PROTOCOL_ERROR, "session expiry raised")
                 session.expiry_interval = expiry
             if p.reason_code == DISCONNECT_WITH_WILL_MESSAGE:
+                self.end_reason = "DISCONNECT with will"
                 self.close()  # the will stays and is published in connection_lost
                 return
         # A normal DISCONNECT discards the will [MQTT-3.1.2-10][MQTT-3.14.4-3]
         self.will = None
+        self.end_reason = "DISCONNECT"
         self.close()
+
+
+def _address(peer: Any) -> str:
+    """A peer address for the log: host:port, or the Unix socket's."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = str(peer[0])
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer) if peer else "a Unix socket"
 
 
 def _suback_reason(codes: list[int]) -> str:

@@ -18,7 +18,9 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import json
 import logging
+import logging.handlers
 import os
 import signal
 import ssl
@@ -70,6 +72,10 @@ class Node:
         self.listener_states: list[ListenerState] = []
         self.sys_publisher: systopics.SysPublisher | None = None
         self._bridge: Any = None
+        #: seconds the event loop's last timer fired late (mqttd.metrics.LagMeter)
+        self.loop_lag = 0.0
+        self.metrics: Any = None  # mqttd.metrics.MetricsServer with --metrics-port
+        self._lag: Any = None
         self._signals = False  # SIGINT/SIGTERM handlers installed by serve_forever
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -114,6 +120,18 @@ class Node:
         if self.ssl_context is None:
             self.ssl_context = self.servers[0][2]
         broker.started_at = time.time()
+        if cfg.metrics_port is not None:
+            from mqttd.metrics import LagMeter, MetricsServer  # (prometheus-client: when used)
+
+            self.metrics = MetricsServer(self, cfg.metrics_host, cfg.metrics_port)
+            self.metrics.start(loop)  # OSError: the port is taken
+            self._lag = LagMeter(self, loop)
+            self._lag.start()
+            log.info(
+                "metrics on http://%s:%d/metrics (and /health, /ready)",
+                cfg.metrics_host,
+                self.metrics.port,
+            )
         self._warn_if_open()
         self.sys_publisher = systopics.start_publisher(broker)  # None when sys_interval is 0
 
@@ -196,6 +214,7 @@ class Node:
     def reload(self) -> None:
         """SIGHUP: the password file, the ACL file and the TLS certificates again, without
         dropping anyone; a file that no longer loads is reported and the old one stays."""
+        reopen_log_files()
         log.info("SIGHUP: reloading")
         broker, cfg = self.broker, self.config
         # (a file that does not load keeps its old rules; the others apply at once)
@@ -257,6 +276,8 @@ class Node:
             hint = f"; local clients only, use {host_hint} 0.0.0.0 to accept remote clients"
         tls = " with TLS" if self.servers and self.servers[0][2] is not None else ""
         others = self.urls()[1:]
+        if self.metrics is not None:
+            others.append(f"http://{self.metrics.host}:{self.metrics.port}/metrics")
         also = f"; also {', '.join(others)}" if others else ""
         return f"{version_line()} listening on {host}:{port} (pid {os.getpid()}){tls}{also}{hint}"
 
@@ -264,13 +285,20 @@ class Node:
         """Wait until SIGINT or SIGTERM arrives (or ``until`` is set). The signals stay this
         node's until :meth:`release_signals`, so that a second Ctrl-C or SIGTERM during the
         shutdown that follows does not cut it short (serve() releases them after it)."""
-        loop = asyncio.get_running_loop()
         stop = until if until is not None else asyncio.Event()
+        if not self._signals:
+            self.catch_signals(stop)
+        await stop.wait()
+
+    def catch_signals(self, stop: asyncio.Event) -> None:
+        """SIGINT and SIGTERM set ``stop``; SIGHUP reloads (:meth:`reload`). serve() does it
+        before the start line, so that a signal sent as soon as the line is read (by a script,
+        a test, systemd) finds the handlers there, not the default action that kills."""
+        loop = asyncio.get_running_loop()
         for sig in SIGNALS:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._signals = True
-        await stop.wait()
 
     def release_signals(self) -> None:
         """Give SIGINT and SIGTERM back to the loop's default."""
@@ -297,6 +325,12 @@ class Node:
         if self.sys_publisher is not None:
             self.sys_publisher.stop()
             self.sys_publisher = None
+        if self._lag is not None:
+            self._lag.stop()
+            self._lag = None
+        if self.metrics is not None:
+            metrics, self.metrics = self.metrics, None
+            await asyncio.get_running_loop().run_in_executor(None, metrics.stop)
         servers, self.servers = self.servers, []
         self.server = None
         for _, server, _ in servers:
@@ -330,11 +364,13 @@ async def serve(
     except START_ERRORS as exc:
         print(f"mqttd: error: {node.start_error(exc)}", file=sys.stderr)
         return 1
+    stop = until if until is not None else asyncio.Event()
+    node.catch_signals(stop)
     log.info("%s", node.start_line(host_hint))
     for handler in logging.getLogger().handlers + log.handlers:
         handler.flush()
     try:
-        await node.serve_forever(until)
+        await node.serve_forever(stop)
         log.info("stopping")
         await (stopping() if stopping is not None else node.shutdown())
     finally:
@@ -356,6 +392,39 @@ def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return 0
 
 
-def setup_logging(level: str, stream: IO[str] | None = None) -> None:
-    """Log at ``level`` ("info", ...) in the node's format, to ``stream`` (stderr if None)."""
-    logging.basicConfig(level=getattr(logging, level.upper()), format=LOG_FORMAT, stream=stream)
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (``--log-format json``): time, level, pid, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(
+    level: str, stream: IO[str] | None = None, fmt: str = "text", file: str | None = None
+) -> None:
+    """Log at ``level`` ("info", ...) in the node's format (``fmt`` "text" or "json"), to
+    ``file`` (a WatchedFileHandler: reopened when logrotate moves it, and on SIGHUP) or else to
+    ``stream`` (stderr if None). OSError if the file cannot be opened."""
+    handler: logging.Handler
+    if file:
+        handler = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+
+
+def reopen_log_files() -> None:
+    """SIGHUP: the log files again (a WatchedFileHandler whose file logrotate moved)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.handlers.WatchedFileHandler):
+            handler.reopenIfNeeded()

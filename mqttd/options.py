@@ -179,6 +179,21 @@ OPTIONS: tuple[Option, ...] = (
         "PORT",
     ),
     Option(
+        "metrics_port",
+        int,
+        None,
+        "serve Prometheus metrics (/metrics), /health and /ready over HTTP on this port "
+        "(default: off)",
+        "PORT",
+    ),
+    Option(
+        "metrics_host",
+        str,
+        "127.0.0.1",
+        "address of the metrics endpoint (default 127.0.0.1)",
+        "ADDRESS",
+    ),
+    Option(
         "cafile",
         str,
         None,
@@ -296,14 +311,32 @@ OPTIONS: tuple[Option, ...] = (
         "debug, info, warning or error (default info)",
         "LEVEL",
     ),
+    Option(
+        "log_format",
+        str,
+        "text",
+        "text (default) or json: one JSON object per line, for log shippers",
+        "FORMAT",
+    ),
+    Option(
+        "log_file",
+        str,
+        None,
+        "log to this file instead of standard output; reopened on SIGHUP (logrotate)",
+        "PATH",
+    ),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 #: options that are not BrokerConfig fields: they make the Redis URL, or set up logging
 _NOT_CONFIG = frozenset(
-    {"redis_host", "redis_port", "redis_db", "redis_password", "use_redis", "log_level"}
-)
+    {
+        "redis_host", "redis_port", "redis_db", "redis_password", "use_redis", "log_level",
+        "log_format", "log_file",
+    }
+)  # fmt: skip
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 #: options that are BrokerConfig fields, whose limits BrokerConfig.check knows
 _CONFIG_FIELDS = frozenset(o.name for o in OPTIONS if o.name not in _NOT_CONFIG)
 
@@ -375,6 +408,8 @@ def convert(name: str, value: Any, where: str, *, typed: bool = False) -> Any:
         raise ValueError(f"{expected}, not {_toml(value)}")
     if t is float:
         value = float(value)
+    if name == "log_format" and value not in LOG_FORMATS:
+        raise ValueError(f"{where}: log_format must be text or json, not {value!r}")
     if name == "log_level" and value.lower() not in LOG_LEVELS:
         raise ValueError(
             f"{where}: log_level must be one of {', '.join(LOG_LEVELS)}, not {value!r}"

