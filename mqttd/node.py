@@ -420,6 +420,12 @@ def setup_logging(
     else:
         handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(LOG_FORMAT))
+    # A line per connection is written on the event loop: what the records would gather and
+    # no format uses is not gathered (the Logging HOWTO's "Optimization": the caller's frame,
+    # thread and process names)
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
