@@ -70,6 +70,9 @@ class Node:
         #: every listener opened: (its configuration, its server, its TLS context or None)
         self.servers: list[tuple[ListenerConfig, Any, ssl.SSLContext | None]] = []
         self.listener_states: list[ListenerState] = []
+        #: the listener being opened while start() runs (start_error names it)
+        self._opening: ListenerConfig | None = None
+        self._metrics_starting = False
         self.sys_publisher: systopics.SysPublisher | None = None
         self._bridge: Any = None
         #: seconds the event loop's last timer fired late (mqttd.metrics.LagMeter)
@@ -115,7 +118,9 @@ class Node:
             # PasswordFileError / AclFileError: one line naming the file and line
             broker.security = Security(cfg, has_hook=broker.authenticate is not None)
         for i, listener in enumerate(cfg.all_listeners()):
+            self._opening = listener  # for start_error, if it cannot listen
             await self._listen(loop, listener, first=i == 0)
+        self._opening = None
         self.server = self.servers[0][1]
         if self.ssl_context is None:
             self.ssl_context = self.servers[0][2]
@@ -124,7 +129,9 @@ class Node:
             from mqttd.metrics import LagMeter, MetricsServer  # (prometheus-client: when used)
 
             self.metrics = MetricsServer(self, cfg.metrics_host, cfg.metrics_port)
+            self._metrics_starting = True  # for start_error, if its port is taken
             self.metrics.start(loop)  # OSError: the port is taken
+            self._metrics_starting = False
             self._lag = LagMeter(self, loop)
             self._lag.start()
             log.info(
@@ -237,8 +244,15 @@ class Node:
         """One line for a start that raised one of :data:`START_ERRORS`."""
         cfg = self.config
         if isinstance(exc, OSError):
-            # The listener that failed is the one after those already open
-            failed = cfg.all_listeners()[min(len(self.servers), len(cfg.all_listeners()) - 1)]
+            failed = self._opening
+            if self._metrics_starting or failed is None:
+                # (failed is None: an OSError before any listener; said as it is below)
+                if not self._metrics_starting:
+                    return f"cannot start: {exc.strerror or exc}"
+                return (
+                    f"cannot serve metrics on {cfg.metrics_host}:{cfg.metrics_port}: "
+                    f"{exc.strerror or exc}"
+                )
             if failed.socket:
                 return f"cannot listen on the Unix socket {failed.socket}: {exc.strerror or exc}"
             host = failed.host if failed.host is not None else cfg.host

@@ -78,3 +78,21 @@ def test_health_and_ready(broker: BrokerProc) -> None:
     base = broker.urls["http"].removesuffix("/metrics")
     assert get(base + "/health") == (200, "ok\n")
     assert get(base + "/ready") == (200, "ready\n")
+
+
+def test_a_taken_metrics_port_is_one_line() -> None:
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "mqttd", "--port", "0", "--metrics-port", str(port)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        f"mqttd: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    )
