@@ -42,6 +42,19 @@ Message = route.Message
 Outlet = route.Outlet
 
 
+def tls_settings_problem(
+    certfile: str | None, keyfile: str | None, cafile: str | None, require_certificate: bool
+) -> str:
+    """What is wrong with a set of TLS options (the node's or a listener's), or ''."""
+    if keyfile and not certfile:
+        return "a TLS key file needs a certificate file (certfile)"
+    if (cafile or require_certificate) and not certfile:
+        return "client certificates (cafile, require_certificate) need TLS (certfile)"
+    if require_certificate and not cafile:
+        return "require_certificate needs the CA to check them against (cafile)"
+    return ""
+
+
 #: what a listener speaks: MQTT straight over TCP (or TLS, or a Unix socket), or over WebSocket
 LISTENER_PROTOCOLS = ("mqtt", "websockets")
 
@@ -94,12 +107,11 @@ class ListenerConfig:
             raise ValueError(f"{where}: port must be 0..65535, not {self.port}")
         if not self.path.startswith("/"):
             raise ValueError(f"{where}: path must start with /, not {self.path!r}")
-        if self.keyfile and not self.certfile:
-            raise ValueError(f"{where}: a TLS key file needs a certificate file (certfile)")
-        if (self.cafile or self.require_certificate) and not self.certfile:
-            raise ValueError(f"{where}: client certificates (cafile) need TLS (certfile)")
-        if self.require_certificate and not self.cafile:
-            raise ValueError(f"{where}: require_certificate needs cafile")
+        why = tls_settings_problem(
+            self.certfile, self.keyfile, self.cafile, self.require_certificate
+        )
+        if why:
+            raise ValueError(f"{where}: {why}")
         if not 0 <= self.socket_mode <= 0o777:
             raise ValueError(f"{where}: socket_mode must be 0..0o777, not {self.socket_mode:#o}")
         if self.max_connections < 0:
@@ -248,14 +260,11 @@ class BrokerConfig:
             listener.validate(f"listener {i + 1}")
         if self.wss_port is not None and not self.certfile:
             raise ValueError("wss_port needs a certificate (certfile)")
-        if self.keyfile and not self.certfile:
-            raise ValueError("a TLS key file needs a certificate file (certfile)")
-        if (self.cafile or self.require_certificate) and not self.certfile:
-            raise ValueError(
-                "client certificates (cafile, require_certificate) need TLS (certfile)"
-            )
-        if self.require_certificate and not self.cafile:
-            raise ValueError("require_certificate needs the CA to check them against (cafile)")
+        why = tls_settings_problem(
+            self.certfile, self.keyfile, self.cafile, self.require_certificate
+        )
+        if why:
+            raise ValueError(why)
         cafiles = self.cafile or any(lst.cafile for lst in self.listeners)
         if (self.use_identity_as_username or self.use_subject_as_username) and not cafiles:
             raise ValueError("use_identity_as_username needs client certificates (cafile)")
