@@ -160,6 +160,15 @@ class Security:
         rules = acl_file.load(cfg.acl_file) if cfg.acl_file else None
         self.passwords, self.acl = users, rules
         self._verified.clear()
+        # What an unknown user's attempt is checked against: the file's own kind of hash (its
+        # iterations), so that the time taken does not tell who exists; made here, without
+        # hashing anything (the zero digest matches no password)
+        model = next(iter(users.values()), None) if users else None
+        self._unknown = passwords.PasswordHash(
+            model.iterations if model is not None else passwords.ITERATIONS,
+            model.salt if model is not None else bytes(passwords.SALT_BYTES),
+            bytes(passwords.SHA512_BYTES),
+        )
 
     def reload(self) -> bool:
         """SIGHUP: read the files again; False (and the old ones kept) when one is bad."""
@@ -202,7 +211,7 @@ class Security:
         if hashed is None or password is None:
             # Unknown user: still spend the same work, so timing does not tell who exists
             if password is not None:
-                await asyncio.to_thread(_DUMMY.matches, password)
+                await asyncio.to_thread(self._unknown.matches, password)
             return await self._refused(conn, address, username, "bad user name or password")
         token = hmac.new(self._key, password, hashlib.sha256).digest()
         known = self._verified.get(username)
@@ -240,10 +249,6 @@ def _address(conn: Any) -> str:
     if isinstance(peer, tuple):
         return str(peer[0])
     return str(peer or "")
-
-
-#: a hash to spend the same work on for an unknown user
-_DUMMY = passwords.make_hash(b"", passwords.ITERATIONS)
 
 
 def client_tls_settings(ctx: ssl.SSLContext, cafile: str | None, required: bool) -> None:
