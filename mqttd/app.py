@@ -674,36 +674,37 @@ class MQTTApp:
     # -- figures ---------------------------------------------------------------------------------
     def get_metrics(self) -> dict[str, Any]:
         """Counters since start: connections, messages in and out, subscriptions, Redis."""
-        b = self._node.broker if self._node is not None else None
-        if b is None:
+        node = self._node
+        if node is None:
             return {"running": False}
+        b = node.broker
+        f = node.figures()
         stats = b.stats
         flusher = b.flusher
         out: dict[str, Any] = {
             "running": True,
-            "total_connections": stats["connections_total"],
-            "current_connections": b.clients,
-            "total_messages_published": stats["messages_received"],
-            "total_messages_received": stats["messages_received"],
-            "total_messages_sent": flusher.messages_sent if flusher is not None else 0,
+            "total_connections": f["sockets_total"],
+            "current_connections": f["connections"],
+            "total_messages_published": f["messages_received"],
+            "total_messages_received": f["messages_received"],
+            "total_messages_sent": f["messages_sent"],
             "messages_dropped": flusher.messages_dropped if flusher is not None else 0,
-            "bytes_received": stats["bytes_received"],
-            "bytes_sent": flusher.bytes_sent if flusher is not None else 0,
+            "bytes_received": f["bytes_received"],
+            "bytes_sent": f["bytes_sent"],
             "total_subscriptions": stats["subscriptions_total"],
             "total_unsubscriptions": stats["unsubscriptions_total"],
-            "active_subscriptions_count": len(b.tree),
-            "retained_messages_count": b.storage.retained_count(),
-            "sessions": len(b.sessions),
+            "active_subscriptions_count": f["subscriptions"],
+            "retained_messages_count": f["retained"],
+            "sessions": f["sessions"],
             "connections_per_ip": dict(b.clients_per_ip),
-            # flow control (docs/flow-control.md): drops by reason, publishers held back
-            "flow": b.flow.figures(),
+            "flow": f["flow"],
             # docs/security.md: CONNECTs refused by authentication, and connections closed for
             # holding too much of a partly received packet (max_incoming_bytes)
-            "auth_failures": b.security.failures if b.security is not None else 0,
-            "closed_incoming_limit": stats["refused_incoming"],
+            "auth_failures": f["auth_failures"],
+            "closed_incoming_limit": f["closed_incoming_limit"],
         }
-        if b.peers.remote:
-            out["redis"] = b.peers.health()
+        if f["redis"] is not None:
+            out["redis"] = f["redis"]
         return out
 
     def health_check(self) -> dict[str, Any]:

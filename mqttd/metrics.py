@@ -4,8 +4,8 @@
 ``wsgiref`` server in a thread of its own, as its ``start_http_server`` does); this module
 decides what is shown:
 
-- ``/metrics``: the figures of :func:`snapshot`, the same the ``$SYS`` topics and
-  ``MQTTApp.get_metrics()`` show;
+- ``/metrics``: the figures of :meth:`mqttd.node.Node.figures`, which ``MQTTApp.get_metrics()``
+  shows too (and ``$SYS`` in its own names);
 - ``/health``: 200 while the event loop answers within :data:`LOOP_ANSWER` seconds (liveness);
 - ``/ready``: 200 when the node serves; 503 while its Redis, if it has one, is unreachable.
 
@@ -42,42 +42,6 @@ LOOP_ANSWER = 2.0
 LAG_INTERVAL = 0.5
 
 
-def snapshot(node: Node) -> dict[str, Any]:
-    """The node's figures now (run on the event loop's thread)."""
-    broker = node.broker
-    stats = broker.stats
-    flusher = broker.flusher
-    sessions = list(broker.sessions.values())
-    inflight = {1: 0, 2: 0}
-    queued = 0
-    for session in sessions:
-        outlet = session.outlet
-        for entry in outlet.inflight.values():
-            inflight[2 if entry.qos == 2 else 1] += 1
-        queued += len(outlet.queue)
-    security = broker.security
-    out: dict[str, Any] = {
-        "connections": broker.clients,
-        "sockets_total": stats["connections_total"],
-        "sessions": len(sessions),
-        "messages_received": stats["messages_received"],
-        "messages_sent": flusher.messages_sent if flusher is not None else 0,
-        "bytes_received": stats["bytes_received"],
-        "bytes_sent": flusher.bytes_sent if flusher is not None else 0,
-        "dropped": dict(flusher.drops) if flusher is not None else {},
-        "subscriptions": len(broker.tree),
-        "retained": broker.storage.retained_count(),
-        "inflight": inflight,
-        "queued": queued,
-        "auth_failures": security.failures if security is not None else 0,
-        "closed_incoming_limit": stats["refused_incoming"],
-        "flow": broker.flow.figures(),
-        "loop_lag": node.loop_lag,
-        "redis": broker.peers.health() if broker.peers.remote else None,
-    }
-    return out
-
-
 class NodeCollector(Collector):
     """The node's figures as Prometheus metrics, asked of the loop at each scrape."""
 
@@ -91,7 +55,7 @@ class NodeCollector(Collector):
 
         def run() -> None:
             try:
-                future.set_result(snapshot(self.node))
+                future.set_result(self.node.figures())
             except BaseException as exc:  # reported to the scrape, not lost in the loop
                 future.set_exception(exc)
 
@@ -139,7 +103,7 @@ def _figures(s: dict[str, Any]) -> Iterable[Metric]:
         "messages dropped, by reason (docs/flow-control.md)",
         labels=["reason"],
     )
-    for reason, count in sorted(s["dropped"].items()):
+    for reason, count in sorted(s["flow"]["dropped"].items()):
         dropped.add_metric([reason], count)
     yield dropped
     yield _gauge("mqttd_subscriptions", "subscription filters in the tree", s["subscriptions"])
@@ -271,4 +235,4 @@ class LagMeter:
             self.handle = None
 
 
-__all__ = ["LagMeter", "MetricsServer", "NodeCollector", "snapshot"]
+__all__ = ["LagMeter", "MetricsServer", "NodeCollector"]

@@ -280,6 +280,41 @@ class Node:
             out.append(listener.url(host, port))
         return out
 
+    def figures(self) -> dict[str, Any]:
+        """The node's figures now, for /metrics (mqttd.metrics) and MQTTApp.get_metrics(); read
+        on the event loop's thread."""
+        broker = self.broker
+        stats = broker.stats
+        flusher = broker.flusher
+        sessions = list(broker.sessions.values())
+        inflight = {1: 0, 2: 0}
+        queued = 0
+        for session in sessions:
+            outlet = session.outlet
+            for entry in outlet.inflight.values():
+                inflight[2 if entry.qos == 2 else 1] += 1
+            queued += len(outlet.queue)
+        security = broker.security
+        return {
+            "connections": broker.clients,
+            "sockets_total": stats["connections_total"],
+            "sessions": len(sessions),
+            "messages_received": stats["messages_received"],
+            "messages_sent": flusher.messages_sent if flusher is not None else 0,
+            "bytes_received": stats["bytes_received"],
+            "bytes_sent": flusher.bytes_sent if flusher is not None else 0,
+            "subscriptions": len(broker.tree),
+            "retained": broker.storage.retained_count(),
+            "inflight": inflight,
+            "queued": queued,
+            "auth_failures": security.failures if security is not None else 0,
+            "closed_incoming_limit": stats["refused_incoming"],
+            # flow control (docs/flow-control.md): drops by reason, publishers held back
+            "flow": broker.flow.figures(),
+            "loop_lag": self.loop_lag,
+            "redis": broker.peers.health() if broker.peers.remote else None,
+        }
+
     def start_line(self, host_hint: str = "") -> str:
         """The line a started node logs; tests and scripts read the address and pid from it.
         ``host_hint``: how to say "listen on 0.0.0.0" to whoever runs it (the command's flag),
