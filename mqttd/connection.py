@@ -672,7 +672,7 @@ class Connection:
         if will is not None:
             if not match.validate_topic(will.topic):
                 return self.protocol_error(TOPIC_NAME_INVALID, "invalid will topic")
-            if will.topic.count("/") >= cfg.max_topic_levels:
+            if _deeper_than(will.topic, cfg.max_topic_levels):
                 return self.protocol_error(TOPIC_NAME_INVALID, "will topic over max_topic_levels")
             why = _bad_publish_properties(will.properties)
             if why:
@@ -747,7 +747,7 @@ class Connection:
             "refusing client %r, user %r from %s: %s",
             self.client_id,
             self.username,
-            self.peer,
+            _address(self.peer),
             why,
         )
         self.refuse(reason_code)
@@ -785,14 +785,8 @@ class Connection:
                 return
             if rc >= 0x80:
                 # 3.1.1: 0x04 Bad user name or password / 0x05 Not authorized [MQTT-3.2.2-6]
-                log.info(
-                    "refusing client %r, user %r from %s: authentication hook (reason 0x%02X)",
-                    self.client_id,
-                    self.username,
-                    self.peer,
-                    rc,
-                )
-                return self.refuse(rc)
+                self._refuse_logged(rc, f"authentication hook (reason 0x{rc:02X})")
+                return
         if security is not None and not self._authorized(security):
             return
         session, present = await broker.open_session(self, self.client_id, p.clean_start, v)
@@ -954,7 +948,7 @@ class Connection:
             # Topic names must not contain wildcards [MQTT-3.3.2-2] nor be empty [MQTT-4.7.3-1]
             return self.protocol_error(TOPIC_NAME_INVALID, f"invalid topic name {topic!r}")
         levels = broker.config.max_topic_levels
-        if len(topic) >= levels and topic.count("/") >= levels:  # (a shorter one cannot be)
+        if len(topic) >= levels and topic.count("/") >= levels:  # _deeper_than, inline: per PUBLISH
             # Valid MQTT, but deeper than this broker takes (max_topic_levels; as Mosquitto)
             return self.protocol_error(TOPIC_NAME_INVALID, "topic over max_topic_levels")
         qos = p.qos
@@ -1102,7 +1096,7 @@ class Connection:
                 return self.protocol_error(PROTOCOL_ERROR, "No Local on a shared subscription")
             granted = opts & 0x03
             inner = filt if shared is None else shared[1]
-            if inner.count("/") >= broker.config.max_topic_levels:
+            if _deeper_than(inner, broker.config.max_topic_levels):
                 codes.append(TOPIC_FILTER_INVALID if v == 5 else SUBACK_FAILURE)
                 continue
             if self.rights is not None and not self.rights.may_subscribe(inner):
@@ -1239,6 +1233,12 @@ class Connection:
         self.will = None
         self.end_reason = "DISCONNECT"
         self.close()
+
+
+def _deeper_than(text: str, levels: int) -> bool:
+    """True when a topic name or filter has more than ``levels`` levels (max_topic_levels); one
+    shorter than that cannot have, and is not counted."""
+    return len(text) >= levels and text.count("/") >= levels
 
 
 def _address(peer: Any) -> str:
