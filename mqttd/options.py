@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -468,23 +469,15 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return out
 
 
-#: the keys of a [[listener]] table (ListenerConfig's fields) and their TOML types
-_LISTENER_TYPES: dict[str, tuple[type, ...]] = {
-    "port": (int,),
-    "host": (str,),
-    "protocol": (str,),
-    "path": (str,),
-    "certfile": (str,),
-    "keyfile": (str,),
-    "cafile": (str,),
-    "require_certificate": (bool,),
-    "socket": (str,),
-    "socket_mode": (int,),
-    "max_connections": (int,),
-    "origins": (list,),
-    "password_file": (str,),
-    "acl_file": (str,),
-    "allow_anonymous": (bool,),
+def _toml_type(hint: Any) -> type:
+    """The TOML value type of a field's annotation: ``str | None`` -> str, ``list[str]`` -> list."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return typing.get_origin(args[0]) or args[0]  # type: ignore[no-any-return]
+
+
+#: the keys of a [[listener]] table and their TOML types: ListenerConfig's fields, read from it
+_LISTENER_TYPES: dict[str, type] = {
+    name: _toml_type(hint) for name, hint in typing.get_type_hints(ListenerConfig).items()
 }
 
 
@@ -511,11 +504,11 @@ def listeners_from(value: Any, where: str) -> list[ListenerConfig]:
                 close = difflib.get_close_matches(name, _LISTENER_TYPES, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise ValueError(f"{where}: listener {i}: unknown key {key!r}{hint}")
-            if isinstance(item, bool) != (types == (bool,)) or not isinstance(item, types):
+            if isinstance(item, bool) != (types is bool) or not isinstance(item, types):
                 kind = {int: "a whole number", str: "a string", bool: "true or false",
-                        list: "a list of strings"}[types[0]]  # fmt: skip
+                        list: "a list of strings"}[types]  # fmt: skip
                 raise ValueError(f"{where}: listener {i}: {name} must be {kind}, not {_toml(item)}")
-            if name == "origins" and not all(isinstance(o, str) for o in item):
+            if isinstance(item, list) and not all(isinstance(o, str) for o in item):
                 raise ValueError(f"{where}: listener {i}: origins must be a list of strings")
             fields[name] = item
         listener = ListenerConfig(**fields)
