@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mqttd import sessionstate
 from mqttd._speedups import codec, match, route
 from mqttd.flow import FlowControl
 from mqttd.peers import LOCAL, Peers
@@ -217,6 +218,12 @@ class BrokerConfig:
     metrics_port: int | None = None
     #: address of that endpoint
     metrics_host: str = "127.0.0.1"
+    #: SQLite file that keeps retained messages and persistent sessions across restarts
+    #: (None: off, as in Mosquitto; mqttd.persistence, docs/operations.md)
+    persistence_file: str | None = None
+    #: seconds between writes of what changed (to the file, or to Redis for a node that dies):
+    #: a crash loses at most this much
+    persistence_interval: float = 1.0
     #: the listeners of [[listener]] tables / MQTTApp(listeners=...); they replace the default
     #: listener of host, port and certfile (docs/listeners.md)
     listeners: list[ListenerConfig] = field(default_factory=list)
@@ -265,6 +272,11 @@ class BrokerConfig:
         )
         if why:
             raise ValueError(why)
+        if self.persistence_file and self.redis_url:
+            raise ValueError(
+                "persistence_file: not with redis_url (with Redis, sessions and retained "
+                "messages are kept in Redis)"
+            )
         cafiles = self.cafile or any(lst.cafile for lst in self.listeners)
         if (self.use_identity_as_username or self.use_subject_as_username) and not cafiles:
             raise ValueError("use_identity_as_username needs client certificates (cafile)")
@@ -315,6 +327,12 @@ class BrokerConfig:
                 raise ValueError(f"{name} must be 0{at_least_0[name]} or more, not {value}")
         elif name == "redis_url":
             check_redis_url(value)
+        elif name == "persistence_interval":
+            if not 0 < value <= 3600:
+                raise ValueError(
+                    f"persistence_interval must be more than 0 and at most 3600 seconds, not "
+                    f"{value}"
+                )
         elif name == "connect_timeout":
             if not 0 < value <= 3600:
                 raise ValueError(
@@ -377,6 +395,9 @@ class Session:
         self.owner: str | None = None
         #: the listener's own mqttd.security.Security its client came through, if it has one
         self.security: Any = None
+        #: wall-clock time its client left (0 while connected): a restored session's expiry
+        #: counts from it (mqttd.sessionstate)
+        self.offline_since = 0.0
 
 
 class Broker:
@@ -551,18 +572,7 @@ class Broker:
             self.end_session(old)
             old = None
         if old is None:
-            outlet = route.Outlet(
-                self.flusher,
-                version,
-                self.config.max_inflight,
-                self.config.max_queued_messages,
-                self.config.max_buffer,
-                self.config.max_queued_bytes,
-                self.config.max_inflight_bytes,
-            )
-            outlet.refresh = self.refresh_expiry
-            session = Session(client_id, outlet)
-            self.storage.put_session(session)
+            session = self.new_session(client_id, version)
             present = False
             if handed is not None:
                 self.peers.restore_session(session, handed)
@@ -571,8 +581,51 @@ class Broker:
             session = old
             present = True
         session.connection = conn
+        session.offline_since = 0.0
         session.outlet.version = version
         return session, present
+
+    def new_session(self, client_id: str, version: int) -> Session:
+        """An empty session for ``client_id``, kept in the store."""
+        cfg = self.config
+        outlet = route.Outlet(
+            self.flusher,
+            version,
+            cfg.max_inflight,
+            cfg.max_queued_messages,
+            cfg.max_buffer,
+            cfg.max_queued_bytes,
+            cfg.max_inflight_bytes,
+        )
+        outlet.refresh = self.refresh_expiry
+        session = Session(client_id, outlet)
+        self.storage.put_session(session)
+        return session
+
+    def revive(self, state: dict[str, Any]) -> Session | None:
+        """Bring back an offline session written before a restart (mqttd.sessionstate): its
+        subscriptions, queued and in-flight messages, its will with delay and its expiry, counted
+        from when its client left. None when it expired meanwhile (its will is published then,
+        as the session ends [MQTT-3.1.3-9])."""
+        now = time.time()
+        session = self.new_session(state["client_id"], 5)
+        sessionstate.restore(self, session, state)
+        session.offline_since = state["offline_since"]
+        if state.get("will"):
+            session.will = sessionstate.unpack_message(state["will"])
+            due = state.get("will_due") or now
+            if self.loop is not None:
+                session.will_handle = self.loop.call_later(
+                    max(0.0, due - now), self._fire_will, session
+                )
+        expiry = session.expiry_interval
+        left = expiry - (now - session.offline_since)
+        if expiry < 0xFFFFFFFF and left <= 0:
+            self.end_session(session)
+            return None
+        if expiry < 0xFFFFFFFF and self.loop is not None:
+            session.expiry_handle = self.loop.call_later(left, self._expire, session)
+        return session
 
     def detach(
         self, session: Session, conn: Connection, will: Any = None, will_delay: int = 0
@@ -590,6 +643,7 @@ class Broker:
                 self.publish(will)
             return
         session.connection = None
+        session.offline_since = time.time()
         outlet = session.outlet
         outlet.transport = None
         outlet.buf = bytearray()

@@ -136,6 +136,41 @@ def _figures(s: dict[str, Any]) -> Iterable[Metric]:
     yield _gauge(
         "mqttd_event_loop_lag_seconds", "how late the loop's last timer fired", s["loop_lag"]
     )
+    persistence = s["persistence"]
+    if persistence is not None:
+        yield _counter(
+            "mqttd_persistence_writes",
+            "transactions written to the persistence file",
+            persistence["writes"],
+        )
+        yield _counter(
+            "mqttd_persistence_write_errors",
+            "writes to the persistence file that failed",
+            persistence["write_errors"],
+        )
+        yield _counter(
+            "mqttd_persistence_written_bytes",
+            "bytes written to the persistence file",
+            persistence["bytes_written"],
+        )
+        yield _gauge(
+            "mqttd_persistence_write_seconds",
+            "how long the last write took",
+            persistence["last_write_seconds"],
+        )
+        yield _gauge(
+            "mqttd_persistence_sessions", "persistent sessions in the file", persistence["sessions"]
+        )
+        yield _counter(
+            "mqttd_persistence_unreadable",
+            "entries of the file that could not be read at start (skipped)",
+            persistence["unreadable_entries"],
+        )
+        yield _counter(
+            "mqttd_persistence_set_aside",
+            "unreadable persistence files moved aside at start",
+            persistence["stores_set_aside"],
+        )
     redis = s["redis"]
     if redis is not None:
         yield _gauge(

@@ -78,6 +78,8 @@ class Node:
         #: seconds the event loop's last timer fired late (mqttd.metrics.LagMeter)
         self.loop_lag = 0.0
         self.metrics: Any = None  # mqttd.metrics.MetricsServer with --metrics-port
+        #: mqttd.persistence.Persistence with --persistence-file
+        self.persistence: Any = None
         self._lag: Any = None
         self._signals = False  # SIGINT/SIGTERM handlers installed by serve_forever
 
@@ -108,6 +110,17 @@ class Node:
                 broker.storage = redis_wing.RedisStorage(bridge)
             count = await bridge.load_retained()
             log.info("loaded %d retained messages from Redis", count)
+        if cfg.persistence_file:
+            from mqttd.persistence import Persistence
+
+            self.persistence = Persistence(broker, cfg.persistence_file, cfg.persistence_interval)
+            retained, sessions = await self.persistence.start()  # OSError: names the file
+            log.info(
+                "restored %d retained messages and %d sessions from %s",
+                retained,
+                sessions,
+                cfg.persistence_file,
+            )
         if (
             cfg.password_file
             or cfg.acl_file
@@ -313,6 +326,7 @@ class Node:
             "flow": broker.flow.figures(),
             "loop_lag": self.loop_lag,
             "redis": broker.peers.health() if broker.peers.remote else None,
+            "persistence": self.persistence.figures() if self.persistence is not None else None,
         }
 
     def start_line(self, host_hint: str = "") -> str:
@@ -390,6 +404,10 @@ class Node:
             if listener.socket:
                 with contextlib.suppress(OSError):
                     os.unlink(listener.socket)
+        if self.persistence is not None:
+            # Every connection has ended: the sessions are as they will be at the next start
+            persistence, self.persistence = self.persistence, None
+            await persistence.close()
         broker.stop_timers()
         bridge, self._bridge = self._bridge, None
         if bridge is not None:

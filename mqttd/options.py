@@ -195,6 +195,22 @@ OPTIONS: tuple[Option, ...] = (
         "ADDRESS",
     ),
     Option(
+        "persistence_file",
+        str,
+        None,
+        "keep retained messages and persistent sessions in this SQLite file across restarts "
+        "(default: off)",
+        "PATH",
+    ),
+    Option(
+        "persistence_interval",
+        float,
+        1.0,
+        "seconds between writes of what changed, to the persistence file or to Redis "
+        "(default 1; a crash loses at most this much)",
+        "SECONDS",
+    ),
+    Option(
         "cafile",
         str,
         None,

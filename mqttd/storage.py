@@ -167,12 +167,17 @@ class MemoryStorage(Storage):
         self.index = RetainedIndex()
         self._sessions: dict[str, Any] = {}
         self._owners: dict[str, Any] = {}
+        #: topic -> retained message (None: cleared) since mqttd.persistence last wrote them;
+        #: None while nothing persists (a dict set per retained message otherwise)
+        self.journal: dict[str, Any] | None = None
 
     def retain(self, msg: Any) -> None:
         if msg.payload:
             self.index.set(msg.topic, msg)
         else:
             self.index.delete(msg.topic)
+        if self.journal is not None and not msg.topic.startswith("$SYS"):
+            self.journal[msg.topic] = msg if msg.payload else None
 
     def retained_now(self, filt: str) -> list[Any] | None:
         return list(self.index.match(filt))
@@ -183,6 +188,8 @@ class MemoryStorage(Storage):
     def forget_retained(self, topic: str, msg: Any) -> None:
         if self.index.get(topic) is msg:
             self.index.delete(topic)
+            if self.journal is not None:
+                self.journal[topic] = None
 
     def retained_count(self) -> int:
         return self.index.count

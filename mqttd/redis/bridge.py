@@ -31,6 +31,7 @@ import hiredis
 from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
+from mqttd import sessionstate
 from mqttd._speedups import match, route
 from mqttd.errors import PacketError
 from mqttd.redis.envelope import (
@@ -41,9 +42,7 @@ from mqttd.redis.envelope import (
     MAGIC,
     MAGIC_BATCH,
     MAX_BATCH,
-    _pack,
     _retained_message,
-    _unpack,
     decode_batch,
     decode_envelope,
     decode_properties,
@@ -565,7 +564,7 @@ class RedisBridge:
         if got is None:
             log.warning("node holding the session of %s did not hand it over", client_id)
             return None
-        return json.loads(got[1])
+        return sessionstate.decode(got[1])
 
     def mark_session(self, client_id: str) -> None:
         """This node holds the persistent session of ``client_id`` now."""
@@ -580,37 +579,17 @@ class RedisBridge:
             self._send(key, _command(b"EVAL", _DEL_IF_EQUAL, b"1", key, self.node))
 
     def _hand_over(self, session: Any) -> None:
-        state = {
-            "expiry": session.expiry_interval,
-            "subscriptions": session.subscriptions,
-            "awaiting_rel": sorted(session.awaiting_rel),
-            "queue": [[_pack(m), q, r] for m, q, r in session.outlet.queue],
-            "inflight": [
-                [pid, _pack(e.msg) if e.msg is not None else None, e.qos, e.retain, e.state]
-                for pid, e in session.outlet.inflight_items()
-            ],
-            "next_pid": session.outlet.next_pid,
-        }
         key = self._handoff_key(session.client_id)
         self._send(
             key,
-            _command(b"RPUSH", key, json.dumps(state).encode()) + _command(b"EXPIRE", key, b"30"),
+            _command(b"RPUSH", key, sessionstate.encode(sessionstate.dump(session)))
+            + _command(b"EXPIRE", key, b"30"),
             2,
         )
 
     def restore_session(self, session: Any, state: dict) -> None:
         """Rebuild a session another node handed over: subscriptions, queue, messages in flight."""
-        broker = self.broker
-        session.expiry_interval = state["expiry"]
-        for filt, opts in state["subscriptions"].items():
-            broker.subscribe(session, filt, opts)
-        session.awaiting_rel = set(state["awaiting_rel"])
-        outlet = session.outlet
-        for packed, qos, retain in state["queue"]:
-            outlet.queue.append((_unpack(packed), qos, retain))
-        for pid, packed, qos, retain, st in state["inflight"]:
-            outlet.restore_inflight(pid, _unpack(packed) if packed else None, qos, retain, st)
-        outlet.next_pid = state["next_pid"]
+        sessionstate.restore(self.broker, session, state)
 
     def _on_connect_elsewhere(self, client_id: str, want: bool) -> None:
         broker = self.broker

@@ -4,8 +4,8 @@ A single message is the 22-byte header (magic + version, flags, origin node id, 
 then the MQTT 5 property block if any, then the payload. A batch (version 2) carries consecutive
 messages of one topic from one node: the same header with the first sequence number, a count,
 then per message its QoS, its payload's length and the payload. Retained messages are kept in
-Redis as an envelope too, and a session handed to another node carries its messages as text made
-from one (``_pack`` / ``_unpack``).
+Redis as an envelope too, and a session handed to another node or written to a persistence file
+carries its messages as text made from one (``mqttd.sessionstate``).
 
 This is the one Python reader and writer of the format. The compiled ``route.PushReader``
 (``mqttd/_route.pyx``, twin ``mqttd/_pure/_route.py``) reads the common envelopes itself on the
@@ -15,7 +15,6 @@ layouts below disagree with its sizes.
 
 from __future__ import annotations
 
-import base64
 import struct
 import time
 from typing import Any
@@ -119,21 +118,6 @@ def decode_properties(block: bytes) -> dict:
     packet = b"\x30" + codec.encode_varint(len(body)) + body
     (pub,) = codec.Reader(protocol_level=5, max_packet_size=1 << 28).feed(packet)
     return pub.properties
-
-
-def _pack(msg: Any) -> str:
-    """A message as text, for a session handed to another node."""
-    return base64.b64encode(
-        msg.topic.encode() + b"\x00" + encode_envelope(b"\x00" * 8, 0, msg)
-    ).decode()
-
-
-def _unpack(text: str) -> Any:
-    raw = base64.b64decode(text)
-    topic, _, data = raw.partition(b"\x00")
-    _, _, qos, retain, block, payload = decode_envelope(data)  # type: ignore[misc]
-    props = decode_properties(block) if block != b"\x00" else None
-    return route.Message(topic.decode(), payload, qos, retain, props, block)
 
 
 def _retained_message(topic_b: bytes, data: bytes) -> Any:
