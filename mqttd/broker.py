@@ -644,6 +644,8 @@ class Broker:
             return
         session.connection = None
         session.offline_since = time.time()
+        if conn.will_shared:
+            self.peers.will_gone(session.client_id)  # this node publishes it, or it was dropped
         outlet = session.outlet
         outlet.transport = None
         outlet.buf = bytearray()

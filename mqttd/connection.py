@@ -148,6 +148,8 @@ class Connection:
         self.peer: Any = None
         self.will: Any = None
         self.will_delay = 0
+        #: its will is kept in Redis for the other nodes (mqttd.redis.sessions) until it ends
+        self.will_shared = False
         self.keepalive = 0
         self.last_rx = 0.0
         self.timer: Any = None  # the loop's handle of the CONNECT deadline or keepalive check
@@ -797,6 +799,10 @@ class Connection:
         session.expiry_interval = session_expiry
         if session_expiry:
             broker.peers.mark_session(self.client_id)  # other nodes find it here
+        if self.will is not None:
+            # published by another node if this one dies (mqttd.redis.sessions)
+            broker.peers.will_armed(self.client_id, self.will, self.will_delay)
+            self.will_shared = broker.peers.remote
         self.session = session
         session.owner = self.username
         session.security = own

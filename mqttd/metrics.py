@@ -176,7 +176,21 @@ def _figures(s: dict[str, Any]) -> Iterable[Metric]:
         yield _gauge(
             "mqttd_redis_up", "1 while the Redis link is up", 1 if redis.get("redis") == "up" else 0
         )
-        for key in ("forwarded", "not_forwarded", "received", "reconnects", "errors"):
+        yield _gauge(
+            "mqttd_redis_rtt_seconds", "round trip of the last PING to Redis", redis.get("rtt", 0)
+        )
+        for key in (
+            "forwarded",
+            "not_forwarded",
+            "received",
+            "lost",
+            "reconnects",
+            "errors",
+            "data_lost",
+            "sessions_written",
+            "dead_nodes",
+            "wills_published",
+        ):
             if isinstance(redis.get(key), (int, float)):
                 yield _counter(
                     f"mqttd_redis_{key}", f"Redis bridge: {key.replace('_', ' ')}", redis[key]

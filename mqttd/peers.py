@@ -59,6 +59,15 @@ class Peers(Protocol):
         """The persistent session of ``client_id`` ended here."""
         ...
 
+    def will_armed(self, client_id: str, will: Any, delay: int) -> None:
+        """``client_id`` connected here with a will: the other nodes publish it if this node
+        dies (mqttd.redis.sessions)."""
+        ...
+
+    def will_gone(self, client_id: str) -> None:
+        """The connection of ``client_id`` ended here: its will is this node's business."""
+        ...
+
     def announce_groups(self) -> None:
         """The shared groups with members here changed."""
         ...
@@ -104,6 +113,12 @@ class LocalPeers:
         pass
 
     def forget_session(self, client_id: str) -> None:
+        pass
+
+    def will_armed(self, client_id: str, will: Any, delay: int) -> None:
+        pass
+
+    def will_gone(self, client_id: str) -> None:
         pass
 
     def announce_groups(self) -> None:

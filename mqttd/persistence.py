@@ -162,12 +162,7 @@ class Persistence:
         self.broker = broker
         self.store = FileStore(path)
         self.interval = interval
-        #: client id -> fingerprint of the session as last written
-        self._saved: dict[str, tuple[Any, ...]] = {}
-        #: client id -> the encodings of its messages as last written (so that a message still
-        #: queued is not encoded again: the text of what persistent sessions hold, ~1.4 x their
-        #: payloads, is the memory persistence costs)
-        self._packers: dict[str, sessionstate.Packer] = {}
+        self.changed = sessionstate.ChangedSessions(broker)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.stats = {
@@ -211,7 +206,7 @@ class Persistence:
                 self._unreadable("session", "?", exc)
                 continue
             if session is not None:
-                self._saved[session.client_id] = sessionstate.fingerprint(session)
+                self.changed.saved[session.client_id] = sessionstate.fingerprint(session)
                 n_sessions += 1
         storage.journal = {}
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -236,26 +231,7 @@ class Persistence:
             topic: None if msg is None else sessionstate.encode_message(msg)
             for topic, msg in journal.items()
         }
-        sessions: dict[str, bytes | None] = {}
-        saved = self._saved
-        live = set()
-        for client_id, session in self.broker.sessions.items():
-            if not session.expiry_interval:
-                continue  # ends with its connection: nothing to keep
-            live.add(client_id)
-            fp = sessionstate.fingerprint(session)
-            if saved.get(client_id) != fp:
-                saved[client_id] = fp
-                packer = self._packers.get(client_id)
-                if packer is None:
-                    packer = self._packers[client_id] = sessionstate.Packer()
-                sessions[client_id] = sessionstate.encode(sessionstate.dump(session, packer))
-                packer.turn()
-        for client_id in [c for c in saved if c not in live]:
-            del saved[client_id]
-            self._packers.pop(client_id, None)
-            sessions[client_id] = None
-        return retained, sessions
+        return retained, self.changed.collect()
 
     async def flush(self) -> None:
         """Write what changed now (one transaction)."""
@@ -275,8 +251,7 @@ class Persistence:
                     log.error("persistence file %s: write failed: %s", self.store.path, exc)
                 self._failing = True
                 # Written again, whole, at the next turn
-                self._saved.clear()
-                self._packers.clear()
+                self.changed.forget()
                 storage: Any = self.broker.storage
                 storage.journal = {**self._journal_back(retained), **storage.journal}
                 return
@@ -311,7 +286,7 @@ class Persistence:
         return {
             **self.stats,
             "last_write_seconds": self.last_write_seconds,
-            "sessions": len(self._saved),
+            "sessions": len(self.changed.saved),
         }
 
 

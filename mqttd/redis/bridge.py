@@ -139,9 +139,18 @@ class RedisBridge:
         self.retained_key = self.prefix_b + b"$mqttd/retained"
         self.retained_index = self.prefix_b + b"$mqttd/retained-topics"
         self.channels[self.control] = set()
+        #: persistent sessions and wills kept in Redis for when this node dies (sessions.py)
+        self.sessions: Any = None
+        #: the token this node found in the epoch key: gone after a reconnect means Redis
+        #: restarted empty
+        self._epoch: bytes | None = None
+        self._ping_sent = 0.0
+        #: seconds of the last PING..PONG on the subscriber connection
+        self.rtt = 0.0
         self.stats = {
             "forwarded": 0,
             "not_forwarded": 0,
+            "data_lost": 0,
             "received": 0,
             "raw_received": 0,
             "lost": 0,
@@ -208,6 +217,48 @@ class RedisBridge:
                 f"Failed to connect to Redis at {self.address}: {reason}"
             ) from None
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        await self._check_epoch()
+        from mqttd.redis.sessions import RedisSessions
+
+        self.sessions = RedisSessions(self, self.broker.config.persistence_interval)
+        self.sessions.start()
+
+    async def _check_epoch(self) -> None:
+        """Redis restarted without its data (no persistence, or a new server): every node's
+        retained messages, session markers and kept sessions are gone from it. Said in the log
+        and in metrics (``data_lost``), and this node writes its own again."""
+        key = self.prefix_b + b"$mqttd/epoch"
+        try:
+            client = await self._client()
+            await client.set(key, os.urandom(8).hex(), nx=True)
+            epoch = await client.get(key)
+        except (OSError, RedisError, TimeoutError) as exc:
+            log.warning("could not read the epoch key from Redis: %s", exc)
+            return
+        if self._epoch is not None and epoch != self._epoch:
+            self.stats["data_lost"] += 1
+            log.warning(
+                "Redis at %s came back empty (restarted without its data): retained messages "
+                "and sessions kept there by other nodes are lost; this node writes its own again",
+                self.address,
+            )
+            self._write_back()
+        self._epoch = epoch
+
+    def _write_back(self) -> None:
+        """After Redis lost its data: this node's retained messages and sessions, again."""
+        broker = self.broker
+        index = getattr(broker.storage, "index", None)
+        if index is not None:
+            for msg in index.match("#"):
+                origin = msg.origin
+                if origin is None or origin[0] == self.node:
+                    self.store_retained(msg)
+        for client_id, session in broker.sessions.items():
+            if session.expiry_interval:
+                self.mark_session(client_id)
+        if self.sessions is not None:
+            self.sessions.changed.forget()
 
     async def _connect(self) -> None:
         # Check the answers: a wrong password fails here (with Redis's own words), not later
@@ -236,6 +287,9 @@ class RedisBridge:
 
     async def stop(self) -> None:
         self._confirmed()
+        if self.sessions is not None:
+            sessions, self.sessions = self.sessions, None
+            await sessions.stop()
         if self._cmd is not None:
             await self._cmd.aclose()
             self._cmd = None
@@ -259,6 +313,7 @@ class RedisBridge:
         self._in_flight += replies
 
     def _ping(self) -> None:
+        self._ping_sent = time.monotonic()
         self.sub.transport.write(_command(b"PING"))  # type: ignore[union-attr]
 
     def _stalled(self) -> bool:
@@ -315,6 +370,7 @@ class RedisBridge:
                 await asyncio.wait_for(self._connect(), 3.0)
                 self.stats["reconnects"] += 1
                 delay = 0.05
+                await self._check_epoch()
             except (TimeoutError, OSError, ConnectionError) as exc:
                 log.debug("Redis at %s still unreachable: %s", self.address, exc)
                 for conn in self._conns():
@@ -361,6 +417,8 @@ class RedisBridge:
             self._on_message(reply[2], reply[3], reply[1])
         elif kind == b"pong" or reply == b"PONG":
             self._last_pong = time.monotonic()
+            if self._ping_sent:
+                self.rtt = self._last_pong - self._ping_sent
         elif kind == b"subscribe" or kind == b"psubscribe":
             self._confirmed(reply[1])
 
@@ -556,15 +614,45 @@ class RedisBridge:
         self._send(self.control, _command(self._publish, self.control, data))
         if not want:
             return None
+        if self.sessions is not None:
+            try:
+                dead = not await self.sessions.alive(holder)
+            except (OSError, RedisError, TimeoutError) as exc:
+                log.warning("could not ask Redis whether node %s lives: %s", holder.hex(), exc)
+                dead = False
+            if dead:
+                # Its node is dead: the session as that node last wrote it (sessions.py)
+                return await self._kept_session(client_id, f"node {holder.hex()} is gone")
         try:
             got = await (await self._client()).blpop([self._handoff_key(client_id)], HANDOFF_WAIT)
         except (OSError, RedisError, TimeoutError) as exc:
             log.warning("no session handed over for %s: %s", client_id, exc)
             return None
         if got is None:
-            log.warning("node holding the session of %s did not hand it over", client_id)
-            return None
+            # Dead and not noticed yet (sessions.NODE_TTL), or stuck: what it last wrote
+            return await self._kept_session(
+                client_id, f"node {holder.hex()} did not hand it over within {HANDOFF_WAIT} s"
+            )
         return sessionstate.decode(got[1])
+
+    async def _kept_session(self, client_id: str, why: str) -> dict | None:
+        """The session of ``client_id`` as its node last wrote it to Redis, or None."""
+        if self.sessions is None:
+            log.warning("session of %s not taken over: %s", client_id, why)
+            return None
+        try:
+            kept = await (await self._client()).get(self.sessions.state_key(client_id))
+            if kept is None:
+                log.warning("session of %s lost: %s and it kept none in Redis", client_id, why)
+                return None
+            state = sessionstate.decode(kept)
+        except (OSError, RedisError, TimeoutError, ValueError) as exc:
+            log.warning(
+                "session of %s lost: %s and its kept one is unreadable: %s", client_id, why, exc
+            )
+            return None
+        log.info("session of %s taken from Redis: %s", client_id, why)
+        return state
 
     def mark_session(self, client_id: str) -> None:
         """This node holds the persistent session of ``client_id`` now."""
@@ -577,6 +665,14 @@ class RedisBridge:
         if self.up and self.pub is not None:
             key = self._session_key(client_id)
             self._send(key, _command(b"EVAL", _DEL_IF_EQUAL, b"1", key, self.node))
+
+    def will_armed(self, client_id: str, will: Any, delay: int) -> None:
+        if self.sessions is not None:
+            self.sessions.will_armed(client_id, will, delay)
+
+    def will_gone(self, client_id: str) -> None:
+        if self.sessions is not None:
+            self.sessions.will_gone(client_id)
 
     def _hand_over(self, session: Any) -> None:
         key = self._handoff_key(session.client_id)
@@ -823,5 +919,7 @@ class RedisBridge:
             "redis_address": self.address,
             "channels": len(self.channels),
             "patterns": len(self.patterns),
+            "rtt": self.rtt,
             **self.stats,
+            **(self.sessions.stats if self.sessions is not None else {}),
         }

@@ -184,6 +184,7 @@ class RedisClusterBridge(RedisBridge):
         self._in_flight += replies
 
     def _ping(self) -> None:
+        self._ping_sent = time.monotonic()
         for conn in self.subs.values():
             conn.transport.write(_command(b"PING"))
 
@@ -252,6 +253,7 @@ class RedisClusterBridge(RedisBridge):
                 self._on_message(channel, data, None)
         elif kind == b"pong":
             self.pongs[addr] = time.monotonic()
+            self.rtt = self.pongs[addr] - self._ping_sent
         elif kind == b"sunsubscribe":
             channel = reply[1]
             pending = self._unsubscribing.get(channel, 0)

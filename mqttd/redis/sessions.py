@@ -1,0 +1,235 @@
+"""Persistent sessions kept in Redis, so that a node that dies loses nothing it acknowledged
+(docs/redis.md, "A node that dies").
+
+Each node, every ``persistence_interval`` seconds (1 by default):
+
+- says it is alive: ``{prefix}$mqttd/node/<id>`` with a time to live of :data:`NODE_TTL`
+  seconds, and its id in the set ``{prefix}$mqttd/nodes``;
+- writes the persistent sessions it holds that changed (mqttd.sessionstate: subscriptions,
+  queued and in-flight QoS 1/2 messages, QoS 2 receive state, will with delay) to
+  ``{prefix}$mqttd/state/<client id>``, and their client ids to ``{prefix}$mqttd/holds/<id>``;
+- looks for nodes of the set whose alive key has expired: a dead node. The first survivor to
+  claim it (``SET NX``) publishes the wills of the dead node's connected clients (kept in
+  ``{prefix}$mqttd/wills/<id>`` while they are connected: MQTT says a will goes when the
+  connection is lost [MQTT-3.1.2-8], and that node can no longer say it), after their Will Delay
+  Interval, and starts the expiry of its sessions.
+
+A client that reconnects elsewhere with Clean Start 0 and finds its session marked as held by a
+dead node gets the state written here (mqttd.redis.bridge.acquire_session). Detection takes
+:data:`NODE_TTL` plus at most one interval: 6 s by default.
+
+The connections' wills are written when a client connects with one (an HSET) and removed when
+it disconnects: the only Redis traffic per connection. What a dead node received after its last
+write (at most one interval) is lost, as a crash loses it with ``--persistence-file``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from mqttd import sessionstate
+
+if TYPE_CHECKING:
+    from mqttd.redis.bridge import RedisBridge
+
+log = logging.getLogger("mqttd.redis")
+
+#: seconds a node's alive key lives: a node silent this long is dead
+NODE_TTL = 5.0
+#: seconds a survivor's claim on a dead node lasts (one survivor publishes its wills)
+CLAIM_TTL = 60
+
+_ERRORS = (OSError, RedisError, TimeoutError, ConnectionError)
+
+
+class RedisSessions:
+    """The session-keeping side of one node's bridge."""
+
+    def __init__(self, bridge: RedisBridge, interval: float) -> None:
+        self.bridge = bridge
+        self.interval = interval
+        self.changed = sessionstate.ChangedSessions(bridge.broker)
+        self.me = bridge.node.hex()
+        p = bridge.prefix
+        self._state = f"{p}$mqttd/state/"
+        self._node = f"{p}$mqttd/node/"
+        self._nodes = f"{p}$mqttd/nodes"
+        self._holds = f"{p}$mqttd/holds/"
+        self._wills = f"{p}$mqttd/wills/"
+        self._claim = f"{p}$mqttd/reaping/"
+        self._task: asyncio.Task[None] | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        self.stats = {"sessions_written": 0, "dead_nodes": 0, "wills_published": 0}
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for timer in self._timers:
+            timer.cancel()
+        if self.bridge.up:
+            # A clean stop: what changed is written, and this node leaves the set (it is not
+            # dead: its clients' wills were published as their connections closed)
+            with contextlib.suppress(*_ERRORS):
+                await asyncio.wait_for(self._write(), 3.0)
+                client = await self.bridge._client()
+                await client.delete(self._node + self.me, self._wills + self.me)
+                await client.srem(self._nodes, self.me)
+
+    def state_key(self, client_id: str) -> str:
+        return self._state + client_id
+
+    async def alive(self, node: bytes) -> bool:
+        client = await self.bridge._client()
+        return bool(await client.exists(self._node + node.hex()))
+
+    # -- what connections say ------------------------------------------------------------------
+    def will_armed(self, client_id: str, will: Any, delay: int) -> None:
+        """``client_id`` connected here with a will: survivors publish it if this node dies."""
+        data = json.dumps({"will": sessionstate.pack_message(will), "delay": delay})
+        self._fire(self._hset, self._wills + self.me, client_id, data)
+
+    def will_gone(self, client_id: str) -> None:
+        self._fire(self._hdel, self._wills + self.me, client_id)
+
+    async def _hset(self, key: str, field: str, value: str) -> None:
+        await (await self.bridge._client()).hset(key, field, value)
+
+    async def _hdel(self, key: str, field: str) -> None:
+        await (await self.bridge._client()).hdel(key, field)
+
+    def _fire(self, fn: Any, *args: Any) -> None:
+        if not self.bridge.up:
+            return
+
+        async def run() -> None:
+            with contextlib.suppress(*_ERRORS):
+                await fn(*args)
+
+        asyncio.get_running_loop().create_task(run())
+
+    # -- each interval -------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if not self.bridge.up:
+                continue
+            try:
+                await self._write()
+                await self._look_for_dead()
+            except _ERRORS as exc:
+                log.warning("sessions in Redis: %s", exc)
+                self.changed.forget()  # written whole at the next turn
+
+    async def _write(self) -> None:
+        client = await self.bridge._client()
+        pipe = client.pipeline(transaction=False)
+        pipe.set(self._node + self.me, b"1", px=int(NODE_TTL * 1000))
+        pipe.sadd(self._nodes, self.me)
+        changes = self.changed.collect()
+        gone = []
+        for client_id, state in changes.items():
+            if state is None:
+                gone.append(client_id)
+                continue
+            pipe.set(self.state_key(client_id), state)
+            pipe.sadd(self._holds + self.me, client_id)
+        await pipe.execute()
+        self.stats["sessions_written"] += len(changes) - len(gone)
+        for client_id in gone:
+            # Gone from here: ended (its marker was dropped), or moved to a node that writes it
+            holder = await client.get(self.bridge._session_key(client_id))
+            if holder is None or holder == self.bridge.node:
+                await client.delete(self.state_key(client_id))
+            await client.srem(self._holds + self.me, client_id)
+
+    async def _look_for_dead(self) -> None:
+        client = await self.bridge._client()
+        for raw in await client.smembers(self._nodes):
+            node = raw.decode()
+            if node == self.me or await client.exists(self._node + node):
+                continue
+            if await client.set(self._claim + node, self.me, nx=True, ex=CLAIM_TTL):
+                await self._reap(node)
+
+    async def _reap(self, node: str) -> None:
+        """``node`` stopped without leaving: its clients' wills, its sessions' expiry."""
+        client = await self.bridge._client()
+        wills = await client.hgetall(self._wills + node)
+        held = await client.smembers(self._holds + node)
+        self.stats["dead_nodes"] += 1
+        log.warning(
+            "node %s stopped answering (no heartbeat for %.0f s): publishing the wills of its "
+            "%d connected clients; its %d sessions wait in Redis for their clients",
+            node,
+            NODE_TTL,
+            len(wills),
+            len(held),
+        )
+        for client_id, data in wills.items():
+            try:
+                entry = json.loads(data)
+                will = sessionstate.unpack_message(entry["will"])
+                delay = float(entry.get("delay") or 0)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("unreadable will of %s: %s", client_id, exc)
+                continue
+            self._will_after(client_id.decode(), will, delay, node)
+        now = time.time()
+        for raw in held:
+            client_id = raw.decode()
+            key = self.state_key(client_id)
+            data = await client.get(key)
+            if data is None:
+                continue
+            try:
+                state = sessionstate.decode(data)
+            except ValueError:
+                continue
+            if state.get("will") and state.get("will_due"):
+                # a will that was waiting for its delay on the dead node
+                will = sessionstate.unpack_message(state["will"])
+                self._will_after(client_id, will, max(0.0, state["will_due"] - now), node)
+            expiry = state["expiry"]
+            if expiry < 0xFFFFFFFF:
+                # It expires from now, unless its client comes back [MQTT-3.1.2-23]
+                await client.expire(key, max(1, int(expiry)))
+        await client.delete(self._wills + node, self._holds + node)
+        await client.srem(self._nodes, node)
+
+    def _will_after(self, client_id: str, will: Any, delay: float, node: str) -> None:
+        loop = asyncio.get_running_loop()
+        if delay <= 0:
+            self._publish_will(client_id, will)
+            return
+        # Published after its delay unless its client is back by then [MQTT-3.1.3-9]
+        self._timers.append(
+            loop.call_later(delay, lambda: loop.create_task(self._will_due(client_id, will, node)))
+        )
+
+    async def _will_due(self, client_id: str, will: Any, node: str) -> None:
+        with contextlib.suppress(*_ERRORS):
+            holder = await (await self.bridge._client()).get(self.bridge._session_key(client_id))
+            if holder is not None and holder.hex() != node:
+                return  # its client reconnected on another node
+        self._publish_will(client_id, will)
+
+    def _publish_will(self, client_id: str, will: Any) -> None:
+        log.info("publishing the will of %s (its node is gone) to %s", client_id, will.topic)
+        self.stats["wills_published"] += 1
+        self.bridge.broker.publish(will)
+
+
+__all__ = ["NODE_TTL", "RedisSessions"]

@@ -1,0 +1,87 @@
+"""A node that dies (issue 15, item 2): ``kill -9`` one node of three; its client resumes its
+persistent session on another node and finds its subscriptions and every acknowledged QoS 1/2
+message queued for it; the wills of its connected clients are published by a survivor; and a
+Redis restarted empty is noticed (log and metrics)."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+
+from tests.conformance import mqtt_raw as R
+from tests.redis.multinode import unique, wait_for
+
+EXPIRY = R.props(R.prop(0x11, 3600))  # Session Expiry Interval: the session outlives the socket
+
+
+def addr(node) -> tuple[str, int]:
+    return (node.host, node.port)
+
+
+def metric(node, name: str) -> float:
+    with urllib.request.urlopen(node.urls["http"], timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_kill_9_a_node_and_resume_elsewhere(redis_server, start_nodes):
+    a, b, c = start_nodes(redis_server, 3, "--metrics-port", "0", "--persistence-interval", "0.2")
+    root = unique("dead")
+    # A persistent MQTT 5 session on node a, subscribed at QoS 1 and 2, then offline
+    s = R.connected(addr(a), f"{root}-sub", 5, clean=False, properties=EXPIRY)
+    s.subscribe([(f"{root}/q1/#", 1), (f"{root}/q2/#", 2)])
+    s.disconnect()
+    # A connected client on node a with a will, and a watcher of wills on node c
+    watcher = R.connected(addr(c), f"{root}-watch", 5)
+    watcher.subscribe(f"{root}/will/#", 1)
+    willing = R.connected(  # held until the kill: its will must come from a survivor
+        addr(a), f"{root}-w", 5, will_topic=f"{root}/will/w", will_payload=b"gone", will_qos=1
+    )
+    # Publishers on b: every message acknowledged (PUBACK / PUBCOMP) before the kill
+    with R.connected(addr(b), f"{root}-pub", 5) as p:
+        for i in range(100):
+            p.publish(f"{root}/q{1 + i % 2}/x", b"%03d" % i, qos=1 + i % 2, pid=i + 1)
+    # The marker: node a wrote its sessions after it queued them (two more writes)
+    start = metric(a, "mqttd_redis_sessions_written_total")
+    wait_for(lambda: metric(a, "mqttd_redis_sessions_written_total") > start, 10, "a write")
+    a.proc.kill()
+    a.proc.wait(5)
+    t_kill = time.monotonic()
+    try:
+        # The will of the client connected to a is published by a survivor (NODE_TTL + interval)
+        will = watcher.recv_publish(timeout=15)
+        detected = time.monotonic() - t_kill
+        assert (will.topic, will.payload) == (f"{root}/will/w", b"gone")
+        assert detected < 10, f"dead node noticed after {detected:.1f} s"
+        # The client resumes on c: its session is there, with everything acknowledged
+        s2 = R.Client(addr(c), 5)
+        present, rc, _ = s2.connect(f"{root}-sub", clean=False, properties=EXPIRY)
+        assert rc == 0 and present, "session not found on another node"
+        got = sorted(int(s2.recv_publish(timeout=10).payload) for _ in range(100))
+        assert got == list(range(100))
+        # and its subscriptions: a new message reaches it
+        with R.connected(addr(b), f"{root}-pub2", 5) as p:
+            p.publish(f"{root}/q1/after", b"after", qos=1)
+        assert s2.recv_publish(timeout=10).payload == b"after"
+        s2.expect_quiet()  # nothing twice
+        s2.close()
+        assert (
+            metric(b, "mqttd_redis_dead_nodes_total") + metric(c, "mqttd_redis_dead_nodes_total")
+            == 1
+        )
+    finally:
+        watcher.close()
+        willing.close()
+
+
+def test_redis_restarted_empty_is_noticed(redis_server, start_nodes):
+    (node,) = start_nodes(redis_server, 1, "--metrics-port", "0")
+    with R.connected(addr(node), unique("r"), 5) as p:
+        p.publish("kept/1", b"v1", qos=1, retain=True)
+    assert metric(node, "mqttd_redis_data_lost_total") == 0
+    redis_server.restart()  # --save "": it comes back empty
+    wait_for(lambda: metric(node, "mqttd_redis_data_lost_total") == 1, 15, "Redis noticed empty")
+    # and the node wrote its retained message again
+    wait_for(lambda: redis_server.client().hexists("$mqttd/retained", "kept/1"), 10, "rewrite")
