@@ -42,6 +42,8 @@ cdef class Flusher:
     # Broker-wide totals ($SYS): bytes written, PUBLISH packets sent, messages dropped
     cdef public long long bytes_sent
     cdef public long long messages_sent
+    cdef public long long messages_sent_qos0  # of messages_sent: QoS 0, and QoS 2 (the rest: 1)
+    cdef public long long messages_sent_qos2
     cdef public long long messages_dropped
     # Flow control (docs/flow-control.md; the twin says each field)
     cdef long long _drops[7]  # by reason (DROP_REASONS); read as the drops property

@@ -251,6 +251,8 @@ cdef class Flusher:
         self.scheduled = False
         self.bytes_sent = 0
         self.messages_sent = 0
+        self.messages_sent_qos0 = 0
+        self.messages_sent_qos2 = 0
         self.messages_dropped = 0
         cdef int i
         for i in range(N_REASONS):
@@ -439,6 +441,7 @@ cdef class Outlet:
             _append_bytes(self.buf, msg.encode_qos0(self.version, retain))
             self.sent += 1
             self.flusher.messages_sent += 1
+            self.flusher.messages_sent_qos0 += 1
             self._mark()
             return
         # QoS 1/2 is encoded only when it can go: a paused transport or a full window keeps it
@@ -539,6 +542,8 @@ cdef class Outlet:
         self._in_flight(msg, 1)
         self.sent += 1
         self.flusher.messages_sent += 1
+        if qos == 2:
+            self.flusher.messages_sent_qos2 += 1
         self._mark()
 
     cpdef int alloc_packet_id(self) except -1:

@@ -427,6 +427,11 @@ class Broker:
             # connections closed for max_incoming_bytes
             "refused_incoming": 0,
         }
+        #: PUBLISH received, and their payload bytes, by QoS
+        self.received_qos = [0, 0, 0]
+        self.received_payload_bytes = [0, 0, 0]
+        #: CONNECTs refused, by reason code (the MQTT 5 code; 3.1.1 clients got its equivalent)
+        self.refused: dict[int, int] = {}
         #: clients past CONNECT (counted against max_connections), and per IP address
         self.clients = 0
         self.clients_per_ip: dict[str, int] = {}

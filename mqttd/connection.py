@@ -551,6 +551,8 @@ class Connection:
 
     def refuse(self, reason_code: int) -> None:
         """Answer CONNECT with a refusal and close [MQTT-3.2.2-6]."""
+        refused = self.broker.refused
+        refused[reason_code] = refused.get(reason_code, 0) + 1
         if self.version == 5:
             data = codec.encode_connack(False, reason_code, 5)
         else:
@@ -974,6 +976,8 @@ class Connection:
         else:
             msg = route.Message(topic, p.payload, qos, p.retain)
         broker.stats["messages_received"] += 1
+        broker.received_qos[qos] += 1
+        broker.received_payload_bytes[qos] += len(p.payload)
         if broker.config.max_messages_per_second:
             self._spend_token(broker.config.max_messages_per_second)
         rc: Any = 0

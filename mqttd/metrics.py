@@ -29,12 +29,20 @@ from prometheus_client import make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from mqttd import constants
 from mqttd.version import __version__
 
 if TYPE_CHECKING:
     from mqttd.node import Node
 
 log = logging.getLogger("mqttd")
+
+#: reason code -> a label ("not_authorized") for the refusals by reason
+REASON_NAMES = {
+    value: name.lower()
+    for name, value in vars(constants).items()
+    if name.isupper() and isinstance(value, int) and 0x80 <= value <= 0xA2 and "_" in name
+}
 
 #: seconds the event loop has to hand over a snapshot before /health says it is stuck
 LOOP_ANSWER = 2.0
@@ -98,6 +106,27 @@ def _figures(s: dict[str, Any]) -> Iterable[Metric]:
     yield _counter("mqttd_messages_sent", "PUBLISH packets sent", s["messages_sent"])
     yield _counter("mqttd_received_bytes", "bytes received from clients", s["bytes_received"])
     yield _counter("mqttd_sent_bytes", "bytes sent to clients", s["bytes_sent"])
+    for name, doc, key in (
+        ("mqttd_messages_received_by_qos", "PUBLISH packets received, by QoS", "received_by_qos"),
+        (
+            "mqttd_received_payload_bytes_by_qos",
+            "payload bytes of the PUBLISH packets received, by QoS",
+            "received_payload_bytes_by_qos",
+        ),
+        ("mqttd_messages_sent_by_qos", "PUBLISH packets sent, by QoS", "sent_by_qos"),
+    ):
+        family = CounterMetricFamily(name, doc, labels=["qos"])
+        for qos, count in sorted(s[key].items()):
+            family.add_metric([str(qos)], count)
+        yield family
+    refused = CounterMetricFamily(
+        "mqttd_connections_refused",
+        "CONNECTs refused, by MQTT 5 reason code (3.1.1 clients got the equivalent code)",
+        labels=["reason"],
+    )
+    for code, count in sorted(s["refused"].items()):
+        refused.add_metric([REASON_NAMES.get(code, f"0x{code:02X}")], count)
+    yield refused
     dropped = CounterMetricFamily(
         "mqttd_messages_dropped",
         "messages dropped, by reason (docs/flow-control.md)",

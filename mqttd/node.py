@@ -327,6 +327,10 @@ class Node:
             "loop_lag": self.loop_lag,
             "redis": broker.peers.health() if broker.peers.remote else None,
             "persistence": self.persistence.figures() if self.persistence is not None else None,
+            "received_by_qos": dict(enumerate(broker.received_qos)),
+            "received_payload_bytes_by_qos": dict(enumerate(broker.received_payload_bytes)),
+            "sent_by_qos": _sent_by_qos(flusher),
+            "refused": dict(broker.refused),
         }
 
     def start_line(self, host_hint: str = "") -> str:
@@ -412,6 +416,13 @@ class Node:
         bridge, self._bridge = self._bridge, None
         if bridge is not None:
             await bridge.stop()
+
+
+def _sent_by_qos(flusher: Any) -> dict[int, int]:
+    if flusher is None:
+        return {0: 0, 1: 0, 2: 0}
+    q0, q2 = flusher.messages_sent_qos0, flusher.messages_sent_qos2
+    return {0: q0, 1: flusher.messages_sent - q0 - q2, 2: q2}
 
 
 async def serve(

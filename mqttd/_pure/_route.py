@@ -235,6 +235,8 @@ class Flusher:
         "scheduled",
         "bytes_sent",
         "messages_sent",
+        "messages_sent_qos0",
+        "messages_sent_qos2",
         "messages_dropped",
         "drops",
         "dropping",
@@ -253,6 +255,9 @@ class Flusher:
         # Broker-wide totals ($SYS): bytes written, PUBLISH packets sent, messages dropped
         self.bytes_sent = 0
         self.messages_sent = 0
+        #: of messages_sent: those at QoS 0, and at QoS 2 (the rest went at QoS 1)
+        self.messages_sent_qos0 = 0
+        self.messages_sent_qos2 = 0
         self.messages_dropped = 0
         #: messages dropped, by reason (DROP_REASONS)
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -471,6 +476,7 @@ class Outlet:
             self.buf += msg.encode_qos0(self.version, retain)
             self.sent += 1
             self.flusher.messages_sent += 1
+            self.flusher.messages_sent_qos0 += 1
             self._mark()
             return
         # QoS 1/2 is encoded only when it can go: a paused transport or a full window keeps it
@@ -582,6 +588,8 @@ class Outlet:
         self._in_flight(msg, 1)
         self.sent += 1
         self.flusher.messages_sent += 1
+        if qos == 2:
+            self.flusher.messages_sent_qos2 += 1
         self._mark()
 
     def alloc_packet_id(self) -> int:

@@ -96,3 +96,36 @@ def test_a_taken_metrics_port_is_one_line() -> None:
     assert r.stderr.strip() == (
         f"mqttd: error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_messages_by_qos_and_refusals_by_reason(broker: BrokerProc) -> None:
+    before = scrape(broker)
+
+    def value(s: dict, name: str, **labels: str) -> float:
+        return s.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    with socket.create_connection((broker.host, broker.port), timeout=5) as s:
+        s.sendall(b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02q2")  # CONNECT "q2"
+        assert s.recv(4) == b"\x20\x02\x00\x00"
+        s.sendall(b"\x82\x08\x00\x01\x00\x03q/t\x02")  # SUBSCRIBE q/t QoS 2
+        assert s.recv(5)[0] == 0x90
+        s.sendall(b"\x34\x09\x00\x03q/t\x00\x07hi")  # PUBLISH QoS 2, id 7, "hi"
+        got = b""
+        while b"hi" not in got or b"\x50\x02\x00\x07" not in got:  # the PUBLISH and PUBREC
+            chunk = s.recv(4096)
+            assert chunk, "closed by the broker"
+            got += chunk
+    # A CONNECT with an empty client id and CleanSession 0: refused 0x02 [MQTT-3.1.3-8]
+    with socket.create_connection((broker.host, broker.port), timeout=5) as s:
+        s.sendall(b"\x10\x0c\x00\x04MQTT\x04\x00\x00\x3c\x00\x00")
+        assert s.recv(4) == b"\x20\x02\x00\x02"
+    after = scrape(broker)
+    qos2 = "mqttd_messages_received_by_qos_total"
+    assert value(after, qos2, qos="2") == value(before, qos2, qos="2") + 1
+    sent = "mqttd_messages_sent_by_qos_total"
+    assert value(after, sent, qos="2") == value(before, sent, qos="2") + 1
+    payload = "mqttd_received_payload_bytes_by_qos_total"
+    assert value(after, payload, qos="2") == value(before, payload, qos="2") + 2
+    refused = "mqttd_connections_refused_total"
+    reason = "client_identifier_not_valid"
+    assert value(after, refused, reason=reason) == value(before, refused, reason=reason) + 1
