@@ -22,6 +22,7 @@ authorization hook, which is on the hot path only when one is registered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -29,6 +30,7 @@ import logging
 import os
 import ssl
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -241,6 +243,8 @@ AuthorizePublishHookT = TypeVar(
 AuthorizeSubscribeHookT = TypeVar(
     "AuthorizeSubscribeHookT", bound=AuthorizeSubscribeHook | AsyncAuthorizeSubscribeHook
 )
+#: ``@app.on_startup`` / ``@app.on_shutdown``: ``hook()`` or ``async hook()``
+LifespanHookT = TypeVar("LifespanHookT", bound=Callable[[], None] | Callable[[], Awaitable[None]])
 
 # The arguments each decorator's handlers are called with, by position (for the check below)
 _SUBSCRIBE_ARGS = ("topic", "client")
@@ -432,6 +436,10 @@ class MQTTApp:
         self._publish_routes: list[_Route] = []
         self._on_connect: list[Callable[..., Any]] = []
         self._on_disconnect: list[Callable[..., Any]] = []
+        #: called (awaited if async) once the broker serves / before it stops
+        self._on_startup: list[Callable[[], Any]] = []
+        self._on_shutdown: list[Callable[[], Any]] = []
+        self._stopping = False
         self._authenticate: Callable[..., Any] | None = None
         self._authorize_publish: Callable[..., Any] | None = None
         self._authorize_subscribe: Callable[..., Any] | None = None
@@ -508,6 +516,19 @@ class MQTTApp:
         """``handler(client)`` after the client's connection ended."""
         _check_handler(func, "on_disconnect", _CLIENT_ARGS)
         self._on_disconnect.append(func)
+        return func
+
+    def on_startup(self, func: LifespanHookT) -> LifespanHookT:
+        """Register ``func()`` (sync or async) to run once the broker serves, before
+        :meth:`start` returns (or ``run()`` waits): open what your handlers need, publish a
+        first retained message. An exception stops the start (the broker is shut down)."""
+        self._on_startup.append(func)
+        return func
+
+    def on_shutdown(self, func: LifespanHookT) -> LifespanHookT:
+        """Register ``func()`` (sync or async) to run when the app stops, before its clients are
+        disconnected (it may still publish); each is given the shutdown's timeout."""
+        self._on_shutdown.append(func)
         return func
 
     def authenticate(self, func: AuthenticateHookT) -> AuthenticateHookT:
@@ -591,6 +612,17 @@ class MQTTApp:
             self._node = None
             raise
         log.info("%s", node.start_line())
+        await self._started()
+
+    async def _started(self) -> None:
+        try:
+            for func in self._on_startup:
+                result = func()
+                if inspect.isawaitable(result):
+                    await result
+        except BaseException:
+            await self.shutdown()
+            raise
 
     def _prepare(self) -> Node:
         """The node of this run, with the hooks installed on its broker (they may run as soon
@@ -603,20 +635,56 @@ class MQTTApp:
         self._install(node.broker)
         return node
 
-    async def serve_forever(self) -> None:
-        """Start if needed, then wait until :meth:`shutdown`."""
+    async def serve_forever(self, *, handle_signals: bool = True) -> None:
+        """Start if needed, then serve until :meth:`shutdown`, or (``handle_signals``, in the
+        main thread) until SIGINT or SIGTERM, then shut down: so that
+        ``asyncio.run(app.serve_forever())`` in a program's own ``main`` stops as ``run()`` does
+        (SIGHUP reloads the log file, passwords, ACL and certificates)."""
         if self._node is None:
             await self.start()
-        assert self._stopped is not None
-        await self._stopped.wait()
+        node, stopped = self._node, self._stopped
+        assert node is not None and stopped is not None
+        signals = asyncio.Event()
+        catching = False
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                node.catch_signals(signals)
+                catching = True
+        try:
+            waits = {asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(signals.wait())}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if signals.is_set():
+                log.info("stopping")
+                await self.shutdown()
+        finally:
+            if catching:
+                node.release_signals()
 
     async def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop listening, tell MQTT 5 clients (DISCONNECT 0x8B), close every connection, leave
-        Redis, and give running handlers up to ``timeout`` seconds to finish."""
-        node, self._node = self._node, None
-        if node is None:
+        """Run the on_shutdown hooks, stop listening, tell MQTT 5 clients (DISCONNECT 0x8B),
+        close every connection, write the persistence file, leave Redis, and give running
+        handlers up to ``timeout`` seconds to finish."""
+        if self._node is None or self._stopping:
             return
-        await node.shutdown(timeout)
+        self._stopping = True
+        try:
+            # while the broker still serves: a hook may publish a last message
+            for func in self._on_shutdown:
+                try:
+                    result = func()
+                    if inspect.isawaitable(result):
+                        await asyncio.wait_for(result, timeout)
+                except Exception:
+                    log.exception("on_shutdown hook %s failed", getattr(func, "__name__", func))
+            node, self._node = self._node, None
+            if node is not None:
+                await node.shutdown(timeout)
+        finally:
+            self._stopping = False
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             for task in pending:
@@ -666,7 +734,9 @@ class MQTTApp:
         # waits for a signal, or for shutdown() from a handler (which sets _stopped)
         node = self._prepare()
         assert self._stopped is not None
-        status = await serve(node, stopping=self.shutdown, until=self._stopped)
+        status = await serve(
+            node, stopping=self.shutdown, until=self._stopped, started=self._started
+        )
         if status:
             self._node = None  # it did not start: the app is not running
         return status

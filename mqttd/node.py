@@ -431,6 +431,7 @@ async def serve(
     stopping: Callable[[], Awaitable[None]] | None = None,
     until: asyncio.Event | None = None,
     host_hint: str = "",
+    started: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     """Start ``node`` and run it until SIGINT or SIGTERM (or ``until`` is set); the exit status.
 
@@ -448,6 +449,8 @@ async def serve(
     for handler in logging.getLogger().handlers + log.handlers:
         handler.flush()
     try:
+        if started is not None:
+            await started()  # the library's on_startup hooks (they shut down if they fail)
         await node.serve_forever(stop)
         log.info("stopping")
         await (stopping() if stopping is not None else node.shutdown())
