@@ -301,6 +301,8 @@ SOURCE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this che
 
 def _checkout(tmp_path, keep: tuple[str, ...] = ()) -> str:
     """A copy of the source tree without compiled modules (but those named in ``keep``)."""
+    if not os.path.isdir(os.path.join(SOURCE, "mqttd")):
+        pytest.skip("the tests run against an installed mqttd, away from its source tree")
     src = SOURCE
     dst = tmp_path / "checkout"
 
@@ -343,6 +345,8 @@ def test_checkout_without_extensions_is_one_warning(tmp_path) -> None:
 
 def test_mixed_only_when_really_mixed(tmp_path) -> None:
     pkg = os.path.join(SOURCE, "mqttd")
+    if not os.path.isdir(pkg):
+        pytest.skip("the tests run against an installed mqttd, away from its source tree")
     if not any(n.startswith("_codec.") and n.endswith(".so") for n in os.listdir(pkg)):
         pytest.skip("no compiled mqttd._codec to keep")
     out = _version_in(_checkout(tmp_path, keep=("_codec.",)))
