@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import brokers  # noqa: E402
+import chart as chart_  # noqa: E402
 from brokers import find_mosquitto, free_port, stop  # noqa: E402
-from chart import bar_chart  # noqa: E402
 
 from mqttd.bench import hotloop  # noqa: E402
 from mqttd.bench.idle import Idle  # noqa: E402
@@ -441,32 +441,17 @@ def format_table(verdicts: list[Verdict], args) -> str:
 
 
 def chart(path: str, verdicts: list[Verdict]) -> None:
-    """Bars: how far mqttd is from each budget, oriented so that >= 1 passes."""
-    labels = {
-        "fanin_q0": "FANIN Q0",
-        "fanout_q0": "FANOUT Q0",
-        "p2p_q0": "P2P Q0",
-        "fanin_q1": "FANIN Q1",
-        "latency": "LAT P99",
-        "idle": "IDLE RSS",
-        "redis_fanin": "REDIS FANIN",
-    }
-    bars = []
+    """mqttd and Mosquitto side by side, a panel per scenario (benchmarks/chart.py)."""
+    rows = []
     for v in verdicts:
-        if v.key not in labels:
+        if v.a is None and v.b is None:
             continue
-        kind, limit, _ = BUDGETS[v.key]
-        if kind in ("ratio_min", "cross_min"):
-            margin = None if v.ratio is None else v.ratio / limit
-            cap = "n/a" if v.ratio is None else f"{v.ratio:.2f}X"
-        elif kind == "ratio_max":
-            margin = None if not v.ratio else limit / v.ratio
-            cap = "n/a" if v.ratio is None else f"{v.ratio:.2f}X"
-        else:
-            margin = None if not v.b else limit / v.b
-            cap = "n/a" if v.b is None else f"{v.b / 1024:.0f}MB"
-        bars.append((labels[v.key], cap, margin, v.ok))
-    bar_chart(path, "MQTTD: FIGURE / BUDGET, MEDIANS (1 = BUDGET, HIGHER PASSES)", bars)
+        title, _, unit = v.title.rpartition(" ")
+        unit = {"us": "microseconds", "KiB": "RSS, KiB"}.get(unit, unit)
+        verdict = "" if v.ok is None else ("pass" if v.ok else "MISSED")
+        a_name = "one node" if v.key.startswith("redis") else "Mosquitto"
+        rows.append(chart_.Row(title or v.title, unit, v.a, v.b, a_name, verdict))
+    chart_.side_by_side(path, "mqttd and Mosquitto, medians (benchmarks/suite.py)", rows)
 
 
 def to_json(pairs, redis_rows, verdicts, args) -> dict[str, Any]:
