@@ -358,6 +358,23 @@ LOG_FORMATS = ("text", "json")
 _CONFIG_FIELDS = frozenset(o.name for o in OPTIONS if o.name not in _NOT_CONFIG)
 
 
+def reference_markdown() -> str:
+    """The configuration reference of docs/operations.md, made from :data:`OPTIONS` (a test
+    checks that the doc holds it, and says how to write it again when an option changes)."""
+    lines = [
+        "| TOML key | flag | environment | default | what |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for o in OPTIONS:
+        flag = "--" + o.name.replace("_", "-") + (f" {o.metavar}" if o.metavar else "")
+        default = "-" if o.default is None else f"`{_toml(o.default)}`"
+        what = o.help.replace("|", "\\|")
+        lines.append(
+            f"| `{o.name}` | `{flag}` | `MQTTD_{o.name.upper()}` | {default} | {what} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def defaults() -> dict[str, Any]:
     return {o.name: o.default for o in OPTIONS}
 
@@ -675,3 +692,4 @@ def broker_config(values: Mapping[str, Any]) -> BrokerConfig:
     config = BrokerConfig(**fields)
     config.validate()
     return config
+
