@@ -129,3 +129,30 @@ def test_messages_by_qos_and_refusals_by_reason(broker: BrokerProc) -> None:
     refused = "mqttd_connections_refused_total"
     reason = "client_identifier_not_valid"
     assert value(after, refused, reason=reason) == value(before, refused, reason=reason) + 1
+
+
+def test_grafana_dashboard_queries_metrics_the_node_serves(broker: BrokerProc) -> None:
+    """docs/grafana-dashboard.json asks only for metric names /metrics has (with Redis and
+    persistence ones, which a node without them does not serve, taken from mqttd.metrics)."""
+    import json
+    import re
+    from pathlib import Path
+
+    import mqttd.metrics
+
+    dash = json.loads(
+        (Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(mqttd_[a-z0-9_]+)", e)}
+    served = {name for name, _ in scrape(broker)}
+    source = Path(mqttd.metrics.__file__).read_text()
+    # the Redis counters are named f"mqttd_redis_{key}" from a list of keys in the source
+    keys = set(re.findall(r'"([a-z_]+)",', source))
+    optional = {f"mqttd_redis_{k}_total" for k in keys} | set(
+        re.findall(r'"(mqttd_[a-z0-9_]+)"', source)
+    )
+    optional |= {n + "_total" for n in optional}
+    missing = {m for m in used if m not in served and m not in optional}
+    assert not missing, f"the dashboard asks for metrics nobody serves: {sorted(missing)}"
+    assert len(used) >= 20
