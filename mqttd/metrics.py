@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import make_wsgi_app
+from prometheus_client import ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -165,6 +165,11 @@ def _figures(s: dict[str, Any]) -> Iterable[Metric]:
     yield _gauge(
         "mqttd_event_loop_lag_seconds", "how late the loop's last timer fired", s["loop_lag"]
     )
+    yield _counter(
+        "mqttd_fd_exhausted",
+        "seconds the node was found at its file descriptor limit (new clients wait)",
+        s["fd_exhausted"],
+    )
     persistence = s["persistence"]
     if persistence is not None:
         yield _counter(
@@ -246,6 +251,8 @@ class MetricsServer:
         registry = CollectorRegistry(auto_describe=False)
         collector = NodeCollector(self.node, loop)
         registry.register(collector)
+        # process_open_fds, process_max_fds, process_resident_memory_bytes, CPU (Linux)
+        ProcessCollector(registry=registry)
         metrics_app = make_wsgi_app(registry)
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

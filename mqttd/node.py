@@ -22,6 +22,7 @@ import json
 import logging
 import logging.handlers
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -43,6 +44,9 @@ log = logging.getLogger("mqttd")
 #: the log line format of a node, whoever runs it
 LOG_FORMAT = "%(asctime)s mqttd[%(process)d] %(levelname)s: %(message)s"
 
+
+#: seconds between the checks of the file descriptors left
+FD_CHECK = 1.0
 
 #: the signals that stop a node
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -81,6 +85,11 @@ class Node:
         #: mqttd.persistence.Persistence with --persistence-file
         self.persistence: Any = None
         self._lag: Any = None
+        #: checks every second whether the process runs out of file descriptors
+        self._fd_watch: asyncio.TimerHandle | None = None
+        self._fd_warned = 0.0
+        #: times the node was found at its descriptor limit (mqttd_fd_exhausted_total)
+        self.fd_exhausted = 0
         self._signals = False  # SIGINT/SIGTERM handlers installed by serve_forever
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -154,6 +163,32 @@ class Node:
             )
         self._warn_if_open()
         self.sys_publisher = systopics.start_publisher(broker)  # None when sys_interval is 0
+        self._fd_watch = loop.call_later(FD_CHECK, self._check_fds)
+
+    def _check_fds(self) -> None:
+        """Out of file descriptors, a listener cannot accept (uvloop says nothing; the clients
+        wait in the listen backlog): said in the log at most once a minute, and counted. The
+        test is one open() of /dev/null a second, which fails exactly when accept() would."""
+        loop = asyncio.get_running_loop()
+        self._fd_watch = loop.call_later(FD_CHECK, self._check_fds)
+        try:
+            os.close(os.open(os.devnull, os.O_RDONLY))
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                return
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        used = len(self.broker.connections)
+        self.fd_exhausted += 1
+        now = time.monotonic()
+        if now - self._fd_warned >= 60:
+            self._fd_warned = now
+            log.warning(
+                "out of file descriptors (limit %d, %d connections): new connections wait "
+                "unaccepted; raise the limit (ulimit -n, systemd LimitNOFILE)",
+                soft,
+                used,
+            )
 
     async def _listen(
         self, loop: asyncio.AbstractEventLoop, listener: ListenerConfig, first: bool
@@ -327,6 +362,7 @@ class Node:
             "loop_lag": self.loop_lag,
             "redis": broker.peers.health() if broker.peers.remote else None,
             "persistence": self.persistence.figures() if self.persistence is not None else None,
+            "fd_exhausted": self.fd_exhausted,
             "received_by_qos": dict(enumerate(broker.received_qos)),
             "received_payload_bytes_by_qos": dict(enumerate(broker.received_payload_bytes)),
             "sent_by_qos": _sent_by_qos(flusher),
@@ -392,6 +428,9 @@ class Node:
         if self.sys_publisher is not None:
             self.sys_publisher.stop()
             self.sys_publisher = None
+        if self._fd_watch is not None:
+            self._fd_watch.cancel()
+            self._fd_watch = None
         if self._lag is not None:
             self._lag.stop()
             self._lag = None

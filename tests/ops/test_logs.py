@@ -109,3 +109,71 @@ class _FileLines:
             return iter(self.path.read_text().splitlines(True))
         except FileNotFoundError:
             return iter(())
+
+
+def test_running_out_of_file_descriptors_is_logged_and_counted() -> None:
+    """At its descriptor limit a node cannot accept (uvloop is silent about it): the log says so
+    once, and mqttd_fd_exhausted_total counts it."""
+    import re as _re
+    import resource
+    import socket as _socket
+    import subprocess as _subprocess
+    import sys as _sys
+    import threading as _threading
+    import time as _time
+    import urllib.request
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = _subprocess.Popen(
+        [_sys.executable, "-m", "mqttd", "--port", "0", "--metrics-port", "0"],
+        stdout=_subprocess.PIPE,
+        stderr=_subprocess.STDOUT,
+        text=True,
+        preexec_fn=low_limit,
+    )
+    socks: list[_socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        m = None
+        while m is None:
+            line = proc.stdout.readline()
+            assert line, "the broker did not start"
+            m = _re.search(r"listening on (\S+):(\d+) \(pid (\d+)\).*?(http://\S+/metrics)", line)
+        assert int(m.group(3)) == proc.pid, line
+        lines: list[str] = []
+        seen = _threading.Event()
+
+        def read() -> None:
+            for out in proc.stdout:  # type: ignore[union-attr]
+                lines.append(out)
+                if "out of file descriptors" in out:
+                    seen.set()
+
+        _threading.Thread(target=read, daemon=True).start()
+        for _ in range(80):  # more than the 64 the node may open: the kernel queues the rest
+            socks.append(_socket.create_connection((m.group(1), int(m.group(2))), timeout=5))
+        assert seen.wait(10), "no log line about file descriptors:\n" + "".join(lines)
+        warned = [x for x in lines if "out of file descriptors" in x]
+        assert "limit 64" in warned[0] and "raise the limit" in warned[0]
+        for s in socks[:40]:
+            s.close()  # room again for the scrape
+        del socks[:40]
+        deadline = _time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(m.group(4), timeout=3) as r:
+                    text = r.read().decode()
+                break
+            except OSError:
+                assert _time.monotonic() < deadline, "metrics unreachable after room was made"
+                _time.sleep(0.2)
+        value = _re.search(r"^mqttd_fd_exhausted_total (\S+)$", text, _re.M)
+        assert value and float(value.group(1)) >= 1
+        assert len(warned) == 1  # at most once a minute
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        proc.wait(10)
