@@ -45,6 +45,9 @@ log = logging.getLogger("mqttd")
 LOG_FORMAT = "%(asctime)s mqttd[%(process)d] %(levelname)s: %(message)s"
 
 
+#: seconds a stopping node waits for its clients to read what was queued for them
+CLOSE_GRACE = 5.0
+
 #: seconds between the checks of the file descriptors left
 FD_CHECK = 1.0
 
@@ -442,6 +445,22 @@ class Node:
         for _, server, _ in servers:
             server.close()
         broker.close_connections()
+        # Each connection is closed after what was queued for it is written; a client that does
+        # not read it within CLOSE_GRACE seconds is cut, so that a stop is bounded
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_GRACE
+        while broker.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if broker.connections:
+            log.warning(
+                "shutdown: %d clients did not read what was left for them within %.0f s: cut",
+                len(broker.connections),
+                CLOSE_GRACE,
+            )
+            for conn in list(broker.connections):
+                transport = conn.transport
+                if transport is not None:
+                    (getattr(transport, "abort", None) or transport.close)()
         for listener, server, _ in servers:
             await server.wait_closed()  # (from Python 3.12: until every connection_lost ran)
             if listener.socket:

@@ -8,6 +8,7 @@ Each test starts its own brokers (tests/conftest.py) on one file in its tmp_path
 from __future__ import annotations
 
 import os
+import socket
 import re
 import signal
 import sqlite3
@@ -312,3 +313,22 @@ def test_delayed_will_survives_a_restart(tmp_path: Path) -> None:
             assert (m.topic, m.payload) == ("w/gone", b"bye")
     finally:
         stop_broker(b)
+
+
+def test_sigterm_is_bounded_when_a_client_does_not_read(tmp_path: Path) -> None:
+    """A subscriber that stops reading cannot hold a stop up: cut after the grace (node.py
+    CLOSE_GRACE), exit 0. (From Python 3.12 the listener's wait_closed() waits for every
+    connection, so without the grace this stop would never end; 3.11 does not wait.)"""
+    b = start_broker("--persistence-file", str(tmp_path / "p.db"), "--slow-subscriber-timeout", "0")
+    stalled = R.connected(addr(b), "stalled", 5)
+    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.subscribe("big/#", 0)
+    with R.connected(addr(b), "flood") as p:
+        for _ in range(300):
+            p.publish("big/x", b"x" * 60000)  # ~18 MB for a client reading nothing
+        p.ping()  # all of it went through the broker
+    started = time.monotonic()
+    sigterm(b)
+    took = time.monotonic() - started
+    assert took < 12, f"the stop took {took:.1f} s"
+    stalled.close()
