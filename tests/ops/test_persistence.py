@@ -8,9 +8,9 @@ Each test starts its own brokers (tests/conftest.py) on one file in its tmp_path
 from __future__ import annotations
 
 import os
-import socket
 import re
 import signal
+import socket
 import sqlite3
 import stat
 import threading
