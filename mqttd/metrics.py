@@ -98,6 +98,32 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return c
 
 
+#: the Redis bridge's counters (mqttd_redis_<key>_total), from its health()
+REDIS_COUNTERS = (
+    "forwarded",
+    "not_forwarded",
+    "received",
+    "lost",
+    "reconnects",
+    "errors",
+    "data_lost",
+    "sessions_written",
+    "dead_nodes",
+    "wills_published",
+)
+
+#: the persistence file's figures (mqttd.persistence): how, metric name, figure, what
+_PERSISTENCE = (
+    (_counter, "writes", "writes", "transactions written to the persistence file"),
+    (_counter, "write_errors", "write_errors", "writes to the persistence file that failed"),
+    (_counter, "written_bytes", "bytes_written", "bytes written to the persistence file"),
+    (_gauge, "write_seconds", "last_write_seconds", "how long the last write took"),
+    (_gauge, "sessions", "sessions", "persistent sessions in the file"),
+    (_counter, "unreadable", "unreadable_entries", "entries unreadable at start (skipped)"),
+    (_counter, "set_aside", "stores_set_aside", "unreadable files moved aside at start"),
+)
+
+
 def _figures(s: dict[str, Any]) -> Iterable[Metric]:
     yield _gauge("mqttd_connections", "clients connected now (past CONNECT)", s["connections"])
     yield _counter("mqttd_sockets", "network connections accepted", s["sockets_total"])
@@ -172,39 +198,8 @@ def _figures(s: dict[str, Any]) -> Iterable[Metric]:
     )
     persistence = s["persistence"]
     if persistence is not None:
-        yield _counter(
-            "mqttd_persistence_writes",
-            "transactions written to the persistence file",
-            persistence["writes"],
-        )
-        yield _counter(
-            "mqttd_persistence_write_errors",
-            "writes to the persistence file that failed",
-            persistence["write_errors"],
-        )
-        yield _counter(
-            "mqttd_persistence_written_bytes",
-            "bytes written to the persistence file",
-            persistence["bytes_written"],
-        )
-        yield _gauge(
-            "mqttd_persistence_write_seconds",
-            "how long the last write took",
-            persistence["last_write_seconds"],
-        )
-        yield _gauge(
-            "mqttd_persistence_sessions", "persistent sessions in the file", persistence["sessions"]
-        )
-        yield _counter(
-            "mqttd_persistence_unreadable",
-            "entries of the file that could not be read at start (skipped)",
-            persistence["unreadable_entries"],
-        )
-        yield _counter(
-            "mqttd_persistence_set_aside",
-            "unreadable persistence files moved aside at start",
-            persistence["stores_set_aside"],
-        )
+        for make, name, key, doc in _PERSISTENCE:
+            yield make(f"mqttd_persistence_{name}", doc, persistence[key])
     redis = s["redis"]
     if redis is not None:
         yield _gauge(
@@ -213,18 +208,7 @@ def _figures(s: dict[str, Any]) -> Iterable[Metric]:
         yield _gauge(
             "mqttd_redis_rtt_seconds", "round trip of the last PING to Redis", redis.get("rtt", 0)
         )
-        for key in (
-            "forwarded",
-            "not_forwarded",
-            "received",
-            "lost",
-            "reconnects",
-            "errors",
-            "data_lost",
-            "sessions_written",
-            "dead_nodes",
-            "wills_published",
-        ):
+        for key in REDIS_COUNTERS:
             if isinstance(redis.get(key), (int, float)):
                 yield _counter(
                     f"mqttd_redis_{key}", f"Redis bridge: {key.replace('_', ' ')}", redis[key]
