@@ -221,7 +221,7 @@ class RedisBridge:
         from mqttd.redis.sessions import RedisSessions
 
         self.sessions = RedisSessions(self, self.broker.config.persistence_interval)
-        self.sessions.start()
+        await self.sessions.start()
 
     async def _check_epoch(self) -> None:
         """Redis restarted without its data (no persistence, or a new server): every node's

@@ -3,8 +3,8 @@
 
 Each node, every ``persistence_interval`` seconds (1 by default):
 
-- says it is alive: ``{prefix}$mqttd/node/<id>`` with a time to live of :data:`NODE_TTL`
-  seconds, and its id in the set ``{prefix}$mqttd/nodes``;
+- says it is alive: ``{prefix}$mqttd/node/<id>`` with a time to live of :data:`NODE_TTL` seconds
+  (three intervals if that is longer), and its id in the set ``{prefix}$mqttd/nodes``;
 - writes the persistent sessions it holds that changed (mqttd.sessionstate: subscriptions,
   queued and in-flight QoS 1/2 messages, QoS 2 receive state, will with delay) to
   ``{prefix}$mqttd/state/<client id>``, and their client ids to ``{prefix}$mqttd/holds/<id>``;
@@ -15,8 +15,9 @@ Each node, every ``persistence_interval`` seconds (1 by default):
   Interval, and starts the expiry of its sessions.
 
 A client that reconnects elsewhere with Clean Start 0 and finds its session marked as held by a
-dead node gets the state written here (mqttd.redis.bridge.acquire_session). Detection takes
-:data:`NODE_TTL` plus at most one interval: 6 s by default.
+dead node gets the state written here (mqttd.redis.bridge.acquire_session). Detection takes the
+alive key's time to live plus at most one interval: 6 s by default. A node says it is alive once
+before its first client (else a node that just started would look dead).
 
 The connections' wills are written when a client connects with one (an HSET) and removed when
 it disconnects: the only Redis traffic per connection. What a dead node received after its last
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mqttd.redis")
 
-#: seconds a node's alive key lives: a node silent this long is dead
+#: seconds a node's alive key lives (at least; 3 intervals if longer): silent this long, dead
 NODE_TTL = 5.0
 #: seconds a survivor's claim on a dead node lasts (one survivor publishes its wills)
 CLAIM_TTL = 60
@@ -55,6 +56,8 @@ class RedisSessions:
     def __init__(self, bridge: RedisBridge, interval: float) -> None:
         self.bridge = bridge
         self.interval = interval
+        #: how long this node's alive key lives: several intervals, at least NODE_TTL
+        self.ttl = max(NODE_TTL, 3 * interval)
         self.changed = sessionstate.ChangedSessions(bridge.broker)
         self.me = bridge.node.hex()
         p = bridge.prefix
@@ -68,7 +71,13 @@ class RedisSessions:
         self._timers: list[asyncio.TimerHandle] = []
         self.stats = {"sessions_written": 0, "dead_nodes": 0, "wills_published": 0}
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Say this node is alive before any client connects (a node that has not said it yet
+        would look dead to the others), then write every interval."""
+        try:
+            await self._write()
+        except _ERRORS as exc:
+            log.warning("sessions in Redis: %s", exc)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -136,7 +145,7 @@ class RedisSessions:
     async def _write(self) -> None:
         client = await self.bridge._client()
         pipe = client.pipeline(transaction=False)
-        pipe.set(self._node + self.me, b"1", px=int(NODE_TTL * 1000))
+        pipe.set(self._node + self.me, b"1", px=int(self.ttl * 1000))
         pipe.sadd(self._nodes, self.me)
         changes = self.changed.collect()
         gone = []
@@ -171,10 +180,9 @@ class RedisSessions:
         held = await client.smembers(self._holds + node)
         self.stats["dead_nodes"] += 1
         log.warning(
-            "node %s stopped answering (no heartbeat for %.0f s): publishing the wills of its "
+            "node %s stopped answering (its alive key expired): publishing the wills of its "
             "%d connected clients; its %d sessions wait in Redis for their clients",
             node,
-            NODE_TTL,
             len(wills),
             len(held),
         )
