@@ -177,6 +177,8 @@ class Persistence:
         #: seconds the last write took (in its thread)
         self.last_write_seconds = 0.0
         self._failing = False
+        #: sessions whose deletion a failed write did not make: deleted at the next one
+        self._gone_unwritten: set[str] = set()
 
     async def start(self) -> tuple[int, int]:
         """Open the store and bring back what it holds; (retained, sessions) restored."""
@@ -231,7 +233,12 @@ class Persistence:
             topic: None if msg is None else sessionstate.encode_message(msg)
             for topic, msg in journal.items()
         }
-        return retained, self.changed.collect()
+        sessions = self.changed.collect()
+        for client_id in self._gone_unwritten:
+            if client_id not in sessions and client_id not in self.broker.sessions:
+                sessions[client_id] = None
+        self._gone_unwritten = set()
+        return retained, sessions
 
     async def flush(self) -> None:
         """Write what changed now (one transaction)."""
@@ -250,8 +257,10 @@ class Persistence:
                 if not self._failing:
                     log.error("persistence file %s: write failed: %s", self.store.path, exc)
                 self._failing = True
-                # Written again, whole, at the next turn
+                # Written again, whole, at the next turn (the deletions too: forgetting what
+                # was written forgets which rows are to go)
                 self.changed.forget()
+                self._gone_unwritten |= {c for c, state in sessions.items() if state is None}
                 storage: Any = self.broker.storage
                 storage.journal = {**self._journal_back(retained), **storage.journal}
                 return
