@@ -558,6 +558,10 @@ class Broker:
         """
         previous = await self.storage.claim(client_id, conn)
         if previous is not None:
+            if previous.will_shared:
+                # Its will is this node's to publish or cancel now, not the other nodes'
+                previous.will_shared = False
+                self.peers.will_gone(client_id)
             previous.taken_over(_resumes(previous.session, clean_start))
         # Another node's connection is closed too; its session comes here if wanted
         handed = await self.peers.acquire_session(client_id, clean_start)

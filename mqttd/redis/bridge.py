@@ -694,6 +694,10 @@ class RedisBridge:
             return
         if session.connection is not None:
             log.info("client %s connected to another node: closing it here", client_id)
+            if session.connection.will_shared:
+                # Decided here (published or cancelled): not a will for survivors any more
+                session.connection.will_shared = False
+                self.will_gone(client_id)
             # ``want``: the new node carries this session on, which cancels an MQTT 5 will
             session.connection.taken_over(want)
             session.connection = None

@@ -69,6 +69,9 @@ class RedisSessions:
         self._claim = f"{p}$mqttd/reaping/"
         self._task: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        #: wills to set (text) or remove (None) in Redis, in order, and the task sending them
+        self._will_ops: list[tuple[str, str | None]] = []
+        self._will_task: asyncio.Task[None] | None = None
         self.stats = {"sessions_written": 0, "dead_nodes": 0, "wills_published": 0}
 
     async def start(self) -> None:
@@ -108,26 +111,33 @@ class RedisSessions:
     def will_armed(self, client_id: str, will: Any, delay: int) -> None:
         """``client_id`` connected here with a will: survivors publish it if this node dies."""
         data = json.dumps({"will": sessionstate.pack_message(will), "delay": delay})
-        self._fire(self._hset, self._wills + self.me, client_id, data)
+        self._will_op(client_id, data)
 
     def will_gone(self, client_id: str) -> None:
-        self._fire(self._hdel, self._wills + self.me, client_id)
+        self._will_op(client_id, None)
 
-    async def _hset(self, key: str, field: str, value: str) -> None:
-        await (await self.bridge._client()).hset(key, field, value)
-
-    async def _hdel(self, key: str, field: str) -> None:
-        await (await self.bridge._client()).hdel(key, field)
-
-    def _fire(self, fn: Any, *args: Any) -> None:
+    def _will_op(self, client_id: str, data: str | None) -> None:
+        """Queued and sent in order, pipelined, by one task: a will removed and another set for
+        the same client id (a takeover) must reach Redis in that order, which commands sent on
+        the pool's several connections would not promise."""
         if not self.bridge.up:
             return
+        self._will_ops.append((client_id, data))
+        if self._will_task is None or self._will_task.done():
+            self._will_task = asyncio.get_running_loop().create_task(self._send_will_ops())
 
-        async def run() -> None:
+    async def _send_will_ops(self) -> None:
+        key = self._wills + self.me
+        while self._will_ops:
+            ops, self._will_ops = self._will_ops, []
             with contextlib.suppress(*_ERRORS):
-                await fn(*args)
-
-        asyncio.get_running_loop().create_task(run())
+                pipe = (await self.bridge._client()).pipeline(transaction=False)
+                for client_id, data in ops:
+                    if data is None:
+                        pipe.hdel(key, client_id)
+                    else:
+                        pipe.hset(key, client_id, data)
+                await pipe.execute()
 
     # -- each interval -------------------------------------------------------------------------
     async def _run(self) -> None:

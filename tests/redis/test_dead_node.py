@@ -85,3 +85,39 @@ def test_redis_restarted_empty_is_noticed(redis_server, start_nodes):
     wait_for(lambda: metric(node, "mqttd_redis_data_lost_total") == 1, 15, "Redis noticed empty")
     # and the node wrote its retained message again
     wait_for(lambda: redis_server.client().hexists("$mqttd/retained", "kept/1"), 10, "rewrite")
+
+
+def test_a_will_decided_at_takeover_is_not_published_again_when_the_node_dies(
+    redis_server, start_nodes
+):
+    """MQTT 5: a client that resumes its session on another node cancels its will
+    [MQTT-3.1.2-8]; the node it left must not leave that will for survivors to publish."""
+    a, b = start_nodes(redis_server, 2, "--metrics-port", "0", "--persistence-interval", "0.2")
+    root = unique("takeover")
+    watcher = R.connected(addr(b), f"{root}-watch", 5)
+    try:
+        watcher.subscribe(f"{root}/will", 1)
+        first = R.connected(
+            addr(a),
+            f"{root}-c",
+            5,
+            clean=False,
+            properties=EXPIRY,
+            will_topic=f"{root}/will",
+            will_payload=b"stale",
+            will_qos=1,
+        )
+        second = R.Client(addr(b), 5)
+        present, rc, _ = second.connect(f"{root}-c", clean=False, properties=EXPIRY)
+        assert rc == 0 and present
+        assert [p.type for p in first.wait_closed(5)] == [R.DISCONNECT]  # 0x8E on node a
+        a.proc.kill()
+        a.proc.wait(5)
+        wait_for(lambda: metric(b, "mqttd_redis_dead_nodes_total") == 1, 15, "a noticed dead")
+        with R.connected(addr(b), f"{root}-marker", 5) as m:
+            m.publish(f"{root}/will", b"marker", qos=1)
+        assert watcher.recv_publish(timeout=10).payload == b"marker"  # no stale will first
+        second.close()
+        first.close()
+    finally:
+        watcher.close()
