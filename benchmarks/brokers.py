@@ -1,6 +1,7 @@
-"""Broker processes for the benchmark scripts (suite.py, flow.py, soak.py): a free port, a fresh
-mqttd (``python -m mqttd --port 0 ...``, ready at its listening line), a fresh Mosquitto with the
-caller's configuration text (ready once the caller's probe gets through), and stopping them.
+"""Broker processes for the benchmark scripts (suite.py, flow.py, soak.py, websocket.py): a free
+port, a fresh mqttd (``python -m mqttd --port 0 ...``, ready at its listening line), a fresh
+Mosquitto with the caller's configuration text (ready once the caller's probe gets through),
+Aedes (Node.js), and stopping them.
 
 Each script keeps its own Mosquitto configuration: suite.py runs it with unlimited queues,
 flow.py and soak.py with Mosquitto's defaults.
@@ -8,6 +9,7 @@ flow.py and soak.py with Mosquitto's defaults.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -135,3 +137,35 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 10.0
         proc.wait(5)
         return True
     return False
+
+
+#: where Aedes (npm ``aedes`` + ``ws``) is installed on first use
+AEDES_DIR = Path.home() / ".cache" / "mqttd-bench" / "aedes"
+
+
+def aedes_missing() -> str | None:
+    """Why Aedes cannot run here (no Node.js or npm), or None."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "no node/npm on PATH"
+    return None
+
+
+def start_aedes() -> tuple[subprocess.Popen[str], int, int]:
+    """Aedes, the common Node.js broker, on a free TCP port and a free WebSocket port
+    (benchmarks/aedes_server.mjs); installed into AEDES_DIR from the npm registry on first use.
+    Returns (process, TCP port, WebSocket port); check :func:`aedes_missing` first."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node is not None and npm is not None, "aedes_missing() first"
+    if not (AEDES_DIR / "node_modules" / "aedes").exists():
+        AEDES_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [npm, "install", "--silent", "--no-audit", "--no-fund", "aedes", "ws"],
+            cwd=AEDES_DIR, check=True, timeout=600,
+        )  # fmt: skip
+    shutil.copy(Path(__file__).with_name("aedes_server.mjs"), AEDES_DIR / "aedes_server.mjs")
+    proc = subprocess.Popen(
+        [node, "aedes_server.mjs", "0", "0"], cwd=AEDES_DIR, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    ports = json.loads(proc.stdout.readline())
+    return proc, int(ports["tcp"]), int(ports["ws"])

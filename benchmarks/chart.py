@@ -1,7 +1,7 @@
 """The suite's picture, drawn with matplotlib (``pip install 'mqttd[bench]'``).
 
 ``side_by_side(path, title, rows)`` draws one panel per scenario with Mosquitto's median and
-mqttd's side by side, each panel on its own scale and unit (messages/s, microseconds, MiB), the
+mqttd's side by side (and Aedes's when it ran), each panel on its own scale and unit (messages/s, microseconds, MiB), the
 ratio and the budget's verdict in its title. (The soak's RSS over time is drawn by
 ``benchmarks/soak.py``.)
 """
@@ -20,6 +20,7 @@ class Row:
     b: float | None  # mqttd's median
     a_name: str = "Mosquitto"
     verdict: str = ""  # "pass", "MISSED", ""
+    c: float | None = None  # Aedes's median, when it ran
 
 
 def side_by_side(path: str, title: str, rows: list[Row]) -> None:
@@ -36,9 +37,15 @@ def side_by_side(path: str, title: str, rows: list[Row]) -> None:
     for ax, row in zip(axes.flat, rows, strict=False):
         names = [row.a_name, "mqttd"]
         values = [row.a or 0.0, row.b or 0.0]
+        shown: list[float | None] = [row.a, row.b]
         colours = ["#9e9e9e", "#2e7d32" if row.verdict != "MISSED" else "#c62828"]
+        if row.c is not None:
+            names.append("Aedes")
+            values.append(row.c)
+            shown.append(row.c)
+            colours.append("#bdbdbd")
         bars = ax.bar(names, values, color=colours, width=0.6)
-        for bar, v in zip(bars, (row.a, row.b), strict=True):
+        for bar, v in zip(bars, shown, strict=True):
             label = "n/a" if v is None else f"{v:,.0f}"
             ax.annotate(
                 label,

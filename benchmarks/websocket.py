@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,31 +27,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brokers import drain, free_port, start_mqttd, stop  # noqa: E402
+from brokers import aedes_missing, drain, free_port, start_aedes, start_mqttd, stop  # noqa: E402
 
-AEDES_DIR = Path.home() / ".cache" / "mqttd-bench" / "aedes"
 SCENARIOS = ("fanin", "fanout")
-
-
-def start_aedes() -> tuple[subprocess.Popen[str], int, int] | None:
-    """Aedes on a free TCP port and a free WebSocket port; None without Node.js/npm."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        print("Aedes: skipped (no node/npm on PATH)")
-        return None
-    if not (AEDES_DIR / "node_modules" / "aedes").exists():
-        AEDES_DIR.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [npm, "install", "--silent", "--no-audit", "--no-fund", "aedes", "ws"],
-            cwd=AEDES_DIR, check=True, timeout=600,
-        )  # fmt: skip
-    shutil.copy(Path(__file__).with_name("aedes_server.mjs"), AEDES_DIR / "aedes_server.mjs")
-    proc = subprocess.Popen(
-        [node, "aedes_server.mjs", "0", "0"], cwd=AEDES_DIR, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    ports = json.loads(proc.stdout.readline())
-    return proc, int(ports["tcp"]), int(ports["ws"])
 
 
 def bench(scenario: str, port: int, transport: str, duration: float) -> float:
@@ -82,7 +59,10 @@ def main() -> int:
     mqttd, tcp_port = start_mqttd(["--sys-interval", "0", "--ws-port", str(ws_port)], timeout=30)
     assert mqttd.stdout is not None
     threading.Thread(target=drain, args=(mqttd.stdout,), daemon=True).start()
-    aedes = start_aedes()
+    why = aedes_missing()
+    if why:
+        print(f"Aedes: skipped ({why})")
+    aedes = None if why else start_aedes()
     targets: list[tuple[str, int, str]] = [
         ("mqttd TCP", tcp_port, "tcp"),
         ("mqttd WS", ws_port, "ws"),
