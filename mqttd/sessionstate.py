@@ -82,7 +82,7 @@ class Packer:
         if text is None:
             text = self._now.get(msg)
             if text is None:
-                expires, b64 = _pack_pair(msg)
+                b64, expires = pack_message(msg)
                 text = f"{expires!r} {b64}"
         self._now[msg] = text
         return text
@@ -90,11 +90,6 @@ class Packer:
     def turn(self) -> None:
         """One write is done: keep what it packed, forget the rest."""
         self._last, self._now = self._now, {}
-
-
-def _pack_pair(msg: Any) -> tuple[float, str]:
-    b64, expires = pack_message(msg)
-    return expires, b64
 
 
 def _unpack_text(text: str) -> Any:
