@@ -51,6 +51,16 @@ class BrokerProc:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def metric(self, name: str) -> float | None:
+        """The value of sample ``name`` (no labels) on the broker's /metrics (started with
+        ``--metrics-port``), or None when it does not serve it."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.urls["http"], timeout=10) as r:
+            text = r.read().decode()
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return float(m.group(1)) if m else None
+
 
 def start_broker(
     *extra: str, env: dict[str, str] | None = None, timeout: float = 15.0

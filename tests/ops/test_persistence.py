@@ -15,7 +15,6 @@ import sqlite3
 import stat
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import mqtt_raw as R
@@ -35,11 +34,9 @@ def sigterm(b: BrokerProc) -> None:
 
 def writes(b: BrokerProc) -> float:
     """The persistence writes counter of /metrics: the marker that a write has completed."""
-    with urllib.request.urlopen(b.urls["http"], timeout=10) as r:
-        text = r.read().decode()
-    m = re.search(r"^mqttd_persistence_writes_total (\S+)$", text, re.M)
-    assert m, "no mqttd_persistence_writes_total in /metrics"
-    return float(m.group(1))
+    value = b.metric("mqttd_persistence_writes_total")
+    assert value is not None, "no mqttd_persistence_writes_total in /metrics"
+    return value
 
 
 def wait_written(b: BrokerProc, turns: int = 2, timeout: float = 15.0) -> None:
@@ -250,8 +247,7 @@ def test_corrupt_file_is_set_aside(tmp_path: Path, content: bytes) -> None:
     try:
         aside = [p for p in tmp_path.iterdir() if p.name.startswith("mqttd.db.corrupt-")]
         assert len(aside) == 1 and aside[0].read_bytes() == content
-        with urllib.request.urlopen(b.urls["http"], timeout=10) as r:
-            assert "mqttd_persistence_set_aside_total 1.0" in r.read().decode()
+        assert b.metric("mqttd_persistence_set_aside_total") == 1
         with R.connected(addr(b), "works") as c:  # and it serves, with a fresh store
             c.publish("r/1", b"x", retain=True)
     finally:

@@ -5,9 +5,7 @@ Redis restarted empty is noticed (log and metrics)."""
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
 
 from tests.conformance import mqtt_raw as R
 from tests.redis.multinode import unique, wait_for
@@ -20,10 +18,7 @@ def addr(node) -> tuple[str, int]:
 
 
 def metric(node, name: str) -> float:
-    with urllib.request.urlopen(node.urls["http"], timeout=10) as r:
-        text = r.read().decode()
-    m = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    return node.metric(name) or 0.0
 
 
 def test_kill_9_a_node_and_resume_elsewhere(redis_server, start_nodes):
