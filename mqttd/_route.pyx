@@ -220,6 +220,9 @@ SLOW_READER_FACTOR = 10
 cdef double C_SLOW_READER_FACTOR = SLOW_READER_FACTOR
 
 #: why a message was not delivered (the twin's DROP_REASONS); counted in C arrays by index
+#: the queue of an outlet with nothing queued (the twin says why)
+_NO_QUEUE = ()
+
 DROP_REASONS = ("queue_full", "buffer_full", "expired", "too_big", "offline", "memory",
                 "slow_client")
 cdef dict _REASON_INDEX = {reason: i for i, reason in enumerate(DROP_REASONS)}
@@ -309,7 +312,7 @@ cdef class Outlet:
         self.inflight_max = inflight_max
         self.inflight_bytes = 0
         self.max_inflight_bytes = max_inflight_bytes if max_inflight_bytes > 0 else (1LL << 60)
-        self.queue = deque()
+        self.queue = _NO_QUEUE
         self.max_queued = max_queued
         self.max_queued_bytes = max_queued_bytes if max_queued_bytes > 0 else (1LL << 60)
         self.queued_bytes = 0
@@ -320,7 +323,7 @@ cdef class Outlet:
         self.waiters = None
         self.max_packet = 0
         self.alias_max = 0
-        self.aliases = {}
+        self.aliases = None  # made when the client allows aliases (alias_max)
         self.next_pid = 1
         self.dropped = 0
         cdef int i
@@ -377,6 +380,8 @@ cdef class Outlet:
     cdef Message _wire(self, Message msg):
         """The message as written on this connection: with a Topic Alias when the client
         accepts them, never above its Topic Alias Maximum [MQTT-3.3.2-10]."""
+        if self.aliases is None:
+            self.aliases = {}
         alias = self.aliases.get(msg.topic)
         if alias is not None:
             return msg.aliased(alias, False)
@@ -484,6 +489,8 @@ cdef class Outlet:
                 if len(queue) >= self.max_queued or size > self.max_queued_bytes:
                     self._drop(D_QUEUE_FULL)  # no queue at all, or bigger than all of it
                     return
+        if queue is _NO_QUEUE:
+            self.queue = queue = deque()
         queue.append((msg, qos, retain))
         self.queued_bytes += size
         flusher.held += size
@@ -584,6 +591,8 @@ cdef class Outlet:
                     continue
                 msg = <Message>fresh
             self._send_inflight(msg, item[1], item[2])
+        if not queue and queue is self.queue:
+            self.queue = _NO_QUEUE  # its memory goes with its last message
         if (self.full_since >= 0.0 and len(queue) <= self.max_queued // 2
                 and self.queued_bytes <= self.max_queued_bytes // 2):
             self.full_since = -1.0
@@ -598,7 +607,7 @@ cdef class Outlet:
             if entry.msg is not None:
                 held += _cost(entry.msg)
         self.flusher.held -= held
-        self.queue.clear()
+        self.queue = _NO_QUEUE
         self.queued_bytes = 0
         self.inflight.clear()
         self.inflight_bytes = 0
@@ -655,6 +664,15 @@ cdef class Outlet:
     def inflight_items(self):
         """``(packet id, Inflight)`` for each message in flight, oldest first (a copy)."""
         return list(self.inflight.items())
+
+    def restore_queued(self, Message msg, int qos, bint retain):
+        """Put back a queued message of a restored session (counted, not limited)."""
+        cdef Py_ssize_t size = _cost(msg)
+        if self.queue is _NO_QUEUE:
+            self.queue = deque()
+        self.queue.append((msg, qos, retain))
+        self.queued_bytes += size
+        self.flusher.held += size
 
     def restore_inflight(self, packet_id, Message msg, int qos, bint retain, int state):
         """Put back a message in flight that another node handed over."""

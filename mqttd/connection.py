@@ -130,8 +130,95 @@ CUT_GRACE = 1.0
 HELD_READ_LIMIT = 64 * 1024
 
 
+async def _go_on(coro: Any, waited: Any) -> Any:
+    """Finish a coroutine that was started by hand and is waiting for ``waited`` (the future
+    it yielded): what it yields goes to the task running this, what the task sends or throws
+    back goes to it."""
+    while True:
+        try:
+            value = await _Yield(waited)
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 (thrown into it, as a task would)
+            try:
+                waited = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                waited = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
+
+class _Yield:
+    """Awaiting it yields ``what`` once to the task (a future, or None for a bare turn)."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: Any) -> None:
+        self.what = what
+
+    def __await__(self) -> Any:
+        return (yield self.what)
+
+
 class Connection:
     """The server side of one network connection, fed by an adapter (mqttd.listener)."""
+
+    # Fixed fields, no per-instance __dict__: 1.6 KB less per connection (benchmarks/memory.py;
+    # issue 16). Every attribute is set in __init__; one not listed here is an AttributeError.
+    __slots__ = (
+        "aliases",
+        "app_client",
+        "assigned_id",
+        "auth_method",
+        "authenticator",
+        "backlog",
+        "backlog_error",
+        "broker",
+        "certificate",
+        "clean_start",
+        "client_id",
+        "closing",
+        "connect_packet",
+        "counted_ip",
+        "deferred",
+        "end_reason",
+        "handlers",
+        "held",
+        "incoming",
+        "is_bridge",
+        "keepalive",
+        "last_rx",
+        "listener",
+        "loop",
+        "next_handlers",
+        "outlet",
+        "password",
+        "peer",
+        "problem_info",
+        "reader",
+        "rights",
+        "server_keepalive",
+        "session",
+        "sub_times",
+        "throttled",
+        "timer",
+        "tokens",
+        "tokens_at",
+        "transport",
+        "username",
+        "version",
+        "waiting",
+        "was_cut",
+        "will",
+        "will_delay",
+        "will_shared",
+        "yielding",
+        "__weakref__",  # the flow-control set holds connections weakly
+    )
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -152,7 +239,8 @@ class Connection:
         self.will_shared = False
         self.keepalive = 0
         self.last_rx = 0.0
-        self.timer: Any = None  # the loop's handle of the CONNECT deadline or keepalive check
+        #: the tick of its CONNECT deadline or keep-alive check in broker.deadlines, or None
+        self.timer: int | None = None
         self.closing = False
         self.was_cut = False  # disconnected by cut() (a slow subscriber)
         self.handlers = _PRE_CONNECT
@@ -166,7 +254,8 @@ class Connection:
         self.problem_info = True  # MQTT 5 Request Problem Information
         self.auth_method: str | None = None
         self.authenticator: Any = None
-        self.aliases: dict[int, str] = {}  # topic aliases the client set [MQTT-3.3.2-7]
+        #: topic aliases the client set [MQTT-3.3.2-7] (made on the first one)
+        self.aliases: dict[int, str] | None = None
         self.password: bytes | None = None
         self.clean_start = True
         self.is_bridge = False  # a Mosquitto bridge: CONNECT at level 0x83/0x84 (on_connect)
@@ -204,7 +293,9 @@ class Connection:
         self.broker.stats["connections_total"] += 1
         self.last_rx = self.loop.time()
         # [MQTT-3.1.4-1]-adjacent: a peer that never sends CONNECT is not kept forever.
-        self.timer = self.loop.call_later(self.broker.config.connect_timeout, self._connect_timeout)
+        self.timer = self.broker.deadlines.add(
+            self, self.last_rx + self.broker.config.connect_timeout
+        )
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.loop.time()
@@ -366,33 +457,62 @@ class Connection:
         self._go()
 
     # -- waiting for the storage -----------------------------------------------------------------
-    def _block(self, coro: Any) -> None:
+    def _block(self, coro: Any, now: bool = False) -> None:
         """Run ``coro`` (a step that may wait for the storage, like attaching the session) and
-        hold every packet that arrives meanwhile, to dispatch in order once it is done."""
+        hold every packet that arrives meanwhile, to dispatch in order once it is done.
+
+        ``now``: the step is this node's own code with nothing remote (MemoryStorage, no
+        Redis, no user hook), so it may start here rather than in a task; most such steps never
+        wait and end here, with no task, no loop turn and no pause of the socket (a connect
+        storm's CONNECT: issue 16, item 2); one that waits (a password check in a thread) goes
+        on as a task. Anything else starts in a task: it may need one (asyncio.timeout, as
+        redis-py uses, refuses to run outside a task)."""
         self.waiting = True
         if self.backlog is None:
             self.backlog = []
             self.next_handlers = self.handlers
         self.handlers = _BLOCKED
+        if not now:
+            self.transport.pause_reading()
+            self.loop.create_task(coro).add_done_callback(self._unblock)
+            return
+        try:
+            waited = coro.send(None)
+        except StopIteration:
+            self._unblocked(None, paused=False)
+            return
+        except BaseException as exc:  # noqa: BLE001 (the task's way: logged, closed)
+            self._unblocked(exc, paused=False)
+            return
         self.transport.pause_reading()
-        task = self.loop.create_task(coro)
+        task = self.loop.create_task(_go_on(coro, waited))
         task.add_done_callback(self._unblock)
 
     def _defer(self, p: Any) -> None:
         self.backlog.append(p)  # type: ignore[union-attr]
 
     def _unblock(self, task: Any) -> None:
+        self._unblocked(None if task.cancelled() else task.exception(), task.cancelled())
+
+    def _unblocked(
+        self, exc: BaseException | None, cancelled: bool = False, paused: bool = True
+    ) -> None:
         self.waiting = False
-        if task.cancelled() or self.closing:
+        if cancelled or self.closing:
             self.backlog = None
             self.handlers = self.next_handlers
             return
-        exc = task.exception()
         if exc is not None:
             self.backlog = None
             self.handlers = self.next_handlers
             log.error("closing %s: %s", self.client_id or self.peer, exc, exc_info=exc)
             self.close()
+            return
+        if not paused and not (self.backlog or self.throttled or self.yielding or self.held):
+            # The step ran at once (_block): nothing arrived meanwhile and the socket was not
+            # paused, so on as before; the rest of this read goes to the next handlers
+            self.backlog = None
+            self.handlers = self.next_handlers
             return
         self._go()
 
@@ -445,10 +565,10 @@ class Connection:
         self.closing = True
         if self.incoming:
             self._forget_incoming()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         broker = self.broker
+        if self.timer is not None:
+            broker.deadlines.discard(self, self.timer)
+            self.timer = None
         broker.connections.discard(self)
         if self.counted_ip is not None:
             broker.clients -= 1
@@ -595,8 +715,15 @@ class Connection:
             self._send(codec.encode_disconnect(SESSION_TAKEN_OVER, 5))
         self.close()
 
-    def _connect_timeout(self) -> None:
+    def deadline(self) -> None:
+        """Its tick in broker.deadlines came: no CONNECT in time, or the keep-alive check."""
         self.timer = None
+        if self.session is None:
+            self._connect_timeout()
+        elif self.keepalive and not self.closing:
+            self._keepalive_check()
+
+    def _connect_timeout(self) -> None:
         if self.session is None and not self.closing:
             log.info(
                 "closing %s: no CONNECT within %g s", self.peer, self.broker.config.connect_timeout
@@ -614,20 +741,19 @@ class Connection:
         if idle >= limit:
             # Nothing for 1.5 x keepalive: close as if the network failed (3.1.1 [MQTT-3.1.2-24],
             # 5.0 [MQTT-3.1.2-22])
-            self.timer = None
             self.end_reason = f"keepalive {self.keepalive} s expired"
             if self.version == 5:
                 self._send(codec.encode_disconnect(KEEP_ALIVE_TIMEOUT, 5))
             self.close()
         else:
-            self.timer = self.loop.call_later(limit - idle, self._keepalive_check)
+            self.timer = self.broker.deadlines.add(self, self.last_rx + limit)
 
     # -- packet handlers -------------------------------------------------------------------------
     def on_connect(self, p: Any) -> None:
         broker = self.broker
         cfg = broker.config
         if self.timer is not None:
-            self.timer.cancel()
+            broker.deadlines.discard(self, self.timer)
             self.timer = None
         v = self.version = p.protocol_level
         # Bit 7 of the level (Mosquitto's try_private): its subscriptions become No Local and
@@ -723,7 +849,7 @@ class Connection:
             self.handlers = _AUTHENTICATING
             rc, data = authenticator.start(self, props.get(AUTHENTICATION_DATA))
             return self._auth_result(rc, data)
-        self._block(self._accept())
+        self._block(self._accept(), broker.instant and broker.authenticate is None)
 
     def _authorized(self, security: Any) -> bool:
         """After authentication: the client's ACL rights, its will allowed by them, its client id
@@ -823,7 +949,7 @@ class Connection:
         outlet.max_packet = props.get(MAXIMUM_PACKET_SIZE, 0)
         # Aliases are per network connection [MQTT-3.3.2-7]
         outlet.alias_max = props.get(TOPIC_ALIAS_MAXIMUM, 0)
-        outlet.aliases = {}
+        outlet.aliases = None  # (made by its first aliased message)
         self.next_handlers = _CONNECTED
 
         ack_props: dict[int, Any] | None = None
@@ -859,7 +985,7 @@ class Connection:
             ", session resumed" if present else "",
         )
         if self.keepalive:
-            self.timer = self.loop.call_later(self.keepalive * 1.5, self._keepalive_check)
+            self.timer = broker.deadlines.add(self, self.last_rx + self.keepalive * 1.5)
         if present:
             # Resume: unacknowledged messages again, with DUP, in order, then the queue
             outlet.resend_inflight()
@@ -943,9 +1069,11 @@ class Connection:
                 return self.protocol_error(TOPIC_ALIAS_INVALID, f"topic alias {alias}")
             if topic:
                 if match.validate_topic(topic):
+                    if self.aliases is None:
+                        self.aliases = {}
                     self.aliases[alias] = topic
             else:
-                topic = self.aliases.get(alias)
+                topic = self.aliases.get(alias) if self.aliases is not None else None
                 if topic is None:
                     # An empty topic with an alias nobody set (§3.3.2.3.4)
                     return self.protocol_error(PROTOCOL_ERROR, f"unknown topic alias {alias}")
@@ -1028,7 +1156,7 @@ class Connection:
             self.outlet.write(codec.encode_ack(PUBACK, p.packet_id, v, rc if v == 5 else 0))
         elif qos == 2:
             if rc < 0x80:
-                self.session.awaiting_rel.add(p.packet_id)  # type: ignore[union-attr]
+                self.session.release_later(p.packet_id)  # type: ignore[union-attr]
             self.outlet.write(codec.encode_ack(PUBREC, p.packet_id, v, rc if v == 5 else 0))
 
     # The acknowledgement state of outgoing QoS 1/2 is the Outlet's (route.Inflight): it
@@ -1048,7 +1176,8 @@ class Connection:
         # PUBCOMP 0x00 even for an id with no state left: that is a PUBREL resent after a
         # reconnect for a message already released, which is no error (MQTT 5 §4.3.3; 0x92 is
         # allowed too, but paho reports it to on_publish as a failure). Mosquitto answers so.
-        session.awaiting_rel.discard(pid)  # type: ignore[union-attr]
+        if pid in session.awaiting_rel:  # type: ignore[union-attr]
+            session.awaiting_rel.remove(pid)  # type: ignore[union-attr]
         self.outlet.write(codec.encode_ack(PUBCOMP, pid, self.version))
 
     def on_pubcomp(self, p: Any) -> None:

@@ -369,9 +369,7 @@ def reference_markdown() -> str:
         flag = "--" + o.name.replace("_", "-") + (f" {o.metavar}" if o.metavar else "")
         default = "-" if o.default is None else f"`{_toml(o.default)}`"
         what = o.help.replace("|", "\\|")
-        lines.append(
-            f"| `{o.name}` | `{flag}` | `MQTTD_{o.name.upper()}` | {default} | {what} |"
-        )
+        lines.append(f"| `{o.name}` | `{flag}` | `MQTTD_{o.name.upper()}` | {default} | {what} |")
     return "\n".join(lines) + "\n"
 
 
@@ -692,4 +690,3 @@ def broker_config(values: Mapping[str, Any]) -> BrokerConfig:
     config = BrokerConfig(**fields)
     config.validate()
     return config
-

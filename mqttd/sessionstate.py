@@ -159,7 +159,7 @@ def restore(broker: Broker, session: Session, state: dict[str, Any]) -> None:
     outlet = session.outlet
     for line in state["queue"]:
         _, qos, retain, text = line.split(" ", 3)
-        outlet.queue.append((_unpack_text(text), int(qos), retain == "1"))
+        outlet.restore_queued(_unpack_text(text), int(qos), retain == "1")
     for line in state["inflight"]:
         _, pid, qos, retain, st, text = line.split(" ", 5)
         msg = _unpack_text(text) if text != "-" else None

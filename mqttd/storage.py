@@ -16,6 +16,10 @@ from typing import Any
 class Storage(ABC):
     """The interface the broker keeps its durable state behind."""
 
+    #: True when its coroutines never wait and need no task (they may run from a protocol
+    #: callback: mqttd.connection's _block); a storage over the network keeps False
+    instant: bool = False
+
     # -- retained messages -----------------------------------------------------------------------
     @abstractmethod
     def retain(self, msg: Any) -> None:
@@ -162,6 +166,8 @@ class RetainedIndex:
 
 class MemoryStorage(Storage):
     """Everything in this process: the embedded default."""
+
+    instant = True
 
     def __init__(self) -> None:
         self.index = RetainedIndex()

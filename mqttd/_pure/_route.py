@@ -211,6 +211,11 @@ class Inflight:
 
 #: why a message was not delivered: the keys of :attr:`Flusher.drops` and of ``$SYS/broker/
 #: publish/messages/dropped/<reason>`` (docs/flow-control.md)
+#: the queue of an outlet with nothing queued: an empty deque is 760 bytes (its first block),
+#: which every idle connection would hold (benchmarks/memory.py); a deque is made for the first
+#: message queued and goes with the last one drained
+_NO_QUEUE: Any = ()
+
 DROP_REASONS = (
     "queue_full",
     "buffer_full",
@@ -343,7 +348,7 @@ class Outlet:
         self.inflight_bytes = 0
         self.max_inflight_bytes = max_inflight_bytes if max_inflight_bytes > 0 else 1 << 60
         #: QoS 1/2 messages waiting for room in the inflight window, or for the client to return
-        self.queue: deque = deque()
+        self.queue: deque | tuple = _NO_QUEUE
         self.max_queued = max_queued
         #: 0: as many bytes as max_queued messages of the largest packet size allow
         self.max_queued_bytes = max_queued_bytes if max_queued_bytes > 0 else 1 << 60
@@ -360,8 +365,9 @@ class Outlet:
         #: the client's MQTT 5 Maximum Packet Size (0: no limit of its own)
         self.max_packet = 0
         #: the client's MQTT 5 Topic Alias Maximum, and the aliases given on this connection
+        #: (None while alias_max is 0: an empty dict per connection is 64 bytes)
         self.alias_max = 0
-        self.aliases: dict[str, int] = {}
+        self.aliases: dict[str, int] | None = None
         self.next_pid = 1
         self.dropped = 0  # messages dropped, whatever the reason
         #: messages dropped by reason since the last log line about this session (mqttd.flow)
@@ -444,6 +450,8 @@ class Outlet:
     def _wire(self, msg: Message) -> Message:
         """The message as written on this connection: with a Topic Alias when the client
         accepts them, never above its Topic Alias Maximum [MQTT-3.3.2-10]."""
+        if self.aliases is None:
+            self.aliases = {}  # (made by the first message sent with aliases allowed)
         alias = self.aliases.get(msg.topic)
         if alias is not None:
             return msg.aliased(alias, False)
@@ -527,6 +535,8 @@ class Outlet:
                 if len(queue) >= self.max_queued or size > self.max_queued_bytes:
                     self.drop("queue_full")  # no queue at all, or bigger than all of it
                     return
+        if queue is _NO_QUEUE:
+            self.queue = queue = deque()
         queue.append((msg, qos, retain))
         self.queued_bytes += size
         self.flusher.held += size
@@ -630,6 +640,8 @@ class Outlet:
                     continue
                 msg = fresh
             self._send_inflight(msg, qos, retain)
+        if not queue and queue is self.queue:
+            self.queue = _NO_QUEUE  # its memory goes with its last message
         if (
             self.full_since >= 0.0
             and len(queue) <= self.max_queued // 2
@@ -646,7 +658,7 @@ class Outlet:
             if entry.msg is not None:
                 held += _cost(entry.msg)
         self.flusher.held -= held
-        self.queue.clear()
+        self.queue = _NO_QUEUE
         self.queued_bytes = 0
         self.inflight.clear()
         self.inflight_bytes = 0
@@ -714,6 +726,15 @@ class Outlet:
         """``(packet id, Inflight)`` for each message in flight, oldest first: a copy, for
         handing the session over to another node."""
         return list(self.inflight.items())
+
+    def restore_queued(self, msg: Message, qos: int, retain: bool) -> None:
+        """Put back a queued message of a restored session (counted, not limited)."""
+        size = _cost(msg)
+        if self.queue is _NO_QUEUE:
+            self.queue = deque()
+        self.queue.append((msg, qos, retain))
+        self.queued_bytes += size
+        self.flusher.held += size
 
     def restore_inflight(
         self, packet_id: int, msg: Message | None, qos: int, retain: bool, state: int

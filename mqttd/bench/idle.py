@@ -169,6 +169,7 @@ def run_idle(spec: Idle, opt: Options) -> RunResult:
             )
     res.connect_s = time.monotonic() - t_start
     res.connected = len(opened)
+    res.connects_per_s = res.connected / res.connect_s if res.connect_s > 0 else None
     if pending:
         failures["no CONNACK in time"] = pending
         for key in list(sel.get_map().values()):

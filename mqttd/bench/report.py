@@ -258,6 +258,7 @@ def _rows(scenario: str) -> list[tuple[str, str, Callable[[Any], str]]]:
             ("connected", "connected", _n),
             ("held to the end", "held", _n),
             ("connect time s", "connect_s", f2),
+            ("connections set up per s", "connects_per_s", _n),
             ("broker RSS before, MiB", "rss_before_kb", lambda x: f"{x / 1024:,.1f}"),
             ("broker RSS after, MiB", "rss_after_kb", lambda x: f"{x / 1024:,.1f}"),
             ("KiB per connection", "kb_per_conn", f2),

@@ -131,6 +131,7 @@ class RunResult:
     rss_before_kb: int | None = None
     rss_after_kb: int | None = None
     kb_per_conn: float | None = None
+    connects_per_s: float | None = None  # connections set up (CONNACK 0) per second
     broker_rss_kb: int | None = None  # broker VmRSS at the end of the window
     gen_cpu_s: float | None = None
     broker_cpu_s: float | None = None

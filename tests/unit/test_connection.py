@@ -70,6 +70,9 @@ class FakeTask:
         except BaseException as exc:
             self.error = exc
         else:
+            if waited is None:  # a bare turn (asyncio.sleep(0)): go on at the next one
+                self.loop.call_soon(self._step)
+                return
             raise AssertionError(f"the core awaited {waited!r}, which a fake loop cannot run")
         self.done = True
         for cb in self.callbacks:
@@ -637,3 +640,64 @@ def test_a_qos0_subscriber_whose_socket_does_not_drain_is_disconnected(drains: b
     assert net.broker.flusher.drops["buffer_full"] > 0
     assert sub.closed is not drains
     assert net.broker.flow.figures()["slow_clients_disconnected"] == (0 if drains else 1)
+
+
+# -- CONNECT without a task (issue 16, item 2) --------------------------------------------------------
+class CountingLink(FakeLink):
+    def __init__(self, loop: FakeLoop) -> None:
+        super().__init__(loop)
+        self.pauses = 0
+
+    def pause_reading(self) -> None:
+        self.pauses += 1
+        super().pause_reading()
+
+
+def test_connect_that_waits_for_nothing_runs_at_once_in_order() -> None:
+    """A CONNECT whose session needs no wait (local storage, no hook that waits) is answered in
+    the same call, with no task and no pause of the socket; the packets after it in the same
+    read are handled after it, in order: CONNACK, SUBACK, then the PUBLISH."""
+    net = Net()
+    tasks: list[Any] = []
+    create = net.loop.create_task
+    net.loop.create_task = lambda coro: tasks.append(coro) or create(coro)  # type: ignore[method-assign]
+    link = CountingLink(net.loop)
+    core = link.core = Connection(net.broker)
+    core.connection_made(link)
+    core.data_received(
+        connect("fast", level=4) + subscribe(1, [("t", 1)]) + publish("t", b"1", qos=1, pid=7)
+    )
+    assert tasks == [] and link.pauses == 0 and link.reading
+    net.loop.run_ready()  # (the writes of one turn go out together)
+    types = [p.type for p in link.packets()]
+    assert types[:2] == [CONNACK, SUBACK] and sorted(types[2:]) == sorted([PUBACK, PUBLISH])
+
+
+def test_connect_that_waits_goes_on_as_a_task_and_holds_what_follows() -> None:
+    """An authentication hook (a user's code: it may need a task) that awaits: the socket is
+    paused, the packets after CONNECT wait, and once the hook answers they are handled in
+    order."""
+    net = Net()
+    gate: list[Any] = []
+
+    class Gate:
+        def __await__(self) -> Any:
+            gate.append(True)
+            yield None  # a bare turn, as asyncio.sleep(0)
+            return None
+
+    async def hook(conn: Any, user: Any, password: Any) -> int:
+        await Gate()
+        return 0
+
+    net.broker.authenticate = hook
+    link = CountingLink(net.loop)
+    core = link.core = Connection(net.broker)
+    core.connection_made(link)
+    core.data_received(connect("slow", level=4) + subscribe(1, [("t", 0)]))
+    assert link.pauses == 1 and not link.reading  # a user's hook runs in a task
+    assert link.packets() == []  # nothing before the hook answers
+    net.loop.run_ready()
+    assert gate == [True]
+    assert [p.type for p in link.packets()] == [CONNACK, SUBACK]
+    assert link.reading

@@ -42,8 +42,8 @@ def test_round_trip(loop) -> None:
     s.outlet.restore_inflight(2, m2, 2, True, route.AWAIT_PUBREC)
     s.outlet.restore_inflight(3, None, 2, False, route.AWAIT_PUBCOMP)
     s.outlet.next_pid = 4
-    s.outlet.queue.append((broker.make_message("a/q", b"queued", 1, False, None), 1, False))
-    s.outlet.queue.append((broker.make_message("a/z", b"qos0", 0, False, None), 0, False))
+    s.outlet.restore_queued(broker.make_message("a/q", b"queued", 1, False, None), 1, False)
+    s.outlet.restore_queued(broker.make_message("a/z", b"qos0", 0, False, None), 0, False)
     s.will = broker.make_message("w/dev-1", b"gone", 1, False, None)
     s.will_handle = loop.call_later(30, lambda: None)
     s.offline_since = time.time() - 10
