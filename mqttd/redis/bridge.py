@@ -35,18 +35,12 @@ from mqttd import sessionstate
 from mqttd._speedups import match, route
 from mqttd.errors import PacketError
 from mqttd.redis.envelope import (
-    F_PROPS,
-    F_RETAIN,
-    HEAD,
-    HEADER_SIZE,
-    MAGIC,
     MAGIC_BATCH,
     MAX_BATCH,
     _retained_message,
     decode_batch,
     decode_envelope,
     decode_properties,
-    encode_batch,
     encode_envelope,
 )
 from mqttd.redis.keys import _glob_regex, redis_key
@@ -73,19 +67,6 @@ _DEL_IF_EQUAL = (
 )
 #: topics whose sequence numbers a node keeps before it forgets the oldest
 MAX_TRACKED_TOPICS = route.MAX_TRACKED_TOPICS
-
-
-class _Batch:
-    """Messages of one topic with consecutive sequence numbers, for one PUBLISH."""
-
-    __slots__ = ("topic", "first", "next", "msgs", "size")
-
-    def __init__(self, topic: str, seq: int, msg: Any) -> None:
-        self.topic = topic
-        self.first = seq
-        self.next = seq + 1
-        self.msgs = [msg]
-        self.size = len(msg.payload)
 
 
 class RedisBridge:
@@ -116,18 +97,17 @@ class RedisBridge:
         self.pub: _Resp | None = None
         self.sub: _Resp | None = None
         self.up = False
-        #: commands for the next pipelined write, and batches of messages framed at the write
-        self.outbox: list[Any] = []
-        self._batch: _Batch | None = None  # the last entry of the outbox while it can grow
-        self._outbox_publishes = 0  # how many of them are PUBLISH of a message
+        #: the next pipelined write: messages numbered and framed (compiled), and commands
+        self.out = route.Outbox(self.node, self.prefix_b, MAX_BATCH, MAX_BATCH_BYTES)
+        #: our identity for a message entering here (mqttd.peers.Peers.stamp): the Outbox's
+        self.stamp = self.out.stamp  # type: ignore[method-assign]
         self._flush_scheduled = False
         self._in_flight = 0  # PUBLISH commands sent, not yet answered
         self._last_pong = 0.0
         self._supervisor: asyncio.Task | None = None
         self._wake = asyncio.Event()
-        #: last sequence number seen per (origin node, topic), and ours per topic
+        #: last sequence number seen per (origin node, topic) (ours per topic: out.topic_seq)
         self.last_seq: dict[tuple[bytes, str], int] = {}
-        self.topic_seq: dict[str, int] = {}
         #: shared groups with members on other nodes: node id -> (groups, when last announced)
         self.remote_groups: dict[bytes, tuple[set[tuple[str, str]], float]] = {}
         self._announced = 0.0
@@ -532,8 +512,7 @@ class RedisBridge:
             cmd = _command(b"HDEL", self.retained_key, topic) + _command(
                 b"ZREM", self.retained_index, topic
             )
-        self._batch = None
-        self.outbox.append(cmd)
+        self.out.add_command(cmd)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -759,92 +738,25 @@ class RedisBridge:
             self._on_connect_elsewhere(rest[9:].decode(errors="replace"), rest[8:9] == b"\x01")
 
     # -- publishing -------------------------------------------------------------------------------
-    def stamp(self, msg: Any) -> int:
-        """Give a message entering here its identity across nodes: (this node, the next
-        sequence number of its topic). Numbers count per topic because a node receives only the
-        topics it subscribes to: a gap in one topic's numbers is a message pub/sub lost.
-        (``$SYS`` never comes here: the broker keeps it on its node, as Mosquitto does.)"""
-        seqs = self.topic_seq
-        seq = seqs.get(msg.topic, 0) + 1
-        if seq == 1 and len(seqs) >= MAX_TRACKED_TOPICS:
-            seqs.pop(next(iter(seqs)))  # forget the oldest topic; its numbers restart
-        seqs[msg.topic] = seq
-        msg.origin = (self.node, seq)
-        return seq
-
     def forward(self, msg: Any) -> None:
         """PUBLISH ``msg`` to the other nodes, pipelined with the rest of this loop iteration.
 
         Consecutive messages of one topic (a client publishing in a burst) go in one PUBLISH, a
         batch (``MAGIC_BATCH``): Redis then does one command, and the receiving nodes one push,
         for all of them. Order is kept: only a run of the same topic with nothing in between is
-        batched. A message with properties or the retain flag goes alone, as before."""
+        batched. A message with properties or the retain flag goes alone (route.Outbox)."""
         if not self.up:
             self.stats["not_forwarded"] += 1
             return
-        seq = msg.origin[1] if msg.origin is not None else self.stamp(msg)
-        self._outbox_publishes += 1
-        if not msg.retain and msg.props_block == b"\x00":
-            run = self._batch
-            if (
-                run is not None
-                and run.next == seq
-                and run.topic == msg.topic
-                and run.size < MAX_BATCH_BYTES
-                and len(run.msgs) < MAX_BATCH
-            ):
-                run.msgs.append(msg)
-                run.next = seq + 1
-                run.size += len(msg.payload)
-                return  # the flush is already scheduled
-            self._batch = _Batch(msg.topic, seq, msg)
-            self.outbox.append(self._batch)
-        else:
-            self._batch = None
-            self.outbox.append(self._publish_command(msg, seq))
+        self.out.add(msg)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def _publish_command(self, msg: Any, seq: int) -> bytes:
-        """PUBLISH channel envelope+payload, framed in one formatting step (a generic command
-        builder took 1.1 us of the 3.4 us forward); the envelope is encode_envelope's, inline."""
-        channel = self.prefix_b + msg.topic.encode()
-        flags = msg.qos | (F_RETAIN if msg.retain else 0)
-        block = msg.props_block
-        if block == b"\x00":
-            block = b""
-        else:
-            flags |= F_PROPS
-        payload = msg.payload
-        return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b%b%b\r\n" % (
-            len(channel),
-            channel,
-            HEADER_SIZE + len(block) + len(payload),
-            HEAD.pack(MAGIC, flags, self.node, seq),
-            block,
-            payload,
-        )
-
-    def _batch_command(self, run: _Batch) -> bytes:
-        msgs = run.msgs
-        if len(msgs) == 1:
-            return self._publish_command(msgs[0], run.first)
-        channel = self.prefix_b + run.topic.encode()
-        body = encode_batch(self.node, run.first, msgs)
-        return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            len(channel),
-            channel,
-            len(body),
-            body,
-        )
-
     def _flush(self) -> None:
         self._flush_scheduled = False
-        self._batch = None
-        batch, self.outbox = self.outbox, []
-        publishes, self._outbox_publishes = self._outbox_publishes, 0
-        if not batch:
+        data, commands, publishes = self.out.take()
+        if not commands:
             return
         pub = self.pub
         if (
@@ -856,10 +768,8 @@ class RedisBridge:
         ):
             self.stats["not_forwarded"] += publishes
             return
-        pub.transport.write(
-            b"".join(c if c.__class__ is bytes else self._batch_command(c) for c in batch)
-        )
-        self._in_flight += len(batch)
+        pub.transport.write(data)
+        self._in_flight += commands
         self.stats["forwarded"] += publishes
 
     # -- subscriptions ----------------------------------------------------------------------------
