@@ -585,14 +585,15 @@ class Connection:
         will, self.will = self.will, None
         session = self.session
         if session is not None:
-            log.info(
-                "disconnected client %r, user %r from %s: %s",
-                self.client_id,
-                self.username,
-                _address(self.peer),
-                self.end_reason
-                or ("connection lost" if exc is None else f"connection lost ({exc})"),
-            )
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "disconnected client %r, user %r from %s: %s",
+                    self.client_id,
+                    self.username,
+                    _address(self.peer),
+                    self.end_reason
+                    or ("connection lost" if exc is None else f"connection lost ({exc})"),
+                )
             broker.detach(session, self, will, self.will_delay)
             self.session = None
             for observer in broker.disconnect_observers:
@@ -974,16 +975,17 @@ class Connection:
                 if auth_data is not None:
                     ack_props[AUTHENTICATION_DATA] = auth_data
         outlet.write(codec.encode_connack(present, 0, v, ack_props))
-        log.info(
-            "connected client %r, user %r from %s: MQTT %s, keepalive %d, clean start %s%s",
-            self.client_id,
-            self.username,
-            _address(self.peer),
-            {3: "3.1", 4: "3.1.1", 5: "5.0"}.get(v, v),
-            self.keepalive,
-            "yes" if p.clean_start else "no",
-            ", session resumed" if present else "",
-        )
+        if log.isEnabledFor(logging.INFO):  # (the address is formatted only when logged)
+            log.info(
+                "connected client %r, user %r from %s: MQTT %s, keepalive %d, clean start %s%s",
+                self.client_id,
+                self.username,
+                _address(self.peer),
+                {3: "3.1", 4: "3.1.1", 5: "5.0"}.get(v, v),
+                self.keepalive,
+                "yes" if p.clean_start else "no",
+                ", session resumed" if present else "",
+            )
         if self.keepalive:
             self.timer = broker.deadlines.add(self, self.last_rx + self.keepalive * 1.5)
         if present:
