@@ -61,6 +61,11 @@ BUDGETS: dict[str, tuple[str, float, str]] = {
     "idle": ("abs_max", 150 * 1024, "10,000 idle connections: broker RSS <= 150 MB"),
     "integrity": ("integrity", 0, "no message lost at QoS 1, none reordered per publisher"),
     "redis_fanin": ("cross_min", 0.9, "fan-in through Redis >= 0.9 x single-node fan-in"),
+    "redis_fanin_q1": (
+        "cross_min",
+        0.5,
+        "fan-in QoS 1 through the Redis stream >= 0.5 x single-node QoS 1 fan-in",
+    ),
     # issue 16: figures read from the runs of a row above (DERIVED says which metric)
     "latency_p50": ("ratio_max", 1.0, "p50 latency at 20,000 msg/s <= 1.0 x Mosquitto's p50"),
     "latency_1k": ("report", 0, "latency p99 at 1,000 msg/s (reported)"),
@@ -70,6 +75,15 @@ BUDGETS: dict[str, tuple[str, float, str]] = {
     "idle_kb": ("abs_max", 1.5, "idle connections: <= 1.5 KiB of broker RSS per connection"),
     "start_rss": ("abs_max", 20 * 1024, "broker RSS at start <= 20 MB"),
     "connect_rate": ("ratio_min", 1.0, "connections set up per s >= 1.0 x Mosquitto"),
+}
+
+#: the Redis rows (run_redis): A = one node, B = publishers on one node, subscriber on another
+REDIS_TITLES: dict[str, str] = {
+    "redis_fanin": "fan-in through Redis vs single node, msg/s",
+    "redis_latency": "latency p99 through Redis vs single node, us",
+    "redis_fanin_q1": "fan-in QoS 1 via the stream vs single node, msg/s",
+    "redis_fanin_q1_pubsub": "fan-in QoS 1 by pub/sub vs single node, msg/s",
+    "redis_latency_q1": "latency p99, QoS 1 5k msg/s, stream vs single, us",
 }
 
 #: budget -> (the row whose runs it reads, RunResult metric, table title); the row's own budget
@@ -331,21 +345,52 @@ def run_redis(args, tmp: str, binary: str) -> dict[str, Any]:
         stack.callback(stop, n1)
         n2, p2 = start_mqttd("--redis-url", url)
         stack.callback(stop, n2)
+        # QoS 1/2 by pub/sub, as before the stream (issue 17): what the stream costs
+        n3, p3 = start_mqttd("--redis-url", url, "--redis-prefix", "ps:", "--redis-streams", "0")
+        stack.callback(stop, n3)
+        n4, p4 = start_mqttd("--redis-url", url, "--redis-prefix", "ps:", "--redis-streams", "0")
+        stack.callback(stop, n4)
         time.sleep(0.5)
-        for key, title, make in (
-            ("redis_fanin", "fan-in QoS 0 (8 -> 1) through Redis, msg/s", lambda: fanin(8, 64, 0)),
+        streams, pubsub = (n1, p1, n2, p2), (n3, p3, n4, p4)
+        for key, title, make, pair in (
+            (
+                "redis_fanin",
+                "fan-in QoS 0 (8 -> 1) through Redis, msg/s",
+                lambda: fanin(8, 64, 0),
+                streams,
+            ),
             (
                 "redis_latency",
                 "latency p99 at 20,000 msg/s through Redis, us",
                 lambda: latency(20000.0, 64, 0),
+                streams,
+            ),
+            (
+                "redis_fanin_q1",
+                "fan-in QoS 1 (8 -> 1) through the Redis stream, msg/s",
+                lambda: fanin(8, 64, 1),
+                streams,
+            ),
+            (
+                "redis_fanin_q1_pubsub",
+                "fan-in QoS 1 (8 -> 1) by pub/sub (no stream), msg/s",
+                lambda: fanin(8, 64, 1),
+                pubsub,
+            ),
+            (
+                "redis_latency_q1",
+                "latency p99 at 5,000 msg/s QoS 1 through the stream, us",
+                lambda: latency(5000.0, 64, 1),
+                streams,
             ),
         ):
             if args.only and key not in args.only and "redis" not in args.only:
                 continue
             log(f"== {title}")
-            meter = CostMeter(rport, n2.pid)
+            pub_node, pub_port, sub_node, sub_port = pair
+            meter = CostMeter(rport, sub_node.pid)
             opt_a = opts(args, s_port, single.pid, "mqttd single node")
-            opt_b = opts(args, p1, n1.pid, "mqttd via Redis", sub_port=p2)
+            opt_b = opts(args, pub_port, pub_node.pid, "mqttd via Redis", sub_port=sub_port)
             cmp = compare(make, opt_a, opt_b, args.rounds, on_run=meter.done, on_start=meter.start)
             costs = meter.costs
             cost = {
@@ -443,40 +488,42 @@ def judge(
             "; ".join(bad)[:200] if bad else f"ok in {len(flows)} mqttd runs ({q1} at QoS 1)",
         )
     )
-    if "redis_fanin" in redis_rows:
-        cmp = redis_rows["redis_fanin"]["comparison"]
+    for key, title in REDIS_TITLES.items():
+        if key not in redis_rows:
+            continue
+        cmp = redis_rows[key]["comparison"]
         a, b = cmp.medians()
         ratio = cmp.ratio()
-        limit = BUDGETS["redis_fanin"][1]
-        cost = redis_rows["redis_fanin"]["redis_cost"]
+        cost = redis_rows[key]["redis_cost"]
+        kind, limit, _ = BUDGETS.get(key, ("report", 0, ""))
+        ok = None if kind == "report" or ratio is None else ratio >= limit
         out.append(
             Verdict(
-                "redis_fanin",
-                "fan-in through Redis vs single node, msg/s",
+                key,
+                title,
                 a,
                 b,
                 ratio,
-                f">= {limit:g} x single",
-                None if ratio is None else ratio >= limit,
+                f">= {limit:g} x single" if kind != "report" else "(report only)",
+                ok,
                 f"Redis {cost['redis_commands_per_msg']:.2f} cmd/msg, "
                 f"{cost['redis_cpu_us_per_msg']:.2f} us CPU/msg",
             )
         )
-    if "redis_latency" in redis_rows:
-        cmp = redis_rows["redis_latency"]["comparison"]
-        a, b = cmp.medians()
-        out.append(
-            Verdict(
-                "redis_latency",
-                "latency p99 through Redis vs single node, us",
-                a,
-                b,
-                cmp.ratio(),
-                "(report only)",
-                None,
-                "",
+        if key.startswith("redis_latency"):
+            out.append(
+                Verdict(
+                    key + "_p50",
+                    title.replace("p99", "p50"),
+                    *cmp.medians("lat_p50_us"),
+                    cmp.ratio("lat_p50_us"),
+                    "(report only)",
+                    None,
+                    "",
+                    None,
+                    "lat_p50_us",
+                )
             )
-        )
     return out
 
 
@@ -562,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda s: set(s.split(",")),
         default=set(),
         help="comma-separated subset of the rows: "
-        + ",".join([*(r.key for r in rows(0)), "redis_fanin", "redis_latency", "redis"]),
+        + ",".join([*(r.key for r in rows(0)), *REDIS_TITLES, "redis"]),
     )
     ap.add_argument("--no-redis", action="store_true", help="skip the Redis rows")
     ap.add_argument(
@@ -593,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mqttd-suite-") as tmp:
         MQTTD_ARGS[:] = shlex.split(args.mqttd_args.replace("{tmp}", tmp))
         pairs = run_pairs(args, tmp, mosquitto)
-        want_redis = not args.only or args.only & {"redis", "redis_fanin", "redis_latency"}
+        want_redis = not args.only or args.only & {"redis", *REDIS_TITLES}
         redis_rows = run_redis(args, tmp, redis_bin) if redis_bin and want_redis else {}
     verdicts = judge(pairs, redis_rows, args.idle_connections)
     print(format_table(verdicts, args))

@@ -173,6 +173,12 @@ class BrokerConfig:
     redis_url: str | None = None
     #: prefix of the Redis channels, to keep deployments that share one Redis apart
     redis_prefix: str = ""
+    #: QoS 1/2 between nodes through a Redis stream, kept across Redis outages (False: pub/sub)
+    redis_streams: bool = True
+    #: entries the stream keeps (XADD MAXLEN ~): how far behind a node may read
+    redis_stream_maxlen: int = 100_000
+    #: bytes of QoS 1/2 messages kept for the stream while Redis is away; beyond, dropped
+    redis_stream_buffer: int = 64 * 1024 * 1024
     #: clients connected at once (0: no limit); the excess CONNECT is refused (0x97 / 0x03)
     max_connections: int = 0
     #: clients connected at once from one IP address (0: no limit), refused the same way
@@ -301,6 +307,8 @@ class BrokerConfig:
             "max_keepalive": (0, 65535, " seconds"),
             "max_topic_levels": (1, 65535, ""),
             "ws_port": (0, 65535, ""),
+            "redis_stream_maxlen": (100, 1 << 40, " entries"),
+            "redis_stream_buffer": (0, 1 << 40, " bytes"),
             "metrics_port": (0, 65535, ""),
             "wss_port": (0, 65535, ""),
         }

@@ -208,7 +208,8 @@ def _figures(s: dict[str, Any]) -> Iterable[Metric]:
         yield _gauge(
             "mqttd_redis_rtt_seconds", "round trip of the last PING to Redis", redis.get("rtt", 0)
         )
-        for key in REDIS_COUNTERS:
+        # (and the stream's counts, when it runs: mqttd.redis.streams.STREAM_COUNTERS)
+        for key in (*REDIS_COUNTERS, *(k for k in redis if k.startswith("stream_"))):
             if isinstance(redis.get(key), (int, float)):
                 yield _counter(
                     f"mqttd_redis_{key}", f"Redis bridge: {key.replace('_', ' ')}", redis[key]

@@ -322,6 +322,28 @@ OPTIONS: tuple[Option, ...] = (
         "PREFIX",
     ),
     Option(
+        "redis_streams",
+        bool,
+        True,
+        "QoS 1/2 between nodes through a Redis stream, kept across Redis outages (default on; "
+        "off: pub/sub, at most once)",
+    ),
+    Option(
+        "redis_stream_maxlen",
+        int,
+        100_000,
+        "entries the Redis stream keeps (default 100000): how far behind a node may read",
+        "ENTRIES",
+    ),
+    Option(
+        "redis_stream_buffer",
+        int,
+        64 * 1024 * 1024,
+        "bytes of QoS 1/2 messages kept for the stream while Redis is away (default 67108864); "
+        "beyond, dropped and counted",
+        "BYTES",
+    ),
+    Option(
         "log_level",
         str,
         "info",

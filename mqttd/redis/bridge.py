@@ -45,6 +45,7 @@ from mqttd.redis.envelope import (
 )
 from mqttd.redis.keys import _glob_regex, redis_key
 from mqttd.redis.resp import _command, _PushResp, _Resp
+from mqttd.redis.streams import STREAM_COUNTERS, Streams
 from mqttd.redis.url import RedisUnavailable
 
 if TYPE_CHECKING:
@@ -137,6 +138,16 @@ class RedisBridge:
             "reconnects": 0,
             "errors": 0,
         }
+        #: QoS 1/2 to the other nodes through a Redis stream (mqttd.redis.streams), unless
+        #: redis_streams is off; its writing connection
+        self.streams: Streams | None = None
+        self.swriter: _Resp | None = None
+        cfg = broker.config
+        if cfg.redis_streams and type(self) is RedisBridge:  # (a Cluster: pub/sub, section 8)
+            self.streams = Streams(self, cfg.redis_stream_maxlen, cfg.redis_stream_buffer)
+            self.stamp = self._stamp  # type: ignore[method-assign]
+            for key in STREAM_COUNTERS:
+                self.stats[key] = 0
 
     # -- where ------------------------------------------------------------------------------------
     @property
@@ -202,6 +213,8 @@ class RedisBridge:
 
         self.sessions = RedisSessions(self, self.broker.config.persistence_interval)
         await self.sessions.start()
+        if self.streams is not None:
+            await self.streams.start()
 
     async def _check_epoch(self) -> None:
         """Redis restarted without its data (no persistence, or a new server): every node's
@@ -217,6 +230,8 @@ class RedisBridge:
             return
         if self._epoch is not None and epoch != self._epoch:
             self.stats["data_lost"] += 1
+            if self.streams is not None:
+                self.streams.data_lost()
             log.warning(
                 "Redis at %s came back empty (restarted without its data): retained messages "
                 "and sessions kept there by other nodes are lost; this node writes its own again",
@@ -245,8 +260,15 @@ class RedisBridge:
         self._auth_checked = asyncio.get_running_loop().create_future()
         self.pub = await self._open(self._on_pub_reply)
         self.sub = await self._open(self._on_push, push=True)
+        if self.streams is not None:
+            self.swriter = await self._open(self.streams.on_reply)
         self.pub.transport.write(_command(b"PING"))
         await asyncio.wait_for(self._auth_checked, 5.0)
+        if self.streams is not None and self.swriter is not None:
+            # (only now: a Redis that does not answer is not sent the whole buffer again at
+            # each attempt)
+            p = self.params
+            self.streams.connected(self.swriter, bool(p.get("password")) + bool(p.get("db")))
         for key in self.channels:
             self.sub.transport.write(_command(b"SUBSCRIBE", key))
         for key in self.patterns:
@@ -267,6 +289,8 @@ class RedisBridge:
 
     async def stop(self) -> None:
         self._confirmed()
+        if self.streams is not None:
+            await self.streams.stop(self.up)
         if self.sessions is not None:
             sessions, self.sessions = self.sessions, None
             await sessions.stop()
@@ -284,7 +308,7 @@ class RedisBridge:
 
     def _conns(self) -> list[_Resp | None]:
         """Every Redis connection of the transport (publishing and subscribing)."""
-        return [self.pub, self.sub]
+        return [self.pub, self.swriter, self.sub]  # (the subscription last: _supervise)
 
     def _send(self, key: bytes, cmd: bytes, replies: int = 1) -> None:
         """Write commands about ``key`` now (unpipelined control traffic); ``replies`` answers
@@ -312,6 +336,8 @@ class RedisBridge:
         if waiter is not None and not waiter.done():
             # A connection reset while connecting: fail this attempt now, not after its timeout
             waiter.set_exception(ConnectionError(f"connection lost: {exc or 'closed'}"))
+        if self.streams is not None:
+            self.streams.lost()  # what it did not confirm is written again once connected
         if self.up:
             log.warning("lost the connection to Redis at %s: %s", self.address, exc or "closed")
             self.up = False
@@ -744,7 +770,13 @@ class RedisBridge:
         Consecutive messages of one topic (a client publishing in a burst) go in one PUBLISH, a
         batch (``MAGIC_BATCH``): Redis then does one command, and the receiving nodes one push,
         for all of them. Order is kept: only a run of the same topic with nothing in between is
-        batched. A message with properties or the retain flag goes alone (route.Outbox)."""
+        batched. A message with properties or the retain flag goes alone (route.Outbox).
+
+        QoS 1 and 2 go to the stream instead (mqttd.redis.streams): kept until Redis confirms
+        them, whether Redis is up or not."""
+        if msg.qos and self.streams is not None:
+            self.streams.add(msg)
+            return
         if not self.up:
             self.stats["not_forwarded"] += 1
             return
@@ -752,6 +784,13 @@ class RedisBridge:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def _stamp(self, msg: Any) -> int:
+        """A message's identity across nodes: numbered per topic on pub/sub (QoS 0), per node
+        on the stream (QoS 1/2), so that neither sees gaps that are the other's."""
+        if msg.qos:
+            return self.streams.stamp(msg)  # type: ignore[union-attr]
+        return self.out.stamp(msg)  # type: ignore[no-any-return]
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -51,9 +51,12 @@ class RedisServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, binary: str, workdir: str) -> None:
+    def __init__(self, binary: str, workdir: str, durable: bool = False) -> None:
         self.binary = binary
         self.workdir = workdir
+        #: every write in the append-only file before Redis answers it: a kill loses nothing
+        #: it confirmed (appendonly yes, appendfsync always)
+        self.durable = durable
         self.port = 0
         self.process: subprocess.Popen | None = None
         self._clients: list[redis.Redis] = []
@@ -80,7 +83,8 @@ class RedisServer:
         failure = ""
         for _ in range(attempts):
             port = self.port or _free_port()
-            cmd = [self.binary, "--save", "", "--appendonly", "no", "--port", str(port),
+            aof = ["yes", "--appendfsync", "always"] if self.durable else ["no"]
+            cmd = [self.binary, "--save", "", "--appendonly", *aof, "--port", str(port),
                    "--bind", self.host, "--dir", self.workdir]  # fmt: skip
             with open(self._log, "ab") as log:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -174,9 +178,9 @@ def redis_cli() -> str | None:
     return shutil.which("redis-cli")
 
 
-def _redis(binary: str) -> Iterator[RedisServer]:
+def _redis(binary: str, durable: bool = False) -> Iterator[RedisServer]:
     with tempfile.TemporaryDirectory(prefix="mqttd-redis-") as workdir:
-        server = RedisServer(binary, workdir)
+        server = RedisServer(binary, workdir, durable)
         try:
             server.start()
             yield server
@@ -189,6 +193,13 @@ def _redis(binary: str) -> Iterator[RedisServer]:
 def redis_server(redis_binary: str) -> Iterator[RedisServer]:
     """A Redis of this test's own (the failure tests kill, restart and stop it)."""
     yield from _redis(redis_binary)
+
+
+@pytest.fixture
+def durable_redis(redis_binary: str) -> Iterator[RedisServer]:
+    """A Redis of this test's own that keeps what it confirmed across a kill (AOF, fsync
+    always): ``kill()`` + ``start()`` bring it back with its data."""
+    yield from _redis(redis_binary, durable=True)
 
 
 @pytest.fixture(scope="module")

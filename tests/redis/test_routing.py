@@ -43,9 +43,10 @@ def test_publish_on_a_reaches_subscriber_on_b(pair, clients):
 def test_plain_redis_subscriber_sees_mqtt_publish_with_envelope(
     pair, shared_redis, redis_cli, clients
 ):
-    """``redis-cli SUBSCRIBE sensors/temperature`` sees what an MQTT client publishes: one Redis
-    message per MQTT message (even with subscribers on both nodes), the 22-byte envelope, then
-    the MQTT payload untouched."""
+    """``redis-cli SUBSCRIBE sensors/temperature`` sees what an MQTT client publishes at QoS 0:
+    one Redis message per MQTT message (even with subscribers on both nodes), the 22-byte
+    envelope, then the MQTT payload untouched. QoS 1/2 go through the stream instead, where
+    ``XRANGE`` shows them (docs/redis.md, sections 3 and 6)."""
     a, b = pair
     watcher = RedisWatcher(shared_redis, "sensors/temperature", redis_cli)
     try:
@@ -53,10 +54,19 @@ def test_plain_redis_subscriber_sees_mqtt_publish_with_envelope(
         for s in subs:
             s.subscribe("sensors/temperature")
         pub = clients(a, protocol=V311)
-        pub.publish("sensors/temperature", b"22.0", qos=1)
+        pub.publish("sensors/temperature", b"22.0", qos=0)
         pub.publish("sensors/temperature", b"22.5", qos=0)
         for s in subs:
             assert [m.payload for m in s.collect(2)] == [b"22.0", b"22.5"]
+        key = b"{mqttd}$mqttd/stream"
+        rc = shared_redis.client()
+        before = rc.xlen(key) if rc.exists(key) else 0
+        pub.publish("sensors/temperature", b"23.0", qos=1)
+        for s in subs:
+            assert [m.payload for m in s.collect(1)] == [b"23.0"]
+        (_, fields), *_ = rc.xrange(key, count=before + 1)[before:]
+        assert fields[b"t"] == b"sensors/temperature" and fields[b"m"].endswith(b"23.0")
+        assert split_envelope(fields[b"m"])[0] & 0x03 == 1
         # Redis wrote every copy before the nodes could pass it on: a duplicate of the first
         # message would come before the second.
         (ch1, d1), (ch2, d2) = watcher.get(), watcher.get()
@@ -66,7 +76,7 @@ def test_plain_redis_subscriber_sees_mqtt_publish_with_envelope(
     assert d1.endswith(b"22.0") and d2.endswith(b"22.5")
     flags1, origin1, seq1, rest1 = split_envelope(d1)
     flags2, origin2, seq2, rest2 = split_envelope(d2)
-    assert (flags1 & 0x03, rest1) == (1, b"22.0")  # QoS 1, no properties (3.1.1 publisher)
+    assert (flags1 & 0x03, rest1) == (0, b"22.0")  # QoS 0, no properties (3.1.1 publisher)
     assert (flags2 & 0x03, rest2) == (0, b"22.5")
     assert origin1 == origin2 and seq2 == seq1 + 1
     assert watcher.messages.empty()
@@ -334,7 +344,7 @@ def test_prefix_separates_deployments(shared_redis, start_nodes, clients, redis_
         sx, sy = clients(x2), clients(y2)
         sx.subscribe("p/#")
         sy.subscribe("p/#")
-        clients(x1).publish("p/1", b"from-x", qos=1)
+        clients(x1).publish("p/1", b"from-x", qos=0)  # (QoS 0: on the channel, not the stream)
         assert [m.payload for m in sx.collect(1)] == [b"from-x"]
         channel, data = watch_x.get()  # on Redis, the prefix is part of the channel
         assert channel == b"dep-x:p/1" and data.endswith(b"from-x")

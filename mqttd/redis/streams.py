@@ -1,0 +1,288 @@
+"""QoS 1 and 2 between nodes through a Redis stream: at least once across Redis outages (issue 17).
+
+Pub/sub is at most once: a message published while Redis stalls or restarts is gone, though its
+publisher was acknowledged. A message published at QoS 1 or 2 therefore goes to the stream
+``{prefix}$mqttd/stream`` instead (``XADD ... MAXLEN ~ N``; QoS 0 stays on pub/sub for speed), and
+every node reads the stream from where it stopped (``XREAD`` with the last id it read).
+
+The publishing node keeps each message (the framed ``XADD``) until Redis answers it: while Redis
+stalls or is away, the messages wait here, bounded by ``redis_stream_buffer`` bytes (beyond that
+they are dropped and counted in ``stream_dropped``); when the bridge is connected again, everything
+not yet answered is written again, in order. A message Redis took whose answer was lost comes
+twice: each carries its origin node and a number of that node's (the envelope's sequence
+number, counted here for QoS 1/2 messages, apart from the per-topic numbers of pub/sub), and a
+reading node drops a number it has already delivered (``stream_duplicates``). Redis keeps what it
+answered only as well as it is configured to: across a kill, with ``appendonly yes`` and
+``appendfsync always`` (docs/redis.md, section 8).
+
+One stream, hash-tagged (``{mqttd}``) so that it is one key on one shard of a Redis Cluster, keeps
+every message in the order its node wrote it. Connections: the bridge's third (writing) one, its
+replies counted here; the reading one is redis-py's (a blocking ``XREAD``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import hiredis
+from redis.exceptions import RedisError
+
+from mqttd._speedups import route
+from mqttd.errors import PacketError
+from mqttd.redis.envelope import decode_envelope, decode_properties, encode_envelope
+from mqttd.redis.resp import _command
+
+if TYPE_CHECKING:
+    from mqttd.redis.bridge import RedisBridge
+
+log = logging.getLogger("mqttd.redis")
+
+#: entries one XREAD returns at most
+READ_COUNT = 1000
+#: milliseconds an XREAD waits for new entries
+READ_BLOCK_MS = 1000
+#: origin nodes whose last number is remembered (a node that restarts is a new origin)
+MAX_ORIGINS = 10_000
+#: bytes written to the connection and not yet sent before writing stops (Redis not reading)
+MAX_UNSENT = 8 * 1024 * 1024
+#: the stream's counts, in the bridge's stats (and /metrics as mqttd_redis_<name>_total)
+STREAM_COUNTERS = (
+    "stream_added",
+    "stream_confirmed",
+    "stream_resent",
+    "stream_dropped",
+    "stream_errors",
+    "stream_received",
+    "stream_duplicates",
+)
+
+
+class Streams:
+    def __init__(self, bridge: RedisBridge, maxlen: int, buffer_bytes: int) -> None:
+        self.bridge = bridge
+        self.key = bridge.prefix_b + b"{mqttd}$mqttd/stream"
+        self._maxlen = str(maxlen).encode()
+        self.buffer_bytes = buffer_bytes
+        self.stats = bridge.stats
+        #: XADD commands written or to write, not yet answered, oldest first
+        self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0
+        self.written = 0  # of ``pending``, from the left, written on the current connection
+        self.conn: Any = None  # the bridge's writing connection while it is up
+        self._skip = 0  # replies to the connection's set-up commands (AUTH, SELECT) to pass
+        self._scheduled = False
+        self._seq = itertools.count(1)
+        #: origin node -> the last number delivered from it
+        self.seen: dict[bytes, int] = {}
+        self.last_id = b""  # of the last entry read; empty until the reader started
+        self._reader: asyncio.Task[None] | None = None
+        self._held = 0  # queues (and the node's memory limit) the reader waits for
+        self._go = asyncio.Event()
+        self._dropped_logged = 0.0
+
+    # -- the publishing side ----------------------------------------------------------------------
+    def stamp(self, msg: Any) -> int:
+        """A QoS 1/2 message's identity: (this node, its next number), dense per node."""
+        seq = next(self._seq)
+        msg.origin = (self.bridge.node, seq)
+        return seq
+
+    def add(self, msg: Any) -> None:
+        origin = msg.origin
+        seq = origin[1] if origin is not None and origin[0] == self.bridge.node else self.stamp(msg)
+        entry = encode_envelope(self.bridge.node, seq, msg)
+        cmd = _command(
+            b"XADD",
+            self.key,
+            b"MAXLEN",
+            b"~",
+            self._maxlen,
+            b"*",
+            b"t",
+            msg.topic.encode(),
+            b"m",
+            entry,
+        )
+        if self.pending_bytes + len(cmd) > self.buffer_bytes:
+            # Redis away too long: the buffer is full; this message is lost, counted
+            self.stats["stream_dropped"] += 1
+            now = time.monotonic()
+            if now - self._dropped_logged > 10:
+                self._dropped_logged = now
+                log.warning(
+                    "Redis stream buffer full (%d bytes waiting for Redis): QoS 1/2 messages "
+                    "to other nodes are dropped, counted in stream_dropped",
+                    self.pending_bytes,
+                )
+            return
+        self.pending.append(cmd)
+        self.pending_bytes += len(cmd)
+        self.stats["stream_added"] += 1
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self.conn is not None:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._write)
+
+    def _write(self) -> None:
+        """Write what is not written yet, once per loop turn (pipelined), unless Redis is not
+        reading what was written (then the rest waits here, within the buffer's bound)."""
+        self._scheduled = False
+        conn = self.conn
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            return
+        if conn.transport.get_write_buffer_size() > MAX_UNSENT:
+            return  # written again as replies come (on_reply)
+        n = len(self.pending)
+        if self.written < n:
+            conn.transport.write(b"".join(itertools.islice(self.pending, self.written, n)))
+            self.written = n
+
+    def on_reply(self, reply: Any) -> None:
+        if self._skip:
+            self._skip -= 1  # AUTH / SELECT: the bridge's PING on its own connection checks them
+            return
+        if not self.pending or not self.written:
+            return
+        cmd = self.pending.popleft()
+        self.pending_bytes -= len(cmd)
+        self.written -= 1
+        if isinstance(reply, hiredis.ReplyError):
+            # Redis refused it (out of memory, the key of another type): lost, counted
+            self.stats["stream_errors"] += 1
+            log.warning("Redis refused a stream entry: %s", reply)
+        else:
+            self.stats["stream_confirmed"] += 1
+        if self.written < len(self.pending) and not self._scheduled:
+            self._schedule()
+
+    def connected(self, conn: Any, setup_replies: int) -> None:
+        """The bridge (re)connected: everything unanswered is written again, in order."""
+        self.conn = conn
+        self._skip = setup_replies
+        if self.pending:
+            self.stats["stream_resent"] += len(self.pending)
+            log.info("writing %d QoS 1/2 messages kept while Redis was away", len(self.pending))
+        self.written = 0
+        self._schedule()
+
+    def lost(self) -> None:
+        self.conn = None
+        self.written = 0
+
+    # -- the reading side -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Read from the stream's end as it is now (what came before is not this node's)."""
+        if not self.last_id:
+            client = await self.bridge._client()
+            last = await client.xrevrange(self.key, count=1)
+            self.last_id = last[0][0] if last else b"0-0"
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    def data_lost(self) -> None:
+        """Redis came back empty: the stream starts again from nothing."""
+        self.last_id = b"0-0"
+
+    async def stop(self, up: bool) -> None:
+        """The node stops: what Redis has not confirmed yet gets a second to be (else it is
+        lost with the node, counted in stream_dropped), and reading ends."""
+        deadline = time.monotonic() + 1.0
+        while up and self.pending and self.conn is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self.pending:
+            self.stats["stream_dropped"] += len(self.pending)
+            log.warning("%d QoS 1/2 messages not confirmed by Redis at stop", len(self.pending))
+            self.pending.clear()
+            self.pending_bytes = 0
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+            self._reader = None
+
+    async def _read(self) -> None:
+        bridge = self.bridge
+        broker = bridge.broker
+        while True:
+            if not bridge.up:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                client = await bridge._client()
+                reply = await client.xread(
+                    {self.key: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS
+                )
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.debug("reading the Redis stream: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            for _key, entries in reply or ():
+                for entry_id, fields in entries:
+                    self.last_id = entry_id
+                    self._deliver(fields)
+                    flusher = broker.flusher
+                    if flusher.pressure or flusher.over:
+                        await self._wait(broker)
+
+    async def _wait(self, broker: Any) -> None:
+        """Subscribers' queues this entry filled past their limits (or the node's memory limit):
+        the stream waits, as a held publisher does (docs/flow-control.md), before the next one;
+        Redis keeps the rest."""
+        flusher = broker.flusher
+        pressure, flusher.pressure = flusher.pressure, []
+        self._held += broker.flow.hold(self, pressure)
+        if flusher.over:
+            broker.flow.hold_node(self)
+            self._held += 1
+        if self._held:
+            self._go.clear()
+            try:
+                # (every hold ends by a drain, a slow session or its end: mqttd.flow; the
+                # timeout only keeps a missed wake-up from stopping the stream for good)
+                await asyncio.wait_for(self._go.wait(), 10.0)
+            except TimeoutError:
+                self._held = 0
+
+    def unhold(self) -> None:
+        """A queue it waited for drained (mqttd.flow)."""
+        if self._held:
+            self._held -= 1
+        if not self._held:
+            self._go.set()
+
+    def _deliver(self, fields: dict[bytes, bytes]) -> None:
+        topic_b, data = fields.get(b"t"), fields.get(b"m")
+        env = decode_envelope(data) if topic_b is not None and data is not None else None
+        if env is None:
+            self.stats["stream_errors"] += 1  # not an entry we wrote
+            return
+        origin, seq, qos, retain, block, payload = env
+        if origin == self.bridge.node:
+            return  # ours: local subscribers have it
+        last = self.seen.get(origin)
+        if last is not None and seq <= last:
+            self.stats["stream_duplicates"] += 1  # written again after an outage: had it
+            return
+        if last is None and len(self.seen) >= MAX_ORIGINS:
+            del self.seen[next(iter(self.seen))]
+        self.seen[origin] = seq
+        try:
+            topic = topic_b.decode()  # type: ignore[union-attr]
+            props = decode_properties(block) if block != b"\x00" else None
+        except (PacketError, ValueError, UnicodeDecodeError):
+            self.stats["stream_errors"] += 1
+            return
+        self.stats["stream_received"] += 1
+        msg = route.Message(topic, payload, qos, retain, props, block, (origin, seq))
+        if props and 0x02 in props:
+            msg.expires_at = time.monotonic() + props[0x02]
+        self.bridge.broker.deliver_remote(msg)
