@@ -8,7 +8,8 @@ One idea per module:
 - ``keys``: MQTT filters as Redis channels and glob patterns;
 - ``bridge``: ``RedisBridge``, the node joined through one Redis server;
 - ``cluster``: ``RedisClusterBridge``, the same through a Redis Cluster (sharded pub/sub);
-- ``storage``: ``RedisStorage``, retained messages shared through Redis.
+- ``storage``: ``RedisStorage``, retained messages shared through Redis;
+- ``streams``: ``Streams``, QoS 1/2 between nodes through a Redis stream (kept across outages).
 
 ``open_bridge(broker, url, prefix)`` is the way in: it picks the transport from the URL.
 
