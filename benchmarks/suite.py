@@ -82,9 +82,9 @@ BUDGETS: dict[str, tuple[str, float, str]] = {
 REDIS_TITLES: dict[str, str] = {
     "redis_fanin": "fan-in through Redis vs single node, msg/s",
     "redis_latency": "latency p99 through Redis vs single node, us",
-    "redis_fanin_q1": "fan-in QoS 1 via the stream vs single node, msg/s",
+    "redis_fanin_q1": "fan-in QoS 1, stream vs single node, msg/s",
     "redis_fanin_q1_pubsub": "fan-in QoS 1 by pub/sub vs single node, msg/s",
-    "redis_latency_q1": "latency p99, QoS 1 5k msg/s, stream vs single, us",
+    "redis_latency_q1": "QoS 1 p99 at 5k msg/s, stream vs single, us",
 }
 
 #: budget -> (the row whose runs it reads, RunResult metric, table title); the row's own budget
