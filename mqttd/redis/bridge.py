@@ -33,15 +33,14 @@ from redis.exceptions import RedisError
 
 from mqttd import sessionstate
 from mqttd._speedups import match, route
-from mqttd.errors import PacketError
 from mqttd.redis.envelope import (
     MAGIC_BATCH,
     MAX_BATCH,
     _retained_message,
     decode_batch,
     decode_envelope,
-    decode_properties,
     encode_envelope,
+    envelope_message,
 )
 from mqttd.redis.keys import _glob_regex, redis_key
 from mqttd.redis.resp import _command, _PushResp, _Resp
@@ -512,15 +511,11 @@ class RedisBridge:
             return  # our own: local subscribers already have it
         self.stats["received"] += 1
         route.track_seq(self.last_seq, self.stats, origin, topic, seq, seq)
-        try:
-            props = decode_properties(block) if block != b"\x00" else None
-        except (PacketError, ValueError):
+        msg = envelope_message(topic, origin, seq, qos, retain, block, payload)
+        if msg is None:
             # Looked like an envelope but is not one we can read: dropped, counted
             self.stats["errors"] += 1
             return
-        msg = route.Message(topic, payload, qos, retain, props, block, (origin, seq))
-        if props and 0x02 in props:
-            msg.expires_at = time.monotonic() + props[0x02]
         self.broker.deliver_remote(msg)
 
     # -- retained messages ------------------------------------------------------------------------

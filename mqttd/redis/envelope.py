@@ -120,20 +120,26 @@ def decode_properties(block: bytes) -> dict:
     return pub.properties
 
 
+def envelope_message(
+    topic: str, origin: bytes, seq: int, qos: int, retain: bool, block: bytes, payload: bytes
+) -> Any:
+    """The message a decoded envelope carries, as this node delivers it, or None when its
+    property block is unreadable. A Message Expiry Interval starts again here: the time it
+    already waited elsewhere is not kept."""
+    try:
+        props = decode_properties(block) if block != b"\x00" else None
+    except (PacketError, ValueError):
+        return None
+    msg = route.Message(topic, payload, qos, retain, props, block, (origin, seq))
+    if props and 0x02 in props:
+        msg.expires_at = time.monotonic() + props[0x02]
+    return msg
+
+
 def _retained_message(topic_b: bytes, data: bytes) -> Any:
     """A retained message as kept in Redis (envelope + payload), or None if unreadable."""
     env = decode_envelope(data)
     if env is None:
         return None
     origin, _, qos, _, block, payload = env
-    try:
-        props = decode_properties(block) if block != b"\x00" else None
-    except (PacketError, ValueError):
-        return None
-    msg = route.Message(
-        topic_b.decode(errors="replace"), payload, qos, True, props, block, (origin, 0)
-    )
-    if props and 0x02 in props:
-        # The time it already waited is not kept: the interval starts again here
-        msg.expires_at = time.monotonic() + props[0x02]
-    return msg
+    return envelope_message(topic_b.decode(errors="replace"), origin, 0, qos, True, block, payload)

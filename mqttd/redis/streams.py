@@ -32,9 +32,7 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 from redis.exceptions import RedisError
 
-from mqttd._speedups import route
-from mqttd.errors import PacketError
-from mqttd.redis.envelope import decode_envelope, decode_properties, encode_envelope
+from mqttd.redis.envelope import decode_envelope, encode_envelope, envelope_message
 from mqttd.redis.resp import _command
 
 if TYPE_CHECKING:
@@ -277,12 +275,12 @@ class Streams:
         self.seen[origin] = seq
         try:
             topic = topic_b.decode()  # type: ignore[union-attr]
-            props = decode_properties(block) if block != b"\x00" else None
-        except (PacketError, ValueError, UnicodeDecodeError):
+        except UnicodeDecodeError:
+            msg = None
+        else:
+            msg = envelope_message(topic, origin, seq, qos, retain, block, payload)
+        if msg is None:
             self.stats["stream_errors"] += 1
             return
         self.stats["stream_received"] += 1
-        msg = route.Message(topic, payload, qos, retain, props, block, (origin, seq))
-        if props and 0x02 in props:
-            msg.expires_at = time.monotonic() + props[0x02]
         self.bridge.broker.deliver_remote(msg)
