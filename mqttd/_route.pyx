@@ -1153,6 +1153,13 @@ cdef class Outbox:
         self.entries.append(command)
         return first
 
+    def drop(self):
+        """Messages in the outbox, and it is empty: nothing is framed (Redis is not reading)."""
+        publishes, self.publishes = self.publishes, 0
+        self.entries = []
+        self.run = None
+        return publishes
+
     def take(self):
         """(bytes to write, commands in them, messages in them), and the outbox is empty."""
         entries, self.entries = self.entries, []

@@ -1136,6 +1136,13 @@ class Outbox:
         self.entries.append(command)
         return first
 
+    def drop(self) -> int:
+        """Messages in the outbox, and it is empty: nothing is framed (Redis is not reading)."""
+        publishes, self.publishes = self.publishes, 0
+        self.entries = []
+        self.run = None
+        return publishes
+
     def take(self) -> tuple[bytes, int, int]:
         """(bytes to write, commands in them, messages in them), and the outbox is empty."""
         entries, self.entries = self.entries, []

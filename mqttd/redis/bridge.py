@@ -789,8 +789,7 @@ class RedisBridge:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        data, commands, publishes = self.out.take()
-        if not commands:
+        if not len(self.out):
             return
         pub = self.pub
         if (
@@ -800,8 +799,9 @@ class RedisBridge:
             # Redis is not reading: do not grow without bound
             or pub.transport.get_write_buffer_size() > MAX_PENDING_BYTES
         ):
-            self.stats["not_forwarded"] += publishes
+            self.stats["not_forwarded"] += self.out.drop()  # (not framed for nothing)
             return
+        data, commands, publishes = self.out.take()
         pub.transport.write(data)
         self._in_flight += commands
         self.stats["forwarded"] += publishes

@@ -78,6 +78,17 @@ def test_numbers_per_topic_and_batches_runs(route: ModuleType) -> None:
     assert out.take() == (b"", 0, 0)
 
 
+def test_drop_empties_without_framing(route: ModuleType) -> None:
+    """Redis not reading: the outbox is emptied and its messages counted; numbering goes on."""
+    out = route.Outbox(NODE, PREFIX)
+    for i in range(3):
+        out.add(msg(route, "t", b"%d" % i))
+    out.add_command(b"*1\r\n$4\r\nPING\r\n")
+    assert out.drop() == 3 and len(out) == 0 and out.take() == (b"", 0, 0)
+    assert out.add(msg(route, "t", b"next")) is True  # empty again: the caller schedules
+    assert out.topic_seq == {"t": 4}
+
+
 def test_a_message_with_an_identity_keeps_it(route: ModuleType) -> None:
     """A message from another node (or stamped before a shared group chose) keeps its number."""
     out = route.Outbox(NODE, PREFIX)
