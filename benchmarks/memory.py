@@ -29,16 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mqttd.bench.runner import proc_rss_kb  # noqa: E402
 from mqttd.broker import BrokerConfig  # noqa: E402
 from mqttd.node import Node  # noqa: E402
 
 
 def rss_kib() -> int:
-    with open(f"/proc/{os.getpid()}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    return proc_rss_kb(os.getpid()) or 0
 
 
 def census() -> collections.Counter[str]:

@@ -424,10 +424,6 @@ class Verdict:
     attr: str = ""  # the RunResult metric when not the row's primary one (DERIVED)
 
 
-def cmp_key(pairs: dict[str, Comparison], cmp: Comparison) -> str:
-    return next(k for k, v in pairs.items() if v is cmp)
-
-
 def _fmt(v: float | None, attr: str = "") -> str:
     if v is None:
         return "n/a"
@@ -441,12 +437,13 @@ def judge(
 ) -> list[Verdict]:
     out: list[Verdict] = []
     titles = {r.key: r.title for r in rows(idle_connections)}
-    derived = [
-        (key, row, attr, title) for key, (row, attr, title) in DERIVED.items() if row in pairs
+    # (budget, the row it reads, the metric when not the row's primary one, title)
+    items: list[tuple[str, str, str | None, str]] = [
+        (key, key, None, titles.get(key, key)) for key in pairs
     ]
-    items = [(key, cmp, None, titles.get(key, key)) for key, cmp in pairs.items()]
-    items += [(key, pairs[row], attr, title) for key, row, attr, title in derived]
-    for key, cmp, attr, title in items:
+    items += [(key, *spec) for key, spec in DERIVED.items() if spec[0] in pairs]
+    for key, row, attr, title in items:
+        cmp = pairs[row]
         kind, limit, _text = BUDGETS.get(key, ("report", 0, ""))
         a, b = cmp.medians(attr)
         ratio = cmp.ratio(attr)
@@ -468,7 +465,7 @@ def judge(
                 ok, note = False, f"only {conn:,.0f} connected"
         if ok is None and kind != "report":
             note = note or "no Mosquitto to compare with"
-        c = Comparison._median(AEDES_RUNS.get(cmp_key(pairs, cmp), []), attr or cmp.metric.attr)
+        c = Comparison._median(AEDES_RUNS.get(row, []), attr or cmp.metric.attr)
         out.append(Verdict(key, title, a, b, ratio, budget, ok, note, c, attr or ""))
     runs = [r for cmp in pairs.values() for r in cmp.b]
     for v in redis_rows.values():
