@@ -50,8 +50,18 @@ class Deadlines:
 
     def discard(self, item: Item, tick: int) -> None:
         bucket = self.ticks.get(tick)
-        if bucket is not None:
-            bucket.discard(item)  # an empty tick stays until it is due: no heap surgery
+        if bucket is None:
+            return
+        bucket.discard(item)
+        if not bucket:
+            # An emptied tick goes now, not when due: clients that come and go with long
+            # keepalives would otherwise leave an empty set (216 bytes) per quarter second for
+            # up to 1.5 x 65535 s. Its heap entry stays (skipped when due) until the heap holds
+            # twice the live ticks, then the heap is rebuilt.
+            del self.ticks[tick]
+            if len(self.heap) > 64 and len(self.heap) > 2 * len(self.ticks):
+                self.heap = list(self.ticks)
+                heapq.heapify(self.heap)
 
     def __len__(self) -> int:
         return sum(len(b) for b in self.ticks.values())
@@ -65,10 +75,12 @@ class Deadlines:
     def _fire(self) -> None:
         self.handle = self.at = None
         now = self.loop.time()
-        heap, ticks = self.heap, self.ticks
-        while heap and heap[0] * TICK <= now:
-            for item in ticks.pop(heapq.heappop(heap)):
+        ticks = self.ticks
+        # (self.heap each time: a discard from a deadline() may rebuild it)
+        while self.heap and self.heap[0] * TICK <= now:
+            for item in ticks.pop(heapq.heappop(self.heap), ()):
                 item.deadline()  # may add it again, to a later tick
+        heap = self.heap
         if heap and (self.at is None or heap[0] < self.at):  # (an add above may have armed)
             self._arm(heap[0])
 

@@ -88,3 +88,22 @@ def test_close_stops_everything() -> None:
     wheel.close()
     loop.advance(5)
     assert fired == [] and len(wheel) == 0
+
+
+def test_emptied_ticks_go_at_once_and_the_heap_stays_bounded() -> None:
+    """Clients that come and go with long keepalives leave nothing behind: an emptied tick is
+    dropped when its last item leaves, and the heap of ticks is rebuilt once it holds twice the
+    live ones; what is still waiting fires on time."""
+    loop = FakeLoop()
+    wheel = Deadlines(loop)
+    fired: list[tuple[str, float]] = []
+    keep = Item(loop, fired, "keep")
+    t0 = loop.time()
+    wheel.add(keep, t0 + 5000)
+    for i in range(10_000):  # each a tick of its own, up to 2,500 s ahead
+        item = Item(loop, fired, str(i))
+        wheel.discard(item, wheel.add(item, t0 + 10 + i * TICK))
+    assert len(wheel.ticks) == 1 and len(wheel.heap) <= 2 * 64
+    loop.advance(6000)
+    assert [n for n, _ in fired] == ["keep"]
+    assert t0 + 5000 <= fired[0][1] <= t0 + 5000 + TICK
