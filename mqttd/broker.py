@@ -175,6 +175,9 @@ class BrokerConfig:
     redis_prefix: str = ""
     #: QoS 1/2 between nodes through a Redis stream, kept across Redis outages (False: pub/sub)
     redis_streams: bool = True
+    #: this node's name across its restarts (None: a new node each start): a restarted node
+    #: takes back its sessions kept in Redis and reads the stream on from where it stopped
+    redis_node_name: str | None = None
     #: entries the stream keeps (XADD MAXLEN ~): how far behind a node may read
     redis_stream_maxlen: int = 100_000
     #: bytes of QoS 1/2 messages kept for the stream while Redis is away; beyond, dropped
@@ -336,6 +339,13 @@ class BrokerConfig:
                 raise ValueError(f"{name} must be 0{at_least_0[name]} or more, not {value}")
         elif name == "redis_url":
             check_redis_url(value)
+        elif name == "redis_node_name":
+            # a Redis key's last part: printable, no spaces, short
+            if not (0 < len(value) <= 64 and value.isprintable() and " " not in value):
+                raise ValueError(
+                    f"redis_node_name must be 1..64 printable characters without spaces, "
+                    f"not {value!r}"
+                )
         elif name == "persistence_interval":
             if not 0 < value <= 3600:
                 raise ValueError(

@@ -110,6 +110,7 @@ REDIS_COUNTERS = (
     "sessions_written",
     "dead_nodes",
     "wills_published",
+    "sessions_taken_back",
 )
 
 #: the persistence file's figures (mqttd.persistence): how, metric name, figure, what

@@ -114,12 +114,20 @@ class Node:
         broker.attach(loop)
         if cfg.redis_url:
             bridge = open_bridge(broker, cfg.redis_url, cfg.redis_prefix)
-            await bridge.start()  # RedisUnavailable, having closed what it opened
-            self._bridge = broker.peers = bridge
             if type(broker.storage) is MemoryStorage:
                 # (an attribute of the package, loaded with redis-py on first use: a node
-                # without Redis never imports it)
+                # without Redis never imports it; set before the start, which may bring back
+                # sessions: mqttd.redis.sessions, a named node)
                 broker.storage = redis_wing.RedisStorage(bridge)
+            # (the peers before the start too: sessions it brings back subscribe through it,
+            # and the wills it publishes reach the other nodes)
+            alone, broker.peers = broker.peers, bridge
+            try:
+                await bridge.start()  # RedisUnavailable, having closed what it opened
+            except BaseException:
+                broker.peers = alone
+                raise
+            self._bridge = bridge
             count = await bridge.load_retained()
             log.info("loaded %d retained messages from Redis", count)
         if cfg.persistence_file:

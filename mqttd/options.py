@@ -329,6 +329,15 @@ OPTIONS: tuple[Option, ...] = (
         "off: pub/sub, at most once)",
     ),
     Option(
+        "redis_node_name",
+        str,
+        None,
+        "this node's name, the same across its restarts: a restarted node takes back the "
+        "persistent sessions it kept in Redis and reads the stream on from where it stopped "
+        "(default none: a new node each start)",
+        "NAME",
+    ),
+    Option(
         "redis_stream_maxlen",
         int,
         100_000,

@@ -62,6 +62,10 @@ def test_port_in_use_is_one_clear_line() -> None:
         (["--max-packet-size", "300000000"], "--max-packet-size: max_packet_size must be"),
         (["--max-packet-size", "2"], "--max-packet-size: max_packet_size must be 16..268435460"),
         (["--port", "70000"], "--port: port must be 0..65535, not 70000"),
+        (
+            ["--redis-node-name", "node a"],
+            "--redis-node-name: redis_node_name must be 1..64 printable characters",
+        ),
     ],
 )
 def test_bad_configuration_is_one_clear_line(args: list[str], text: str) -> None:

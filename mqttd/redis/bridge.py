@@ -142,8 +142,10 @@ class RedisBridge:
         self.streams: Streams | None = None
         self.swriter: _Resp | None = None
         cfg = broker.config
-        if cfg.redis_streams and type(self) is RedisBridge:  # (a Cluster: pub/sub, section 8)
-            self.streams = Streams(self, cfg.redis_stream_maxlen, cfg.redis_stream_buffer)
+        if cfg.redis_streams:
+            self.streams = Streams(
+                self, cfg.redis_stream_maxlen, cfg.redis_stream_buffer, cfg.redis_node_name
+            )
             self.stamp = self._stamp  # type: ignore[method-assign]
             for key in STREAM_COUNTERS:
                 self.stats[key] = 0
@@ -592,10 +594,14 @@ class RedisBridge:
 
     async def _client(self) -> Any:
         if self._cmd is None:
-            import redis.asyncio as aioredis
-
-            self._cmd = aioredis.from_url(self.url, socket_connect_timeout=3, socket_timeout=5)
+            self._cmd = self.new_client()
         return self._cmd
+
+    def new_client(self) -> Any:
+        """A redis-py client of its own (the stream's reader blocks one in XREAD)."""
+        import redis.asyncio as aioredis
+
+        return aioredis.from_url(self.url, socket_connect_timeout=3, socket_timeout=5)
 
     async def acquire_session(self, client_id: str, clean_start: bool) -> dict | None:
         """Tell the other nodes ``client_id`` connected here: whoever holds its connection closes

@@ -152,10 +152,18 @@ class RedisClusterBridge(RedisBridge):
             )
         self.pub = self.pubs[self._owner(self.control)]  # type: ignore[index]
         self.sub = self.subs[self._owner(self.control)]  # type: ignore[index]
+        if self.streams is not None:
+            # the stream is one key (hash-tagged): one writing connection, to its shard
+            addr = self._owner(self.streams.key)
+            assert addr is not None
+            self.swriter = await self._open_at(addr, self.streams.on_reply)
         self._waiting_pongs = set(self.pubs)
         for conn in self.pubs.values():
             conn.transport.write(_command(b"PING"))
         await asyncio.wait_for(self._auth_checked, 5.0)
+        if self.streams is not None and self.swriter is not None:
+            # (only now: as RedisBridge._connect; a Cluster has no SELECT)
+            self.streams.connected(self.swriter, bool(self.params.get("password")))
         for key in self.channels:
             self._ssubscribe(key)
         self._unsubscribing.clear()
@@ -174,7 +182,7 @@ class RedisClusterBridge(RedisBridge):
         )
 
     def _conns(self) -> list[_Resp | None]:
-        return [*self.pubs.values(), *self.subs.values()]
+        return [*self.pubs.values(), self.swriter, *self.subs.values()]
 
     def _send(self, key: bytes, cmd: bytes, replies: int = 1) -> None:
         conn = self.pubs.get(self._owner(key))  # type: ignore[arg-type]
@@ -347,6 +355,9 @@ class RedisClusterBridge(RedisBridge):
     def forward(self, msg: Any) -> None:
         """SPUBLISH ``msg`` on its topic channel, and to the inbox of every node whose wildcard
         filters match it; pipelined per shard with the rest of this loop iteration."""
+        if msg.qos and self.streams is not None:
+            self.streams.add(msg)  # QoS 1/2: the stream, on the shard of its hash tag
+            return
         if not self.up:
             self.stats["not_forwarded"] += 1
             return
@@ -439,10 +450,13 @@ class RedisClusterBridge(RedisBridge):
     # -- request / response (retained messages, sessions) ----------------------------------------
     async def _client(self) -> Any:
         if self._cmd is None:
-            from redis.asyncio.cluster import RedisCluster
-
-            self._cmd = RedisCluster.from_url(self.url, socket_connect_timeout=3, socket_timeout=5)
+            self._cmd = self.new_client()
         return self._cmd
+
+    def new_client(self) -> Any:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(self.url, socket_connect_timeout=3, socket_timeout=5)
 
     def health(self) -> dict[str, Any]:
         out = super().health()

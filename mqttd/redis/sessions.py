@@ -14,6 +14,13 @@ Each node, every ``persistence_interval`` seconds (1 by default):
   connection is lost [MQTT-3.1.2-8], and that node can no longer say it), after their Will Delay
   Interval, and starts the expiry of its sessions.
 
+A node with a name (``redis_node_name``) says in ``{prefix}$mqttd/named/<name>`` which node id
+runs under it. Started again under that name, it takes over the node before it (as a survivor
+would: it claims it, publishes the wills of the clients connected to it), but takes its sessions
+back instead of letting them expire: their subscriptions are here again before the stream is
+read on from where that node stopped (mqttd.redis.streams, whose position is written here with
+the sessions: both of one moment), so what was published meanwhile reaches them.
+
 A client that reconnects elsewhere with Clean Start 0 and finds its session marked as held by a
 dead node gets the state written here (mqttd.redis.bridge.acquire_session). Detection takes the
 alive key's time to live plus at most one interval: 6 s by default. A node says it is alive once
@@ -67,17 +74,29 @@ class RedisSessions:
         self._holds = f"{p}$mqttd/holds/"
         self._wills = f"{p}$mqttd/wills/"
         self._claim = f"{p}$mqttd/reaping/"
+        name = bridge.broker.config.redis_node_name
+        self._named = f"{p}$mqttd/named/{name}" if name else None
+        #: node id -> the name it runs under (a dead node's sessions' ids are kept for it)
+        self._name_of = f"{p}$mqttd/name-of/"
         self._task: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
         #: wills to set (text) or remove (None) in Redis, in order, and the task sending them
         self._will_ops: list[tuple[str, str | None]] = []
         self._will_task: asyncio.Task[None] | None = None
-        self.stats = {"sessions_written": 0, "dead_nodes": 0, "wills_published": 0}
+        self.stats = {
+            "sessions_written": 0,
+            "dead_nodes": 0,
+            "wills_published": 0,
+            "sessions_taken_back": 0,
+        }
 
     async def start(self) -> None:
         """Say this node is alive before any client connects (a node that has not said it yet
-        would look dead to the others), then write every interval."""
+        would look dead to the others), then write every interval. A named node first takes
+        back what it held before its restart."""
         try:
+            if self._named is not None:
+                await self._take_back()
             await self._write()
         except _ERRORS as exc:
             log.warning("sessions in Redis: %s", exc)
@@ -152,12 +171,51 @@ class RedisSessions:
                 log.warning("sessions in Redis: %s", exc)
                 self.changed.forget()  # written whole at the next turn
 
+    async def _take_back(self) -> None:
+        """The node that ran under this name before (stopped, or crashed: found dead by a
+        survivor by now, or not yet): its sessions are revived here."""
+        client = await self.bridge._client()
+        before = await client.set(self._named, self.me, get=True)
+        await client.set(self._name_of + self.me, self.bridge.broker.config.redis_node_name)
+        if before is None or before.decode() == self.me:
+            return
+        node = before.decode()
+        if await client.exists(self._node + node):
+            # (crashed less than its alive key's life ago, or two nodes given one name)
+            log.warning(
+                "node %s, which ran under the name %s before, still says it is alive: taking "
+                "its sessions over (if it still runs, give each node a name of its own)",
+                node,
+                self.bridge.broker.config.redis_node_name,
+            )
+        if await client.set(self._claim + node, self.me, nx=True, ex=CLAIM_TTL):
+            await self._reap(node, take_back=True)
+            return
+        # Found dead by a survivor already, which published the wills of its connected clients
+        # and left its sessions' ids for this name (_reap): the sessions come back all the same
+        held = await client.smembers(self._holds + node)
+        log.info(
+            "taking back %d sessions of node %s (this name's before the restart, found dead by "
+            "another node)",
+            len(held),
+            node,
+        )
+        for raw in held:
+            data = await client.get(self.state_key(raw.decode()))
+            if data is not None:
+                await self._revive(raw.decode(), data, node)
+        await client.delete(self._holds + node, self._name_of + node)
+
     async def _write(self) -> None:
         client = await self.bridge._client()
         pipe = client.pipeline(transaction=False)
         pipe.set(self._node + self.me, b"1", px=int(self.ttl * 1000))
         pipe.sadd(self._nodes, self.me)
         changes = self.changed.collect()
+        streams = self.bridge.streams
+        if streams is not None and streams.at_key is not None and streams.last_id:
+            # where the stream's reading stands, of the same moment as the sessions collected
+            pipe.set(streams.at_key, streams.position())
         gone = []
         for client_id, state in changes.items():
             if state is None:
@@ -183,19 +241,30 @@ class RedisSessions:
             if await client.set(self._claim + node, self.me, nx=True, ex=CLAIM_TTL):
                 await self._reap(node)
 
-    async def _reap(self, node: str) -> None:
-        """``node`` stopped without leaving: its clients' wills, its sessions' expiry."""
+    async def _reap(self, node: str, take_back: bool = False) -> None:
+        """``node`` stopped without leaving: its clients' wills, its sessions' expiry; or, when
+        this node runs under its name now (``take_back``), its sessions revived here."""
         client = await self.bridge._client()
         wills = await client.hgetall(self._wills + node)
         held = await client.smembers(self._holds + node)
-        self.stats["dead_nodes"] += 1
-        log.warning(
-            "node %s stopped answering (its alive key expired): publishing the wills of its "
-            "%d connected clients; its %d sessions wait in Redis for their clients",
-            node,
-            len(wills),
-            len(held),
-        )
+        if take_back:
+            log.info(
+                "taking back %d sessions of node %s (this name's before the restart); "
+                "publishing the wills of its %d connected clients",
+                len(held),
+                node,
+                len(wills),
+            )
+        else:
+            self.stats["dead_nodes"] += 1
+            log.warning(
+                "node %s stopped answering (its alive key expired): publishing the wills of its "
+                "%d connected clients; its %d sessions wait in Redis for their clients",
+                node,
+                len(wills),
+                len(held),
+            )
+        armed = []
         for client_id, data in wills.items():
             try:
                 entry = json.loads(data)
@@ -204,13 +273,19 @@ class RedisSessions:
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("unreadable will of %s: %s", client_id, exc)
                 continue
-            self._will_after(client_id.decode(), will, delay, node)
+            armed.append((client_id.decode(), will, delay))
+        if not take_back:
+            for client_id, will, delay in armed:
+                self._will_after(client_id, will, delay, node)
         now = time.time()
         for raw in held:
             client_id = raw.decode()
             key = self.state_key(client_id)
             data = await client.get(key)
             if data is None:
+                continue
+            if take_back:
+                await self._revive(client_id, data, node)
                 continue
             try:
                 state = sessionstate.decode(data)
@@ -224,8 +299,52 @@ class RedisSessions:
             if expiry < 0xFFFFFFFF:
                 # It expires from now, unless its client comes back [MQTT-3.1.2-23]
                 await client.expire(key, max(1, int(expiry)))
-        await client.delete(self._wills + node, self._holds + node)
+        if take_back:
+            # (after the sessions: a client whose session is back here has its will on it)
+            for client_id, will, delay in armed:
+                self._will_here(client_id, will, delay, node)
+            await client.delete(self._holds + node, self._node + node, self._name_of + node)
+        elif not await client.exists(self._name_of + node):
+            # (a named node's stay: started again, it takes these sessions back, _take_back)
+            await client.delete(self._holds + node)
+        await client.delete(self._wills + node)
         await client.srem(self._nodes, node)
+
+    async def _revive(self, client_id: str, data: bytes, node: str) -> None:
+        """A session that ``node`` (this name's before the restart) held: here again, as a
+        persistence file brings one back (Broker.revive: its expiry counted from when its client
+        left), unless its client took it to another node meanwhile."""
+        broker = self.bridge.broker
+        if client_id in broker.sessions:
+            return
+        holder = await (await self.bridge._client()).get(self.bridge._session_key(client_id))
+        if holder is not None and holder.hex() != node:
+            return  # resumed elsewhere (its marker names that node)
+        try:
+            session = broker.revive(sessionstate.decode(data))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("session of %s unreadable, not taken back: %s", client_id, exc)
+            return
+        if session is not None:
+            self.stats["sessions_taken_back"] += 1
+            self.bridge.mark_session(client_id)
+
+    def _will_here(self, client_id: str, will: Any, delay: float, node: str) -> None:
+        """The will of a client whose connection went with the node before this name's restart:
+        on its session taken back here, it waits for its delay or the session's end, and its
+        client coming back cancels it, as for any client that left [MQTT-3.1.3-9]."""
+        broker = self.bridge.broker
+        session = broker.sessions.get(client_id)
+        if session is None or session.connection is not None or session.will is not None:
+            self._will_after(client_id, will, delay, node)
+            return
+        if delay <= 0:
+            self._publish_will(client_id, will)
+            return
+        session.will = will
+        session.will_handle = asyncio.get_running_loop().call_later(
+            min(delay, session.expiry_interval), broker._fire_will, session
+        )
 
     def _will_after(self, client_id: str, will: Any, delay: float, node: str) -> None:
         loop = asyncio.get_running_loop()

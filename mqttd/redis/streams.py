@@ -17,13 +17,24 @@ answered only as well as it is configured to: across a kill, with ``appendonly y
 
 One stream, hash-tagged (``{mqttd}``) so that it is one key on one shard of a Redis Cluster, keeps
 every message in the order its node wrote it. Connections: the bridge's third (writing) one, its
-replies counted here; the reading one is redis-py's (a blocking ``XREAD``).
+replies counted here (on a Cluster, one to the shard that holds the stream); the reading one is
+a redis-py client of its own (a blocking ``XREAD``: in the bridge's shared client it would hold
+a pooled connection and make the others open more).
+
+A node with a name (``redis_node_name``) keeps where its reading stands (the last id read, and the
+last number delivered per origin) in ``{prefix}{mqttd}$mqttd/stream-at/<name>``, written with its
+sessions (mqttd.redis.sessions, each interval: the sessions and the position of one moment); the
+same name started again takes its sessions back and reads on from there, so what was published
+while it was down reaches its persistent sessions. A number skipped by an origin (an entry
+trimmed by ``MAXLEN`` before this node read it, or dropped at its origin) is counted in
+``stream_lost``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections import deque
@@ -46,6 +57,9 @@ READ_COUNT = 1000
 READ_BLOCK_MS = 1000
 #: origin nodes whose last number is remembered (a node that restarts is a new origin)
 MAX_ORIGINS = 10_000
+#: origins whose last number a named node keeps with its position (those it met last: a node
+#: that restarts is a new origin, and the old ones publish no more)
+POSITION_ORIGINS = 1000
 #: bytes written to the connection and not yet sent before writing stops (Redis not reading)
 MAX_UNSENT = 8 * 1024 * 1024
 #: the stream's counts, in the bridge's stats (and /metrics as mqttd_redis_<name>_total)
@@ -57,13 +71,20 @@ STREAM_COUNTERS = (
     "stream_errors",
     "stream_received",
     "stream_duplicates",
+    "stream_lost",
 )
 
 
 class Streams:
-    def __init__(self, bridge: RedisBridge, maxlen: int, buffer_bytes: int) -> None:
+    def __init__(
+        self, bridge: RedisBridge, maxlen: int, buffer_bytes: int, name: str | None = None
+    ) -> None:
         self.bridge = bridge
         self.key = bridge.prefix_b + b"{mqttd}$mqttd/stream"
+        #: where a named node's reading stands, kept across its restarts (None: unnamed)
+        self.at_key = (
+            bridge.prefix_b + b"{mqttd}$mqttd/stream-at/" + name.encode() if name else None
+        )
         self._maxlen = str(maxlen).encode()
         self.buffer_bytes = buffer_bytes
         self.stats = bridge.stats
@@ -71,6 +92,7 @@ class Streams:
         self.pending: deque[bytes] = deque()
         self.pending_bytes = 0
         self.written = 0  # of ``pending``, from the left, written on the current connection
+        self._ever = 0  # of ``pending``, from the left, written on some connection
         self.conn: Any = None  # the bridge's writing connection while it is up
         self._skip = 0  # replies to the connection's set-up commands (AUTH, SELECT) to pass
         self._scheduled = False
@@ -79,6 +101,7 @@ class Streams:
         self.seen: dict[bytes, int] = {}
         self.last_id = b""  # of the last entry read; empty until the reader started
         self._reader: asyncio.Task[None] | None = None
+        self._client: Any = None  # the reader's redis-py client
         self._held = 0  # queues (and the node's memory limit) the reader waits for
         self._go = asyncio.Event()
         self._dropped_logged = 0.0
@@ -141,6 +164,8 @@ class Streams:
         if self.written < n:
             conn.transport.write(b"".join(itertools.islice(self.pending, self.written, n)))
             self.written = n
+            if n > self._ever:
+                self._ever = n
 
     def on_reply(self, reply: Any) -> None:
         if self._skip:
@@ -148,9 +173,18 @@ class Streams:
             return
         if not self.pending or not self.written:
             return
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK")):
+            # A Cluster moved the stream's slot: kept, written again to its new shard once the
+            # bridge read the slot map again (mqttd.redis.cluster)
+            redirected = getattr(self.bridge, "_redirected", None)
+            if redirected is not None:
+                redirected(str(reply))
+            return
         cmd = self.pending.popleft()
         self.pending_bytes -= len(cmd)
         self.written -= 1
+        if self._ever:
+            self._ever -= 1
         if isinstance(reply, hiredis.ReplyError):
             # Redis refused it (out of memory, the key of another type): lost, counted
             self.stats["stream_errors"] += 1
@@ -165,7 +199,8 @@ class Streams:
         self.conn = conn
         self._skip = setup_replies
         if self.pending:
-            self.stats["stream_resent"] += len(self.pending)
+            # (resent: written before and not answered; the rest were never written)
+            self.stats["stream_resent"] += min(self._ever, len(self.pending))
             log.info("writing %d QoS 1/2 messages kept while Redis was away", len(self.pending))
         self.written = 0
         self._schedule()
@@ -176,13 +211,38 @@ class Streams:
 
     # -- the reading side -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Read from the stream's end as it is now (what came before is not this node's)."""
+        """Read on from where this node's name stopped reading, else from the stream's end as it
+        is now (what came before is not this node's)."""
         if not self.last_id:
             client = await self.bridge._client()
-            last = await client.xrevrange(self.key, count=1)
-            self.last_id = last[0][0] if last else b"0-0"
+            if self.at_key is not None:
+                self._resume(await client.get(self.at_key))
+            if not self.last_id:
+                last = await client.xrevrange(self.key, count=1)
+                self.last_id = last[0][0] if last else b"0-0"
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    def position(self) -> bytes:
+        """Where reading stands (kept in Redis with the sessions: mqttd.redis.sessions)."""
+        latest = itertools.islice(reversed(self.seen.items()), POSITION_ORIGINS)
+        seen = {origin.hex(): seq for origin, seq in latest}
+        return json.dumps({"id": self.last_id.decode(), "seen": seen}).encode()
+
+    def _resume(self, kept: bytes | None) -> None:
+        if kept is None:
+            return
+        try:
+            at = json.loads(kept)
+            last_id = at["id"].encode()
+            seen = {bytes.fromhex(o): int(seq) for o, seq in reversed(at["seen"].items())}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning(
+                "stream position %s unreadable (%s): reading from the end", self.at_key, exc
+            )
+            return
+        self.last_id, self.seen = last_id, seen
+        log.info("reading the Redis stream on from %s", last_id.decode())
 
     def data_lost(self) -> None:
         """Redis came back empty: the stream starts again from nothing."""
@@ -199,6 +259,7 @@ class Streams:
             log.warning("%d QoS 1/2 messages not confirmed by Redis at stop", len(self.pending))
             self.pending.clear()
             self.pending_bytes = 0
+            self.written = self._ever = 0
         if self._reader is not None:
             self._reader.cancel()
             try:
@@ -206,6 +267,9 @@ class Streams:
             except asyncio.CancelledError:
                 pass
             self._reader = None
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
 
     async def _read(self) -> None:
         bridge = self.bridge
@@ -215,8 +279,9 @@ class Streams:
                 await asyncio.sleep(0.05)
                 continue
             try:
-                client = await bridge._client()
-                reply = await client.xread(
+                if self._client is None:
+                    self._client = bridge.new_client()
+                reply = await self._client.xread(
                     {self.key: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS
                 )
             except (RedisError, OSError, TimeoutError) as exc:
@@ -267,10 +332,15 @@ class Streams:
         if origin == self.bridge.node:
             return  # ours: local subscribers have it
         last = self.seen.get(origin)
-        if last is not None and seq <= last:
-            self.stats["stream_duplicates"] += 1  # written again after an outage: had it
-            return
-        if last is None and len(self.seen) >= MAX_ORIGINS:
+        if last is not None:
+            if seq <= last:
+                self.stats["stream_duplicates"] += 1  # written again after an outage: had it
+                return
+            if seq > last + 1:
+                # numbers never read here: trimmed (MAXLEN) before we read them, or dropped or
+                # refused at their origin (its stream_dropped / stream_errors)
+                self.stats["stream_lost"] += seq - last - 1
+        elif len(self.seen) >= MAX_ORIGINS:
             del self.seen[next(iter(self.seen))]
         self.seen[origin] = seq
         try:
