@@ -57,7 +57,8 @@ from mqttd.constants import (
     SUBSCRIPTION_IDENTIFIER,
     USER_PROPERTY,
 )
-from mqttd.node import Node, run, serve, setup_logging
+from mqttd.logs import setup_logging
+from mqttd.node import Node, run, serve
 
 log = logging.getLogger("mqttd")
 

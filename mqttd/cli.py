@@ -7,7 +7,8 @@ import getpass
 import sys
 
 from mqttd import options, passwords
-from mqttd.node import Node, run, serve, setup_logging
+from mqttd.logs import setup_logging
+from mqttd.node import Node, run, serve
 from mqttd.options import OPTIONS
 from mqttd.version import version_line
 

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
-import json
 import logging
 import logging.handlers
 import os
@@ -28,12 +27,13 @@ import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import IO, Any
+from typing import Any
 
 from mqttd import redis as redis_wing
 from mqttd import systopics
 from mqttd.broker import Broker, BrokerConfig, ListenerConfig, tls_context
 from mqttd.listener import ListenerState, StreamProtocol
+from mqttd.logs import reopen_log_files
 from mqttd.redis import RedisUnavailable, open_bridge
 from mqttd.security import Security, client_tls_settings
 from mqttd.storage import MemoryStorage, Storage
@@ -42,7 +42,6 @@ from mqttd.version import version_line
 log = logging.getLogger("mqttd")
 
 #: the log line format of a node, whoever runs it
-LOG_FORMAT = "%(asctime)s mqttd[%(process)d] %(levelname)s: %(message)s"
 
 
 #: seconds a stopping node waits for its clients to read what was queued for them
@@ -537,47 +536,3 @@ def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
         return runner(main())
     except KeyboardInterrupt:
         return 0
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line (``--log-format json``): time, level, pid, logger, message."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-            "level": record.levelname,
-            "pid": record.process,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
-
-
-def setup_logging(
-    level: str, stream: IO[str] | None = None, fmt: str = "text", file: str | None = None
-) -> None:
-    """Log at ``level`` ("info", ...) in the node's format (``fmt`` "text" or "json"), to
-    ``file`` (a WatchedFileHandler: reopened when logrotate moves it, and on SIGHUP) or else to
-    ``stream`` (stderr if None). OSError if the file cannot be opened."""
-    handler: logging.Handler
-    if file:
-        handler = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(LOG_FORMAT))
-    # A line per connection is written on the event loop: what the records would gather and
-    # no format uses is not gathered (the Logging HOWTO's "Optimization": the caller's frame,
-    # thread and process names)
-    logging._srcfile = None  # type: ignore[attr-defined]
-    logging.logThreads = False
-    logging.logMultiprocessing = False
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
-
-
-def reopen_log_files() -> None:
-    """SIGHUP: the log files again (a WatchedFileHandler whose file logrotate moved)."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.handlers.WatchedFileHandler):
-            handler.reopenIfNeeded()
