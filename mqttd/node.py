@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import errno
 import logging
-import logging.handlers
 import os
 import resource
 import signal
@@ -40,9 +39,6 @@ from mqttd.storage import MemoryStorage, Storage
 from mqttd.version import version_line
 
 log = logging.getLogger("mqttd")
-
-#: the log line format of a node, whoever runs it
-
 
 #: seconds a stopping node waits for its clients to read what was queued for them
 CLOSE_GRACE = 5.0
