@@ -60,6 +60,11 @@ MAX_ORIGINS = 10_000
 #: origins whose last number a named node keeps with its position (those it met last: a node
 #: that restarts is a new origin, and the old ones publish no more)
 POSITION_ORIGINS = 1000
+#: error replies that say "not now" (a Cluster without a quorum of its shards, a Redis loading
+#: its data, a replica promoted, a busy script): the entry is kept and written again
+RETRY_ERRORS = ("CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN", "READONLY", "BUSY")
+#: seconds before writing again after such a reply
+RETRY_AFTER = 0.5
 #: bytes written to the connection and not yet sent before writing stops (Redis not reading)
 MAX_UNSENT = 8 * 1024 * 1024
 #: the stream's counts, in the bridge's stats (and /metrics as mqttd_redis_<name>_total)
@@ -105,6 +110,7 @@ class Streams:
         self._held = 0  # queues (and the node's memory limit) the reader waits for
         self._go = asyncio.Event()
         self._dropped_logged = 0.0
+        self._retry_at = 0.0  # (monotonic) no writing before, after a "not now" reply
 
     # -- the publishing side ----------------------------------------------------------------------
     def stamp(self, msg: Any) -> int:
@@ -173,13 +179,24 @@ class Streams:
             return
         if not self.pending or not self.written:
             return
-        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK")):
-            # A Cluster moved the stream's slot: kept, written again to its new shard once the
-            # bridge read the slot map again (mqttd.redis.cluster)
-            redirected = getattr(self.bridge, "_redirected", None)
-            if redirected is not None:
-                redirected(str(reply))
-            return
+        if isinstance(reply, hiredis.ReplyError):
+            text = str(reply)
+            if text.startswith(("MOVED", "ASK")):
+                # A Cluster moved the stream's slot: kept, written again to its new shard once
+                # the bridge read the slot map again (mqttd.redis.cluster)
+                redirected = getattr(self.bridge, "_redirected", None)
+                if redirected is not None:
+                    redirected(text)
+                return
+            if text.startswith(RETRY_ERRORS):
+                # Not now (a Cluster failing while a shard is away, a Redis loading its data):
+                # kept; the connection is dropped so that everything unanswered is written
+                # again, in order, RETRY_AFTER s after the bridge is connected again. (An entry
+                # after this one that Redis took meanwhile comes twice: removed by number)
+                self._retry_at = time.monotonic() + RETRY_AFTER
+                log.info("Redis said %s to a stream entry: writing again shortly", text)
+                self.bridge._lost(self.conn, ConnectionError(f"stream entry refused: {text}"))
+                return
         cmd = self.pending.popleft()
         self.pending_bytes -= len(cmd)
         self.written -= 1
@@ -203,7 +220,11 @@ class Streams:
             self.stats["stream_resent"] += min(self._ever, len(self.pending))
             log.info("writing %d QoS 1/2 messages kept while Redis was away", len(self.pending))
         self.written = 0
-        self._schedule()
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            asyncio.get_running_loop().call_later(wait, self._schedule)
+        else:
+            self._schedule()
 
     def lost(self) -> None:
         self.conn = None

@@ -600,3 +600,25 @@ def test_qos1_goes_through_the_stream_on_its_shard(cluster, nodes, clients):
         assert mine.count(topic.encode()) == 2, mine[-10:]
     finally:
         shard.close()
+
+
+def test_qos1_kept_while_the_stream_shard_is_down(own_cluster, start_nodes, clients):
+    """Issue 17 in a Cluster: the primary that holds the stream is killed and started again;
+    the QoS 1 messages node a acknowledged meanwhile (kept in its stream buffer, the bridge
+    down: the cluster fails without that shard) reach node b's subscriber, in order, once it is
+    back."""
+    cluster = own_cluster
+    a, b = start_nodes(cluster, 2)
+    topic = unique("kept")
+    sub = clients(b)
+    sub.subscribe(topic)
+    pub = clients(a)
+    settle(pub, [sub], topic)
+    shard = cluster.shard_of("{mqttd}$mqttd/stream")
+    cluster.kill(shard)
+    time.sleep(0.5)
+    for i in range(20):
+        pub.publish(topic, b"m%d" % i, qos=1)  # PUBACK from node a, Redis or not
+    cluster.restart(shard)
+    pub.publish(topic, MARK, qos=1)
+    assert [m.payload for m in sub.until(MARK, timeout=30)] == [b"m%d" % i for i in range(20)]
