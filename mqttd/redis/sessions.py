@@ -201,9 +201,7 @@ class RedisSessions:
             node,
         )
         for raw in held:
-            data = await client.get(self.state_key(raw.decode()))
-            if data is not None:
-                await self._revive(raw.decode(), data, node)
+            await self._revive(raw.decode(), node)
         await client.delete(self._holds + node, self._name_of + node)
 
     async def _write(self) -> None:
@@ -280,12 +278,12 @@ class RedisSessions:
         now = time.time()
         for raw in held:
             client_id = raw.decode()
+            if take_back:
+                await self._revive(client_id, node)
+                continue
             key = self.state_key(client_id)
             data = await client.get(key)
             if data is None:
-                continue
-            if take_back:
-                await self._revive(client_id, data, node)
                 continue
             try:
                 state = sessionstate.decode(data)
@@ -310,16 +308,20 @@ class RedisSessions:
         await client.delete(self._wills + node)
         await client.srem(self._nodes, node)
 
-    async def _revive(self, client_id: str, data: bytes, node: str) -> None:
+    async def _revive(self, client_id: str, node: str) -> None:
         """A session that ``node`` (this name's before the restart) held: here again, as a
         persistence file brings one back (Broker.revive: its expiry counted from when its client
         left), unless its client took it to another node meanwhile."""
         broker = self.bridge.broker
         if client_id in broker.sessions:
             return
-        holder = await (await self.bridge._client()).get(self.bridge._session_key(client_id))
+        client = await self.bridge._client()
+        holder = await client.get(self.bridge._session_key(client_id))
         if holder is not None and holder.hex() != node:
             return  # resumed elsewhere (its marker names that node)
+        data = await client.get(self.state_key(client_id))
+        if data is None:
+            return  # (ended, or expired in Redis)
         try:
             session = broker.revive(sessionstate.decode(data))
         except (ValueError, KeyError, TypeError) as exc:
