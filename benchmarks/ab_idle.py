@@ -4,7 +4,8 @@
 
 Each round starts a fresh broker of each kind (A = OTHER_TREE's mqttd, B = this tree's, M =
 Mosquitto when installed), has ``mqttd-bench idle`` open the connections and prints connections
-set up per second, RSS at start and RSS per connection; then the medians.
+set up per second, RSS at start, RSS per connection and the broker's CPU time per connection
+(over the connects and the hold); then the medians.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def main() -> None:
                 got[k].append(r)
                 print(
                     f"round {rnd + 1} {k}: {r.connects_per_s or 0:,.0f} connects/s, start "
-                    f"{(r.rss_before_kb or 0) / 1024:.1f} MiB, {r.kb_per_conn or 0:.2f} KiB/conn"
+                    f"{(r.rss_before_kb or 0) / 1024:.1f} MiB, {r.kb_per_conn or 0:.2f} KiB/conn, "
+                    f"broker CPU {r.broker_cpu_us_per_msg or 0:.0f} µs/conn"
                     f"{'' if r.integrity_ok else '  ' + r.integrity}",
                     flush=True,
                 )
@@ -73,7 +75,8 @@ def main() -> None:
 
         print(
             f"{names[k]}: median {med('connects_per_s'):,.0f} connects/s, "
-            f"start {med('rss_before_kb') / 1024:.1f} MiB, {med('kb_per_conn'):.2f} KiB/conn"
+            f"start {med('rss_before_kb') / 1024:.1f} MiB, {med('kb_per_conn'):.2f} KiB/conn, "
+            f"broker CPU {med('broker_cpu_us_per_msg'):.0f} µs/conn"
         )
 
 

@@ -22,7 +22,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mqttd import auth
+from mqttd import auth, logs
 from mqttd._speedups import codec, match, route
 from mqttd.constants import (
     ASSIGNED_CLIENT_IDENTIFIER,
@@ -586,7 +586,8 @@ class Connection:
         session = self.session
         if session is not None:
             if log.isEnabledFor(logging.INFO):
-                log.info(
+                logs.info(
+                    log,
                     "disconnected client %r, user %r from %s: %s",
                     self.client_id,
                     self.username,
@@ -976,7 +977,8 @@ class Connection:
                     ack_props[AUTHENTICATION_DATA] = auth_data
         outlet.write(codec.encode_connack(present, 0, v, ack_props))
         if log.isEnabledFor(logging.INFO):  # (the address is formatted only when logged)
-            log.info(
+            logs.info(
+                log,
                 "connected client %r, user %r from %s: MQTT %s, keepalive %d, clean start %s%s",
                 self.client_id,
                 self.username,

@@ -10,6 +10,11 @@ first of them (or at once past :data:`FLUSH_BYTES`), and the text of the current
 formatted once. A line logged outside the loop (another thread, before the loop runs) is written
 at once, with those waiting; ``logging.shutdown`` at exit writes what is left. What a SIGKILL
 loses is at most the last :data:`FLUSH_AFTER` seconds of lines.
+
+What was left of the log's share was the making of each line's ``LogRecord`` (about 20 % of the
+broker's time in the same storm): :func:`info` writes a line straight into the node's own
+handler while the log is as :func:`setup_logging` left it (that handler alone, no filter, the
+default record factory), and goes through ``logging`` as soon as anybody changed that.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import asyncio
 import json
 import logging
 import logging.handlers
+import os
+import threading
 import time
 from typing import IO, TYPE_CHECKING, Any
 
@@ -28,6 +35,19 @@ FLUSH_AFTER = 0.05
 FLUSH_BYTES = 64 * 1024
 
 
+#: this process's id for the lines (``logging.logProcesses`` is off: a ``getpid`` system call
+#: per record was 2 % of a connect storm), again in a forked child
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class _SecondCache:
     """``Formatter.formatTime`` with the ``strftime`` of a second done once for that second."""
 
@@ -36,16 +56,20 @@ class _SecondCache:
     default_msec_format: str | None
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        second = int(record.created)
-        key = (second, datefmt)
+        return self._time(record.created, record.msecs, datefmt)
+
+    def _time(self, created: float, msecs: float, datefmt: str | None = None) -> str:
+        key = (int(created), datefmt)
         if key != getattr(self, "_cached", None):
             self._cached = key
-            self._text = time.strftime(
-                datefmt or self.default_time_format, self.converter(record.created)
-            )
+            self._text = time.strftime(datefmt or self.default_time_format, self.converter(created))
         if datefmt or not self.default_msec_format:
             return self._text
-        return self.default_msec_format % (self._text, record.msecs)
+        return self.default_msec_format % (self._text, msecs)
+
+    def line(self, created: float, levelname: str, name: str, message: str) -> str:
+        """The line of a record of these (and no exception): :func:`info`'s."""
+        raise NotImplementedError
 
 
 class TextFormatter(_SecondCache, logging.Formatter):
@@ -54,21 +78,43 @@ class TextFormatter(_SecondCache, logging.Formatter):
     def __init__(self) -> None:
         super().__init__(LOG_FORMAT)
 
+    def format(self, record: logging.LogRecord) -> str:
+        if record.process is None:
+            record.process = _pid
+        return super().format(record)
+
+    def line(self, created: float, levelname: str, name: str, message: str) -> str:
+        msecs = (created - int(created)) * 1000  # as LogRecord's, %03d in the format
+        return LOG_FORMAT % {
+            "asctime": self._time(created, msecs),
+            "process": _pid,
+            "levelname": levelname,
+            "message": message,
+        }
+
 
 class JsonFormatter(_SecondCache, logging.Formatter):
     """One JSON object per line (``--log-format json``): time, level, pid, logger, message."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-            "level": record.levelname,
-            "pid": record.process,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        out = self._object(record.created, record.msecs, record.levelname, record.name)
+        out["message"] = record.getMessage()
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
+
+    def line(self, created: float, levelname: str, name: str, message: str) -> str:
+        out = self._object(created, (created - int(created)) * 1000, levelname, name)
+        out["message"] = message
+        return json.dumps(out, ensure_ascii=False)
+
+    def _object(self, created: float, msecs: float, levelname: str, name: str) -> dict[str, Any]:
+        return {
+            "time": self._time(created, msecs, "%Y-%m-%dT%H:%M:%S") + f".{int(msecs):03d}",
+            "level": levelname,
+            "pid": _pid,
+            "logger": name,
+        }
 
 
 class _PerTurn:
@@ -83,6 +129,7 @@ class _PerTurn:
     _scheduled: asyncio.AbstractEventLoop | None
 
     if TYPE_CHECKING:  # (logging.Handler's, and the subclass's _write)
+        formatter: logging.Formatter | None
 
         def format(self, record: logging.LogRecord) -> str: ...
         def handleError(self, record: logging.LogRecord) -> None: ...  # noqa: N802
@@ -90,14 +137,32 @@ class _PerTurn:
         def release(self) -> None: ...
         def _write(self, text: str) -> None: ...
 
+    #: the thread of the loop in _scheduled
+    _thread: int | None = None
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator
         except Exception:  # noqa: BLE001 (logging's own rule: a bad record never raises)
             self.handleError(record)
             return
+        self._keep(line)
+
+    def _keep(self, line: str) -> None:
+        """Keep ``line`` for the timer, or write it now off the loop (the lock held)."""
         self._lines.append(line)
         self._size += len(line)
+        scheduled = self._scheduled
+        if (
+            scheduled is not None
+            and threading.get_ident() == self._thread
+            and scheduled.is_running()
+        ):
+            # On the loop whose timer will write it (asyncio.get_running_loop() makes a
+            # getpid system call in 3.11: once per FLUSH_AFTER, not per line)
+            if self._size > FLUSH_BYTES:
+                self.flush()
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -107,7 +172,19 @@ class _PerTurn:
             self.flush()
         elif self._scheduled is not loop:
             self._scheduled = loop
+            self._thread = threading.get_ident()
             loop.call_later(FLUSH_AFTER, self.flush)
+
+    def direct(self, levelname: str, name: str, message: str) -> None:
+        """A line of ``levelname`` from logger ``name`` without a record (:func:`info`)."""
+        formatter = self.formatter
+        assert isinstance(formatter, _SecondCache)  # (info() checked)
+        line = formatter.line(time.time(), levelname, name, message) + self.terminator
+        self.acquire()
+        try:
+            self._keep(line)
+        finally:
+            self.release()
 
     def flush(self) -> None:
         self.acquire()
@@ -151,21 +228,65 @@ class FileLog(_PerTurn, logging.handlers.WatchedFileHandler):
         self.stream.flush()
 
 
+#: the handler setup_logging installed, while nobody else configured the log first
+_node: StreamLog | FileLog | None = None
+
+
 def setup_logging(
     level: str, stream: IO[str] | None = None, fmt: str = "text", file: str | None = None
 ) -> None:
     """Log at ``level`` ("info", ...) in the node's format (``fmt`` "text" or "json"), to
     ``file`` (reopened when logrotate moves it, and on SIGHUP) or else to ``stream`` (stderr if
     None). OSError if the file cannot be opened."""
-    handler: logging.Handler = FileLog(file) if file else StreamLog(stream)
+    global _node
+    handler: StreamLog | FileLog = FileLog(file) if file else StreamLog(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     # A line per connection is written on the event loop: what the records would gather and
     # no format uses is not gathered (the Logging HOWTO's "Optimization": the caller's frame,
     # thread and process names)
     logging._srcfile = None
     logging.logThreads = False
+    logging.logProcesses = False  # (the formats write the cached _pid)
     logging.logMultiprocessing = False
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    _node = handler if logging.root.handlers == [handler] else None
+
+
+def info(logger: logging.Logger, msg: str, *args: object) -> None:
+    """``logger.info(msg, *args)``, for the lines of every connection (connected, disconnected).
+
+    While the log is as :func:`setup_logging` left it (its handler alone on the root logger,
+    no filter and no handler of ``logger``'s own, the default record factory), the line is
+    formatted and kept by that handler without the ``LogRecord`` nobody would see: the same
+    text, at a third of the cost (docs/operations.md, "Logging"). Anything else configured
+    (pytest's caplog, an ``MQTTApp`` program's handlers) gets its records through ``logging``.
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _node
+    root = logging.root
+    if (
+        handler is not None
+        and len(root.handlers) == 1
+        and root.handlers[0] is handler
+        and logger.parent is root
+        and logger.propagate
+        and not logger.handlers
+        and not logger.filters
+        and not root.filters
+        and not handler.filters
+        and handler.level <= logging.INFO
+        and isinstance(handler.formatter, _SecondCache)
+        and logging.getLogRecordFactory() is logging.LogRecord
+    ):
+        try:
+            message = msg % args
+        except Exception:  # noqa: BLE001 (logging reports a bad format; it never raises)
+            logger.info(msg, *args)
+            return
+        handler.direct("INFO", logger.name, message)
+    else:
+        logger.info(msg, *args)
 
 
 def reopen_log_files() -> None:
@@ -176,4 +297,11 @@ def reopen_log_files() -> None:
             handler.reopenIfNeeded()
 
 
-__all__ = ["LOG_FORMAT", "JsonFormatter", "TextFormatter", "reopen_log_files", "setup_logging"]
+__all__ = [
+    "LOG_FORMAT",
+    "JsonFormatter",
+    "TextFormatter",
+    "info",
+    "reopen_log_files",
+    "setup_logging",
+]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
+import os
 import threading
 
 import pytest
@@ -96,3 +98,91 @@ def test_the_time_of_a_second_is_formatted_once_and_right() -> None:
     for r in (r1, r2, r1):
         assert f.formatTime(r) == plain.formatTime(r)
         assert f.formatTime(r, "%H:%M") == plain.formatTime(r, "%H:%M")
+
+
+@pytest.fixture
+def node_log(monkeypatch):
+    """set_up(fmt): the root logger as setup_logging leaves it, pytest's handlers set aside for
+    the rest of the test (they are added per phase: the test calls it); the output, and the
+    messages that became LogRecords."""
+    root = logging.getLogger()
+    level = root.level
+    for flag in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, flag, getattr(logging, flag))
+    monkeypatch.setattr(logs, "_node", None)
+    out = io.StringIO()
+    records = []
+    make = logging.Logger.makeRecord
+
+    def counted(self, *args, **kwargs):
+        records.append(args[4])
+        return make(self, *args, **kwargs)
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", counted)
+    ours = []
+
+    def set_up(fmt: str = "text") -> logging.Handler:
+        root.handlers.clear()
+        logs.setup_logging("info", out, fmt)
+        ours.extend(root.handlers)
+        return root.handlers[0]
+
+    yield set_up, out, records
+    for handler in ours:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_connection_line_is_the_line_its_record_would_give(node_log, fmt) -> None:
+    set_up, out, records = node_log
+    handler = set_up(fmt)
+    log = logging.getLogger("mqttd")
+    logs.info(log, "connected client %r from %s", "c1", "127.0.0.1:5")
+    handler.flush()
+    assert records == []  # no LogRecord made
+    direct = out.getvalue()
+    log.info("connected client %r from %s", "c1", "127.0.0.1:5")
+    handler.flush()
+    assert records == ["connected client %r from %s"]
+    by_record = out.getvalue()[len(direct) :]
+    # The same line but for the time (the milliseconds may differ)
+    cut = 23 if fmt == "text" else 35
+    assert direct[cut:] == by_record[cut:]
+    assert direct[:19] == by_record[:19] or direct[:10] == by_record[:10]
+    if fmt == "text":
+        assert f"mqttd[{os.getpid()}] INFO: connected client 'c1' from 127.0.0.1:5\n" in direct
+    else:
+        line = json.loads(direct)
+        assert line["pid"] == os.getpid() and line["logger"] == "mqttd"
+        assert line["message"] == "connected client 'c1' from 127.0.0.1:5"
+
+
+def test_a_connection_line_goes_through_logging_once_the_log_is_configured_otherwise(
+    node_log,
+) -> None:
+    set_up, out, records = node_log
+    set_up()
+    log = logging.getLogger("mqttd")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    for attach, detach in (
+        (lambda: log.addHandler(handler), lambda: log.removeHandler(handler)),
+        (
+            lambda: logging.getLogger().addHandler(handler),
+            lambda: logging.getLogger().removeHandler(handler),
+        ),
+        (lambda: logging.getLogger().handlers[0].addFilter(lambda record: True), lambda: None),
+    ):
+        attach()
+        logs.info(log, "connected client %r", "c2")
+        detach()
+    assert len(records) == 3
+    assert [r.getMessage() for r in seen] == ["connected client 'c2'"] * 2
+    log.setLevel(logging.WARNING)
+    try:
+        logs.info(log, "not logged")
+    finally:
+        log.setLevel(logging.NOTSET)
+    assert len(records) == 3
