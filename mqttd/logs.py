@@ -28,7 +28,9 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING, Any
 
-LOG_FORMAT = "%(asctime)s mqttd[%(process)d] %(levelname)s: %(message)s"
+LOG_FORMAT = "%(asctime)s mqttd[%(process)s] %(levelname)s: %(message)s"
+#: LOG_FORMAT for str.format (TextFormatter.line: half the time of a dict's %)
+_LINE = LOG_FORMAT % {"asctime": "{0}", "process": "{1}", "levelname": "{2}", "message": "{3}"}
 #: seconds a line logged on the event loop waits for others to be written with
 FLUSH_AFTER = 0.05
 #: characters of waiting lines that are written at once
@@ -58,10 +60,16 @@ class _SecondCache:
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         return self._time(record.created, record.msecs, datefmt)
 
+    #: the second and the datefmt of _text
+    _second = -1
+    _datefmt: str | None = None
+    _text = ""
+
     def _time(self, created: float, msecs: float, datefmt: str | None = None) -> str:
-        key = (int(created), datefmt)
-        if key != getattr(self, "_cached", None):
-            self._cached = key
+        second = int(created)
+        if second != self._second or datefmt != self._datefmt:
+            self._second = second
+            self._datefmt = datefmt
             self._text = time.strftime(datefmt or self.default_time_format, self.converter(created))
         if datefmt or not self.default_msec_format:
             return self._text
@@ -85,12 +93,7 @@ class TextFormatter(_SecondCache, logging.Formatter):
 
     def line(self, created: float, levelname: str, name: str, message: str) -> str:
         msecs = (created - int(created)) * 1000  # as LogRecord's, %03d in the format
-        return LOG_FORMAT % {
-            "asctime": self._time(created, msecs),
-            "process": _pid,
-            "levelname": levelname,
-            "message": message,
-        }
+        return _LINE.format(self._time(created, msecs), _pid, levelname, message)
 
 
 class JsonFormatter(_SecondCache, logging.Formatter):
