@@ -7,7 +7,8 @@ asyncio transport, a WebSocket adapter, a test's fake: anything with ``write``, 
 that session's :class:`Outlet`, whose writes are coalesced once per loop turn. Time comes from the
 broker's loop (``time``, ``call_later``, ``call_soon``, ``create_task``), which a test replaces
 with a fake clock (tests/unit/test_connection.py). This module imports neither asyncio nor
-socket: :mod:`mqttd.listener` adapts it to an asyncio stream (TCP, TLS).
+socket; its event methods have asyncio's protocol names, so :mod:`mqttd.listener` gives it to
+the loop as an asyncio stream's protocol (TCP, TLS, Unix socket) with no adapter between.
 
 ``data_received`` feeds the :class:`Reader` and dispatches each packet through one table from
 packet type to handler per state (before CONNECT, connected, authenticating, waiting), as
@@ -560,6 +561,11 @@ class Connection:
     def resume_writing(self) -> None:
         if self.outlet is not None:
             self.outlet.resume()
+
+    def eof_received(self) -> None:
+        """The peer closed its side: None, so the transport closes ours (asyncio's default; MQTT
+        has no half-open connection)."""
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True

@@ -1,15 +1,17 @@
-"""The asyncio side of a connection: a stream (TCP or TLS) adapted to the socket-less core.
+"""The asyncio side of a connection: a stream (TCP, TLS or Unix socket) and the socket-less core.
 
-:class:`StreamProtocol` is the protocol a node's listener makes for each accepted socket. It
-holds a :class:`mqttd.connection.Connection` and hands it every event: the transport as its link
-(writes go straight to the transport, so the coalesced fan-out pays nothing for the adapter),
-the bytes read, the transport's flow control and the end. A WebSocket listener will adapt the
-same core with a link that frames what it writes.
+:func:`stream_protocol` makes the protocol a node's listener gives each accepted socket: the
+:class:`mqttd.connection.Connection` itself, whose event methods have asyncio's protocol names
+(``connection_made`` takes the transport as its link, so writes go straight to it;
+``data_received``, ``pause_writing``, ``resume_writing``, ``eof_received``,
+``connection_lost``). An adapter object in front of it, forwarding each event, cost 89 bytes
+per idle connection and a Python frame per connect (benchmarks/ab_idle.py, issue 16). A
+WebSocket listener (:mod:`mqttd.websocket`) adapts the same core with a link that frames what
+it writes.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from mqttd.connection import Connection
@@ -30,27 +32,8 @@ class ListenerState:
         self.security: Any = None
 
 
-class StreamProtocol(asyncio.Protocol):
-    """One accepted TCP, TLS or Unix-socket connection."""
-
-    def __init__(self, broker: Broker, listener: ListenerState | None = None) -> None:
-        self.core = core = Connection(broker)
-        core.listener = listener
-        # Every read goes straight to the core: the loop calls the core's bound method (a
-        # forwarding method here would add a Python frame per read)
-        self.data_received = core.data_received  # type: ignore[method-assign]
-
-    def connection_made(self, transport: Any) -> None:
-        self.core.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:  # replaced in __init__
-        self.core.data_received(data)
-
-    def pause_writing(self) -> None:
-        self.core.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.core.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.core.connection_lost(exc)
+def stream_protocol(broker: Broker, listener: ListenerState | None = None) -> Connection:
+    """The protocol of one accepted TCP, TLS or Unix-socket connection (see above)."""
+    core = Connection(broker)
+    core.listener = listener
+    return core

@@ -4,7 +4,7 @@
 retained messages, wills: MQTT without sockets), joins the other nodes through Redis when the
 configuration names one (:mod:`mqttd.redis`; otherwise the broker's peers are
 :data:`mqttd.peers.LOCAL`), opens the listener whose connections are
-:class:`mqttd.listener.StreamProtocol` over :class:`mqttd.connection.Connection`, and publishes
+:class:`mqttd.connection.Connection` (:func:`mqttd.listener.stream_protocol`), and publishes
 ``$SYS``. The ``mqttd`` command (:mod:`mqttd.cli`) and :class:`mqttd.MQTTApp` both run a node
 through :func:`serve`, so start-up errors, the start line and signal handling are written once.
 
@@ -31,7 +31,7 @@ from typing import Any
 from mqttd import redis as redis_wing
 from mqttd import systopics
 from mqttd.broker import Broker, BrokerConfig, ListenerConfig, tls_context
-from mqttd.listener import ListenerState, StreamProtocol
+from mqttd.listener import ListenerState, stream_protocol
 from mqttd.logs import reopen_log_files
 from mqttd.redis import RedisUnavailable, open_bridge
 from mqttd.security import Security, client_tls_settings
@@ -231,7 +231,7 @@ class Node:
         else:
 
             def factory() -> asyncio.BaseProtocol:
-                return StreamProtocol(broker, state)
+                return stream_protocol(broker, state)
 
         if listener.socket:
             server = await loop.create_unix_server(factory, listener.socket, ssl=ctx, backlog=1024)
