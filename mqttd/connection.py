@@ -727,7 +727,8 @@ class Connection:
         """Its tick in broker.deadlines came: no CONNECT in time, or the keep-alive check."""
         self.timer = None
         if self.session is None:
-            self._connect_timeout()
+            if not self.version:  # (else its CONNECT came and waits for the authentication)
+                self._connect_timeout()
         elif self.keepalive and not self.closing:
             self._keepalive_check()
 
@@ -760,9 +761,9 @@ class Connection:
     def on_connect(self, p: Any) -> None:
         broker = self.broker
         cfg = broker.config
-        if self.timer is not None:
-            broker.deadlines.discard(self, self.timer)
-            self.timer = None
+        # The CONNECT deadline stays: once the session is attached it is the first keep-alive
+        # check, unless that is due sooner (_accept). A connect storm's CONNECT then costs no
+        # discard and no add (issue 16); the check it makes later finds the client read from.
         v = self.version = p.protocol_level
         # Bit 7 of the level (Mosquitto's try_private): its subscriptions become No Local and
         # Retain As Published (_bridge_options) and it may publish its connection state into $SYS
@@ -995,7 +996,12 @@ class Connection:
                 ", session resumed" if present else "",
             )
         if self.keepalive:
-            self.timer = broker.deadlines.add(self, self.last_rx + self.keepalive * 1.5)
+            due = self.last_rx + self.keepalive * 1.5
+            timer = self.timer  # the CONNECT deadline, if it has not come (see on_connect)
+            if timer is None or timer > broker.deadlines.tick(due):
+                if timer is not None:
+                    broker.deadlines.discard(self, timer)
+                self.timer = broker.deadlines.add(self, due)
         if present:
             # Resume: unacknowledged messages again, with DUP, in order, then the queue
             outlet.resend_inflight()

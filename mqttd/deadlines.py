@@ -36,6 +36,11 @@ class Deadlines:
         self.handle: Any = None  # the loop's timer for tick ``at``
         self.at: int | None = None
 
+    @staticmethod
+    def tick(when: float) -> int:
+        """The tick a deadline at loop time ``when`` is put in."""
+        return math.ceil(when / TICK)
+
     def add(self, item: Item, when: float) -> int:
         """Call ``item.deadline()`` at loop time ``when`` (rounded up to the next tick)."""
         tick = math.ceil(when / TICK)

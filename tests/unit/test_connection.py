@@ -258,6 +258,23 @@ def test_keepalive_closes_after_one_and_a_half_times(level: int) -> None:
         assert got == []
 
 
+@pytest.mark.parametrize("keepalive", [0, 2, 60])
+def test_the_connect_deadline_becomes_the_first_keepalive_check(keepalive: int) -> None:
+    """The CONNECT deadline (10 s) stays after CONNECT as the first keep-alive check when that is
+    not due sooner: a silent client is closed at exactly 1.5 x keepalive either way, and one
+    with keepalive 0 never (3.1.1 §3.1.2.10: 0 turns the mechanism off)."""
+    net = Net()
+    link = net.client("ka", 4, keepalive=keepalive)
+    if keepalive == 0:
+        net.loop.advance(24 * 3600)
+        assert not link.closed
+        return
+    net.loop.advance(keepalive * 1.5 - 0.25)
+    assert not link.closed
+    net.loop.advance(0.25)
+    assert link.closed
+
+
 def test_session_expiry_interval() -> None:
     """A session with Session Expiry 30 outlives its connection by exactly 30 s (MQTT 5
     §3.1.2.11.2), then it ends."""
