@@ -867,7 +867,10 @@ cdef class Reader:
         self._buf = bytearray()
         self._need = 0
         self._error = 0
-        self._last_topic = "\x00"  # matches no valid topic [MQTT-1.5.4-2]
+        # The empty topic: bytes that match it decode to it (no bytes, nothing to check).
+        # "\x00" was here, and a topic of that one byte matched it and went unchecked for
+        # U+0000 [MQTT-1.5.4-2] (found by tests/unit/test_codec_hypothesis.py).
+        self._last_topic = ""
         self.max_packet_size = 1048576
 
     def __init__(self, Py_ssize_t max_packet_size=1048576, int protocol_level=0):

@@ -361,6 +361,7 @@ ERRORS: list[tuple[int, bytes, int, str]] = [
     (4, h("3005 0003 eda080"), 0x81, "UTF-16 surrogate in UTF-8 [MQTT-1.5.4-1]"),
     (4, h("3004 0002 c080"), 0x81, "overlong UTF-8"),
     (4, h("3005 0003 610062"), 0x81, "U+0000 in topic [MQTT-1.5.4-2]"),
+    (4, h("3003 0001 00"), 0x81, "a topic of U+0000 alone, as the first PUBLISH"),
     (4, h("8208 0001 0003 61 00 62 00"), 0x81, "U+0000 in filter"),
     (4, h("a207 0001 0003 61ff62"), 0x81, "bad UTF-8 in unsubscribe filter"),
     # CONNECT
