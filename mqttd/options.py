@@ -10,11 +10,9 @@ another Redis) without editing it.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
-import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -447,7 +445,7 @@ def convert(name: str, value: Any, where: str, *, typed: bool = False) -> Any:
     and text is converted."""
     opt = BY_NAME.get(name)
     if opt is None:
-        close = difflib.get_close_matches(name, BY_NAME, n=1)
+        close = _close_matches(name, BY_NAME)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ValueError(f"{where}: unknown option {name!r}{hint}")
     if value is None:
@@ -510,6 +508,8 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{where} is not UTF-8 text (byte {exc.start}), so not TOML") from None
+    import tomllib  # (here: 0.8 MB at start for a node without a config file, issue 16)
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -563,7 +563,7 @@ def listeners_from(value: Any, where: str) -> list[ListenerConfig]:
             name = key.replace("-", "_")
             types = _LISTENER_TYPES.get(name)
             if types is None:
-                close = difflib.get_close_matches(name, _LISTENER_TYPES, n=1)
+                close = _close_matches(name, _LISTENER_TYPES)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise ValueError(f"{where}: listener {i}: unknown key {key!r}{hint}")
             if isinstance(item, bool) != (types is bool) or not isinstance(item, types):
@@ -721,3 +721,11 @@ def broker_config(values: Mapping[str, Any]) -> BrokerConfig:
     config = BrokerConfig(**fields)
     config.validate()
     return config
+
+
+def _close_matches(name: str, names: Any) -> list[str]:
+    """The known name ``name`` is closest to, for a "did you mean" (difflib, imported only for a
+    mistake)."""
+    import difflib
+
+    return difflib.get_close_matches(name, names, n=1)

@@ -36,6 +36,35 @@ def test_forced_pure_says_so() -> None:
     assert "pure Python (MQTTD_NO_EXTENSIONS=1)" in out.stdout
 
 
+def test_a_node_without_those_features_does_not_import_them() -> None:
+    """A node started from flags, logging to stderr, imports no TOML parser, difflib, tempfile,
+    shutil or logging.handlers: only what its configuration uses (issue 16, RSS at start)."""
+    code = (
+        "import asyncio, sys\n"
+        "from mqttd import cli, options\n"
+        "from mqttd.logs import setup_logging\n"
+        "from mqttd.node import Node\n"
+        "cli.build_parser().parse_args(['--port', '0'])\n"
+        "setup_logging('info')\n"
+        "async def main():\n"
+        "    node = Node(options.broker_config({'port': 0, 'sys_interval': 0}))\n"
+        "    await node.start()\n"
+        "    await node.shutdown()\n"
+        "asyncio.run(main())\n"
+        "heavy = ('tomllib', 'difflib', 'tempfile', 'shutil', 'logging.handlers')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_console_script_installed() -> None:
     exe = shutil.which("mqttd")
     if exe is None:
