@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
-import gc
 import logging
 import os
 import resource
@@ -510,7 +509,6 @@ async def serve(
     log.info("%s", node.start_line(host_hint))
     for handler in logging.getLogger().handlers + log.handlers:
         handler.flush()
-    give_back_freed_memory()
     try:
         if started is not None:
             await started()  # the library's on_startup hooks (they shut down if they fail)
@@ -520,20 +518,6 @@ async def serve(
     finally:
         node.release_signals()
     return 0
-
-
-def give_back_freed_memory() -> None:
-    """Return to the system the heap that start-up used and freed (the imports' and the
-    configuration's): glibc's ``malloc`` keeps freed pages at the top of its heap for reuse
-    unless asked. 2.4 MB of a new node's 31 MB RSS (benchmarks/README, "RSS at start"); a
-    no-op with another C library (no ``malloc_trim``)."""
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (ImportError, OSError, AttributeError):
-        pass
 
 
 def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
