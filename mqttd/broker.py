@@ -393,6 +393,19 @@ class SharedGroup:
 _NO_IDS: frozenset[int] = frozenset()
 
 
+class _NoSubscriptions(dict[str, int]):
+    """The subscriptions of every session that has none yet, shared: an empty dict is 64 bytes
+    held by every idle connection that never subscribes (issue 16). Read like any dict (an
+    unknown filter's ``pop`` changes nothing); a session gets a dict of its own at its first
+    subscription (Broker.subscribe), and writing here is a bug."""
+
+    def __setitem__(self, key: str, value: int) -> None:
+        raise TypeError("a session's own subscriptions dict is made by its first subscription")
+
+
+_NO_SUBS = _NoSubscriptions()
+
+
 class Session:
     """State that belongs to a client id and may outlive its network connection."""
 
@@ -415,8 +428,9 @@ class Session:
         self.client_id = client_id
         self.outlet = outlet
         outlet.session = self
-        #: filter as subscribed (``$share/...`` included) -> subscription options byte
-        self.subscriptions: dict[str, int] = {}
+        #: filter as subscribed (``$share/...`` included) -> subscription options byte (the
+        #: shared empty _NO_SUBS until the first)
+        self.subscriptions: dict[str, int] = _NO_SUBS
         #: inbound QoS 2 packet ids delivered and awaiting PUBREL [MQTT-4.3.3-10] (a set made
         #: by the first: an empty set is 216 bytes, held by every idle connection)
         self.awaiting_rel: set[int] | frozenset[int] = _NO_IDS
@@ -784,6 +798,8 @@ class Broker:
             group.members[outlet] = options
         else:
             new = self.tree.add(filt, outlet, options)
+        if session.subscriptions is _NO_SUBS:
+            session.subscriptions = {}
         session.subscriptions[filt] = options
         self.stats["subscriptions_total"] += 1
         if first:
