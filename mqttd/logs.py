@@ -37,8 +37,8 @@ FLUSH_AFTER = 0.05
 FLUSH_BYTES = 64 * 1024
 
 
-#: this process's id for the lines (``logging.logProcesses`` is off: a ``getpid`` system call
-#: per record was 2 % of a connect storm), again in a forked child
+#: this process's id for :func:`info`'s lines, which make no record (a record asks ``getpid``,
+#: a system call: 2 % of a connect storm), again in a forked child
 _pid = os.getpid()
 
 
@@ -87,7 +87,7 @@ class TextFormatter(_SecondCache, logging.Formatter):
         super().__init__(LOG_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.process is None:
+        if record.process is None:  # (logging.logProcesses turned off by the program)
             record.process = _pid
         return super().format(record)
 
@@ -256,7 +256,6 @@ def setup_logging(
     # thread and process names)
     logging._srcfile = None
     logging.logThreads = False
-    logging.logProcesses = False  # (the formats write the cached _pid)
     logging.logMultiprocessing = False
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     _node = handler if logging.root.handlers == [handler] else None
@@ -268,7 +267,7 @@ def info(logger: logging.Logger, msg: str, *args: object) -> None:
     While the log is as :func:`setup_logging` left it (its handler alone on the root logger,
     no filter and no handler of ``logger``'s own, the default record factory), the line is
     formatted and kept by that handler without the ``LogRecord`` nobody would see: the same
-    text, at a third of the cost (docs/operations.md, "Logging"). Anything else configured
+    text, at a third of the cost (docs/operations.md, "Logs"). Anything else configured
     (pytest's caplog, an ``MQTTApp`` program's handlers) gets its records through ``logging``.
     """
     if not logger.isEnabledFor(logging.INFO):
