@@ -616,6 +616,14 @@ class RedisBridge:
             except (OSError, RedisError, TimeoutError) as exc:
                 log.warning("could not look up the session of %s in Redis: %s", client_id, exc)
         want = holder is not None and holder != self.node
+        if want and self.sessions is not None:
+            # The client resumes its session here: the will of its connection on the holder is
+            # not sent [MQTT-3.1.3-9]. This node removes it from the holder's wills before the
+            # holder hears of the takeover (one connection: Redis runs the two in this order),
+            # so the holder dying before it removes it itself leaves no stale will for the
+            # survivors to publish (tests/redis/test_dead_node.py).
+            wills = self.sessions.wills_key(holder)
+            self._send(wills, _command(b"HDEL", wills, client_id.encode()))
         data = b"connect\x00" + self.node + (b"\x01" if want else b"\x00") + client_id.encode()
         self._send(self.control, _command(self._publish, self.control, data))
         if not want:

@@ -122,6 +122,10 @@ class RedisSessions:
     def state_key(self, client_id: str) -> str:
         return self._state + client_id
 
+    def wills_key(self, node: bytes) -> bytes:
+        """The hash of the wills of ``node``'s connected clients (client id -> will)."""
+        return (self._wills + node.hex()).encode()
+
     async def alive(self, node: bytes) -> bool:
         client = await self.bridge._client()
         return bool(await client.exists(self._node + node.hex()))

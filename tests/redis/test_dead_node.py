@@ -5,6 +5,7 @@ Redis restarted empty is noticed (log and metrics)."""
 
 from __future__ import annotations
 
+import signal
 import time
 
 from tests.conformance import mqtt_raw as R
@@ -69,6 +70,59 @@ def test_kill_9_a_node_and_resume_elsewhere(redis_server, start_nodes):
     finally:
         watcher.close()
         willing.close()
+
+
+def test_a_will_of_a_session_resumed_away_from_a_frozen_node_is_not_published_when_it_dies(
+    redis_server, start_nodes
+):
+    """The same as above, without the race: node a is frozen (SIGSTOP) when its client resumes
+    the session on b, so a never removes the will itself; b removes it from a's wills as it
+    takes the session over [MQTT-3.1.3-9], and when a dies no survivor publishes it."""
+    a, b = start_nodes(redis_server, 2, "--metrics-port", "0", "--persistence-interval", "0.2")
+    root = unique("frozen")
+    r = redis_server.client()
+    watcher = R.connected(addr(b), f"{root}-watch", 5)
+    first = None
+    try:
+        watcher.subscribe(f"{root}/will", 1)
+        first = R.connected(
+            addr(a),
+            f"{root}-c",
+            5,
+            clean=False,
+            properties=EXPIRY,
+            will_topic=f"{root}/will",
+            will_payload=b"stale",
+            will_qos=1,
+        )
+
+        def will_kept() -> bool:
+            return any(r.hexists(k, f"{root}-c") for k in r.scan_iter("$mqttd/wills/*"))
+
+        wait_for(will_kept, 10, "a keeps the will in Redis")
+        start = metric(a, "mqttd_redis_sessions_written_total")
+        wait_for(lambda: metric(a, "mqttd_redis_sessions_written_total") > start, 10, "a write")
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            # b waits for a hand-over that does not come (HANDOFF_WAIT), then takes the
+            # session as a last wrote it
+            second = R.Client(addr(b), 5)
+            second.send(R.connect(f"{root}-c", level=5, clean=False, properties=EXPIRY))
+            present, rc, _ = R.parse_connack(second.expect(R.CONNACK, timeout=10), 5)
+            assert rc == 0 and present
+            assert not will_kept()
+        finally:
+            a.proc.kill()  # (works on a stopped process)
+            a.proc.wait(5)
+        wait_for(lambda: metric(b, "mqttd_redis_dead_nodes_total") == 1, 15, "a noticed dead")
+        with R.connected(addr(b), f"{root}-marker", 5) as m:
+            m.publish(f"{root}/will", b"marker", qos=1)
+        assert watcher.recv_publish(timeout=10).payload == b"marker"  # no stale will first
+        second.close()
+    finally:
+        watcher.close()
+        if first is not None:
+            first.close()
 
 
 def test_redis_restarted_empty_is_noticed(redis_server, start_nodes):
