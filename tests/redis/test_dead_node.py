@@ -22,6 +22,27 @@ def metric(node, name: str) -> float:
     return node.metric(name) or 0.0
 
 
+def _with_a_will(node, root: str) -> R.Client:
+    """Client ``root``-c on ``node``: a persistent MQTT 5 session, with a will to ``root``/will."""
+    return R.connected(
+        addr(node),
+        f"{root}-c",
+        5,
+        clean=False,
+        properties=EXPIRY,
+        will_topic=f"{root}/will",
+        will_payload=b"stale",
+        will_qos=1,
+    )
+
+
+def _no_will_before_a_marker(node, watcher: R.Client, root: str) -> None:
+    """A marker published to ``root``/will through ``node`` is the first thing ``watcher`` gets."""
+    with R.connected(addr(node), f"{root}-marker", 5) as m:
+        m.publish(f"{root}/will", b"marker", qos=1)
+    assert watcher.recv_publish(timeout=10).payload == b"marker"  # no stale will first
+
+
 def test_kill_9_a_node_and_resume_elsewhere(redis_server, start_nodes):
     a, b, c = start_nodes(redis_server, 3, "--metrics-port", "0", "--persistence-interval", "0.2")
     root = unique("dead")
@@ -85,16 +106,7 @@ def test_a_will_of_a_session_resumed_away_from_a_frozen_node_is_not_published_wh
     first = None
     try:
         watcher.subscribe(f"{root}/will", 1)
-        first = R.connected(
-            addr(a),
-            f"{root}-c",
-            5,
-            clean=False,
-            properties=EXPIRY,
-            will_topic=f"{root}/will",
-            will_payload=b"stale",
-            will_qos=1,
-        )
+        first = _with_a_will(a, root)
 
         def will_kept() -> bool:
             return any(r.hexists(k, f"{root}-c") for k in r.scan_iter("$mqttd/wills/*"))
@@ -115,9 +127,7 @@ def test_a_will_of_a_session_resumed_away_from_a_frozen_node_is_not_published_wh
             a.proc.kill()  # (works on a stopped process)
             a.proc.wait(5)
         wait_for(lambda: metric(b, "mqttd_redis_dead_nodes_total") == 1, 15, "a noticed dead")
-        with R.connected(addr(b), f"{root}-marker", 5) as m:
-            m.publish(f"{root}/will", b"marker", qos=1)
-        assert watcher.recv_publish(timeout=10).payload == b"marker"  # no stale will first
+        _no_will_before_a_marker(b, watcher, root)
         second.close()
     finally:
         watcher.close()
@@ -146,16 +156,7 @@ def test_a_will_decided_at_takeover_is_not_published_again_when_the_node_dies(
     watcher = R.connected(addr(b), f"{root}-watch", 5)
     try:
         watcher.subscribe(f"{root}/will", 1)
-        first = R.connected(
-            addr(a),
-            f"{root}-c",
-            5,
-            clean=False,
-            properties=EXPIRY,
-            will_topic=f"{root}/will",
-            will_payload=b"stale",
-            will_qos=1,
-        )
+        first = _with_a_will(a, root)
         second = R.Client(addr(b), 5)
         present, rc, _ = second.connect(f"{root}-c", clean=False, properties=EXPIRY)
         assert rc == 0 and present
@@ -163,9 +164,7 @@ def test_a_will_decided_at_takeover_is_not_published_again_when_the_node_dies(
         a.proc.kill()
         a.proc.wait(5)
         wait_for(lambda: metric(b, "mqttd_redis_dead_nodes_total") == 1, 15, "a noticed dead")
-        with R.connected(addr(b), f"{root}-marker", 5) as m:
-            m.publish(f"{root}/will", b"marker", qos=1)
-        assert watcher.recv_publish(timeout=10).payload == b"marker"  # no stale will first
+        _no_will_before_a_marker(b, watcher, root)
         second.close()
         first.close()
     finally:
