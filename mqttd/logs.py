@@ -138,6 +138,12 @@ class _PerTurn(logging.Handler):
     #: the thread of the loop in _scheduled
     _thread: int | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # (the stream handler's, next in the MRO)
+        self._lines = []
+        self._size = 0
+        self._scheduled = None
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator
@@ -198,12 +204,6 @@ class _PerTurn(logging.Handler):
 
 
 class StreamLog(_PerTurn, logging.StreamHandler):  # type: ignore[type-arg]
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        super().__init__(stream)
-        self._lines = []
-        self._size = 0
-        self._scheduled = None
-
     def _write(self, text: str) -> None:
         self.stream.write(text)
         self.stream.flush()
@@ -223,9 +223,6 @@ def _file_log(path: str) -> _PerTurn:
         class FileLog(_PerTurn, logging.handlers.WatchedFileHandler):
             def __init__(self, path: str) -> None:
                 super().__init__(path, encoding="utf-8")
-                self._lines = []
-                self._size = 0
-                self._scheduled = None
 
             def _write(self, text: str) -> None:
                 self.reopenIfNeeded()
