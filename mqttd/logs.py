@@ -50,6 +50,11 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
+def _msecs(created: float) -> float:
+    """A line's milliseconds as a LogRecord's ``msecs`` (written %03d by the formats)."""
+    return (created - int(created)) * 1000
+
+
 class _SecondCache:
     """``Formatter.formatTime`` with the ``strftime`` of a second done once for that second."""
 
@@ -92,8 +97,7 @@ class TextFormatter(_SecondCache, logging.Formatter):
         return super().format(record)
 
     def line(self, created: float, levelname: str, name: str, message: str) -> str:
-        msecs = (created - int(created)) * 1000  # as LogRecord's, %03d in the format
-        return _LINE.format(self._time(created, msecs), _pid, levelname, message)
+        return _LINE.format(self._time(created, _msecs(created)), _pid, levelname, message)
 
 
 class JsonFormatter(_SecondCache, logging.Formatter):
@@ -107,7 +111,7 @@ class JsonFormatter(_SecondCache, logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
     def line(self, created: float, levelname: str, name: str, message: str) -> str:
-        out = self._object(created, (created - int(created)) * 1000, levelname, name)
+        out = self._object(created, _msecs(created), levelname, name)
         out["message"] = message
         return json.dumps(out, ensure_ascii=False)
 
