@@ -43,7 +43,7 @@ class Deadlines:
 
     def add(self, item: Item, when: float) -> int:
         """Call ``item.deadline()`` at loop time ``when`` (rounded up to the next tick)."""
-        tick = math.ceil(when / TICK)
+        tick = self.tick(when)
         bucket = self.ticks.get(tick)
         if bucket is None:
             bucket = self.ticks[tick] = set()
