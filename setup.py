@@ -8,12 +8,15 @@ than a compiler's traceback.
 
 import os
 import shutil
+import sys
 import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 MODULES = ["mqttd._codec", "mqttd._match", "mqttd._route", "mqttd.bench._loadgen"]
+if sys.platform.startswith("linux"):
+    MODULES.append("mqttd._stream")  # epoll: the loop's own transports elsewhere
 
 NO_COMPILER = """
 mqttd: cannot compile its C extensions ({why}).

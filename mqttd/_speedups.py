@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 from types import ModuleType
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -34,7 +35,8 @@ FAILED: dict[str, str] = {}
 FOREIGN: str | None = None
 
 
-def _load(name: str) -> ModuleType:
+def _compiled(name: str) -> ModuleType | None:
+    """The compiled module ``mqttd.<name>`` of this package, or None (why: in FAILED)."""
     global FOREIGN
     full = f"mqttd.{name}"
     if not FORCED_PURE:
@@ -57,7 +59,12 @@ def _load(name: str) -> ModuleType:
         except ImportError as exc:
             FAILED[name] = str(exc)
     COMPILED[name] = False
-    return importlib.import_module(f"mqttd._pure.{name}")
+    return None
+
+
+def _load(name: str) -> ModuleType:
+    mod = _compiled(name)
+    return mod if mod is not None else importlib.import_module(f"mqttd._pure.{name}")
 
 
 def checkout_root() -> str | None:
@@ -98,7 +105,7 @@ def _warning() -> str | None:
     names = ", ".join(f"mqttd.{n}" for n in FAILED)
     root = checkout_root()
     if root is not None and all(reason == "not built" for reason in FAILED.values()):
-        what = "no compiled extensions" if len(FAILED) == len(NAMES) else f"no compiled {names}"
+        what = "no compiled extensions" if len(FAILED) == len(COMPILED) else f"no compiled {names}"
         other = _installed_elsewhere()
         shadows = f" and shadows the installed mqttd at {other}" if other else ""
         return (
@@ -120,6 +127,9 @@ else:
     codec = _load("_codec")
     match = _load("_match")
     route = _load("_route")
+#: mqttd._stream: plain TCP connections through the node's own epoll set (mqttd.listener). Linux
+#: only; its twin is the event loop's own transport, used where it is None
+stream: ModuleType | None = _compiled("_stream") if sys.platform == "linux" else None
 if (_line := _warning()) is not None:
     log.warning("%s", _line)
 

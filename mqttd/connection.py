@@ -198,7 +198,7 @@ class Connection:
         "next_handlers",
         "outlet",
         "password",
-        "peer",
+        "_peer",
         "problem_info",
         "reader",
         "rights",
@@ -233,7 +233,7 @@ class Connection:
         self.version = 0
         self.client_id = ""
         self.username: str | None = None
-        self.peer: Any = None
+        self._peer: Any = None  # (see peer)
         self.will: Any = None
         self.will_delay = 0
         #: its will is kept in Redis for the other nodes (mqttd.redis.sessions) until it ends
@@ -284,10 +284,21 @@ class Connection:
         #: why it ends, for the disconnection's log line (None: the network connection ended)
         self.end_reason: str | None = None
 
+    @property
+    def peer(self) -> Any:
+        """The client's address: asked of a link that keeps it (mqttd._stream, where it is 28
+        bytes, not a tuple of 146 here: issue 16); a loop's transport forgets it once closed,
+        so from one it is copied at connection_made."""
+        peer = self._peer
+        if peer is None and self.transport is not None:
+            return self.transport.get_extra_info("peername")
+        return peer
+
     # -- events from the adapter -----------------------------------------------------------------
     def connection_made(self, link: Link) -> None:
         self.transport = link
-        self.peer = link.get_extra_info("peername")
+        if not getattr(link, "keeps_peername", False):
+            self._peer = link.get_extra_info("peername")
         self.certificate = link.get_extra_info("peercert")
         self.broker.connections.add(self)
         self.broker.flow.ensure()

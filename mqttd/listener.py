@@ -12,8 +12,11 @@ it writes.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from mqttd._speedups import stream as _stream
 from mqttd.connection import Connection
 
 if TYPE_CHECKING:
@@ -37,3 +40,72 @@ def stream_protocol(broker: Broker, listener: ListenerState | None = None) -> Co
     core = Connection(broker)
     core.listener = listener
     return core
+
+
+#: True where plain TCP listeners accept through mqttd._stream's epoll set (Linux, compiled)
+OWN_STREAMS = _stream is not None
+
+
+def open_poller(loop: Any) -> Any:
+    """The epoll set of a node's plain TCP connections, polled by ``loop`` (an
+    mqttd._stream.Poller; its ``close()`` when the node stops). Only where OWN_STREAMS."""
+    assert _stream is not None
+    return _stream.Poller(loop)
+
+
+class StreamServer:
+    """A plain TCP listener whose connections are :mod:`mqttd._stream` streams: what mqttd.node
+    uses of an asyncio ``Server`` (``sockets``, ``close``, ``wait_closed``)."""
+
+    def __init__(self, sockets: list[socket.socket], acceptors: list[Any]) -> None:
+        self.sockets = sockets
+        self._acceptors = acceptors
+
+    def close(self) -> None:
+        """Accept no more connections (those accepted stay, as asyncio's)."""
+        for acceptor in self._acceptors:
+            acceptor.stop()
+        self._acceptors = []
+        for sock in self.sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+    def is_serving(self) -> bool:
+        return bool(self._acceptors)
+
+
+def serve_streams(
+    poller: Any, factory: Callable[[], Connection], host: str | None, port: int, backlog: int
+) -> StreamServer:
+    """Listen on ``host``:``port`` as asyncio's ``create_server(reuse_address=True)`` does (one
+    socket per address the host resolves to, all of them for None or ""; IPv6 sockets only
+    IPv6), and accept through ``poller`` (an mqttd._stream.Poller). OSError when one cannot be
+    bound, with its errno (EADDRINUSE: the port is taken)."""
+    infos = socket.getaddrinfo(
+        host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # (the IPv4 socket beside it takes IPv4, as in asyncio)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"error while attempting to bind on address {address!r}: {exc.strerror}",
+                ) from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return StreamServer(sockets, [poller.serve(sock, factory) for sock in sockets])

@@ -31,7 +31,7 @@ from typing import Any
 from mqttd import redis as redis_wing
 from mqttd import systopics
 from mqttd.broker import Broker, BrokerConfig, ListenerConfig, tls_context
-from mqttd.listener import ListenerState, stream_protocol
+from mqttd.listener import OWN_STREAMS, ListenerState, open_poller, serve_streams, stream_protocol
 from mqttd.logs import reopen_log_files
 from mqttd.redis import RedisUnavailable, open_bridge
 from mqttd.security import Security, client_tls_settings
@@ -71,6 +71,8 @@ class Node:
         self.server: asyncio.base_events.Server | None = None  # the first listener's
         #: every listener opened: (its configuration, its server, its TLS context or None)
         self.servers: list[tuple[ListenerConfig, Any, ssl.SSLContext | None]] = []
+        #: the epoll set of its plain TCP connections (mqttd._stream), made with the first
+        self._poller: Any = None
         self.listener_states: list[ListenerState] = []
         #: the listener being opened while start() runs (start_error names it)
         self._opening: ListenerConfig | None = None
@@ -238,9 +240,15 @@ class Node:
             os.chmod(listener.socket, listener.socket_mode)
         else:
             host = listener.host if listener.host is not None else cfg.host
-            server = await loop.create_server(
-                factory, host, listener.port, reuse_address=True, backlog=1024, ssl=ctx
-            )
+            if OWN_STREAMS and ctx is None and listener.protocol != "websockets":
+                # plain TCP: through the node's own epoll set (mqttd._stream says why)
+                if self._poller is None:
+                    self._poller = open_poller(loop)
+                server = serve_streams(self._poller, factory, host, listener.port, 1024)
+            else:
+                server = await loop.create_server(
+                    factory, host, listener.port, reuse_address=True, backlog=1024, ssl=ctx
+                )
         self.servers.append((listener, server, ctx))
         self.listener_states.append(state)
 
@@ -469,6 +477,10 @@ class Node:
             if listener.socket:
                 with contextlib.suppress(OSError):
                     os.unlink(listener.socket)
+        if self._poller is not None:
+            await asyncio.sleep(0)  # (the connection_lost of those just aborted)
+            self._poller.close()
+            self._poller = None
         if self.persistence is not None:
             # Every connection has ended: the sessions are as they will be at the next start
             persistence, self.persistence = self.persistence, None
