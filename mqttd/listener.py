@@ -77,7 +77,7 @@ class StreamServer:
 
 
 def serve_streams(
-    poller: Any, factory: Callable[[], Connection], host: str | None, port: int, backlog: int
+    poller: Any, factory: Callable[[], Any], host: str | None, port: int, backlog: int
 ) -> StreamServer:
     """Listen on ``host``:``port`` as asyncio's ``create_server(reuse_address=True)`` does (one
     socket per address the host resolves to, all of them for None or ""; IPv6 sockets only

@@ -235,6 +235,7 @@ class Node:
             def factory() -> asyncio.BaseProtocol:
                 return stream_protocol(broker, state)
 
+        server: Any  # an asyncio Server, or a listener.StreamServer
         if listener.socket:
             server = await loop.create_unix_server(factory, listener.socket, ssl=ctx, backlog=1024)
             os.chmod(listener.socket, listener.socket_mode)
