@@ -215,6 +215,10 @@ class Inflight:
 #: which every idle connection would hold (benchmarks/memory.py); a deque is made for the first
 #: message queued and goes with the last one drained
 _NO_QUEUE: Any = ()
+#: the in-flight table of every outlet with nothing in flight yet: an empty dict is 64 bytes per
+#: idle connection (issue 16); an outlet gets its own with its first QoS 1/2 message. Nothing
+#: is ever written into this one
+_NO_INFLIGHT: dict[int, Inflight] = {}
 
 DROP_REASONS = (
     "queue_full",
@@ -341,7 +345,7 @@ class Outlet:
         self.paused = False  # the transport asked us to stop writing (pause_writing)
         #: packet id -> Inflight, for the QoS 1/2 messages sent and not yet acknowledged, oldest
         #: first. Changed only by the methods below (send, the acknowledgements, restore).
-        self.inflight: dict[int, Inflight] = {}
+        self.inflight: dict[int, Inflight] = _NO_INFLIGHT
         self.inflight_max = inflight_max
         #: bytes (payload and topic) in flight, and how many the window may hold (0: no limit;
         #: one message goes whatever its size), as Mosquitto's max_inflight_bytes
@@ -582,6 +586,8 @@ class Outlet:
     def _send_inflight(self, msg: Message, qos: int, retain: bool) -> None:
         if not self.inflight:
             self.progress_at = self.flusher.now  # it owes acknowledgements from now on
+            if self.inflight is _NO_INFLIGHT:
+                self.inflight = {}
         pid = self.alloc_packet_id()
         buf = self.buf
         mark = len(buf)
@@ -753,6 +759,8 @@ class Outlet:
             self._in_flight(old.msg, -1)
         if msg is not None:
             self._in_flight(msg, 1)
+        if self.inflight is _NO_INFLIGHT:
+            self.inflight = {}
         self.inflight[packet_id] = Inflight(msg, qos, retain, state)
 
     def resend_inflight(self) -> None:
