@@ -171,6 +171,23 @@ def test_inflight_window_queue_and_packet_ids(route) -> None:
     assert p.payload == b"\x03" and p.packet_id in a.inflight and p.packet_id != ids[1]
 
 
+def test_idle_outlets_share_one_empty_inflight_table_that_nothing_writes_into(route) -> None:
+    """The in-flight dict is made with the first QoS 1/2 message, sent or restored (64 bytes of
+    each idle connection otherwise: issue 16); the shared empty one stays empty."""
+    loop, flusher, a = make(route)
+    b = route.Outlet(flusher, 4)
+    c = route.Outlet(flusher, 4)
+    assert a.inflight is b.inflight is c.inflight and not a.inflight
+    a.send(route.Message("t", b"1", 1), 1, False)
+    loop.run_once()
+    b.restore_inflight(7, route.Message("t", b"2"), 1, False, route.AWAIT_PUBACK)
+    assert list(a.inflight) and list(b.inflight) == [7]
+    assert a.inflight is not c.inflight and b.inflight is not c.inflight
+    assert c.inflight == {} and c.inflight_items() == []
+    c.resend_inflight()
+    assert c.inflight == {}
+
+
 def test_packet_ids_skip_those_in_flight(route) -> None:
     _, _, a = make(route)
     msg = route.Message("t", b"", 1)
