@@ -23,7 +23,9 @@ events, and a paused reader of a closed peer would be reported again every turn.
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.bytearray cimport PyByteArray_GET_SIZE, PyByteArray_AS_STRING
+from cpython.bytearray cimport (
+    PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE,
+)
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint32_t, uint64_t
@@ -372,7 +374,8 @@ cdef class Stream(_Watched):
         return self.poller.watch(self, mask)
 
     cdef int ready(self, uint32_t events) except -1:
-        if events & EPOLLOUT and self.mask & EPOLLOUT:
+        # (an error or hang-up with only writes asked for is the send's to report: EPIPE)
+        if self.mask & EPOLLOUT and events & (EPOLLOUT | EPOLLERR | EPOLLHUP):
             self._send_rest()
         if not self.lost and self.mask & EPOLLIN and events & (EPOLLIN | EPOLLHUP | EPOLLERR):
             self._read()
@@ -491,7 +494,7 @@ cdef class Stream(_Watched):
                         self._fatal(_error(err), None)
                         return
                     n = 0
-                self.wbuf = bytearray((<char *>view.buf)[n:view.len])
+                self.wbuf = PyByteArray_FromStringAndSize(<char *>view.buf + n, view.len - n)
             finally:
                 PyBuffer_Release(&view)
             self._want()
