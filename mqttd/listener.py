@@ -48,9 +48,15 @@ OWN_STREAMS = _stream is not None
 
 def open_poller(loop: Any) -> Any:
     """The epoll set of a node's plain TCP connections, polled by ``loop`` (an
-    mqttd._stream.Poller; its ``close()`` when the node stops). Only where OWN_STREAMS."""
-    assert _stream is not None
-    return _stream.Poller(loop)
+    mqttd._stream.Poller; its ``close()`` when the node stops), or None where there is none: no
+    compiled mqttd._stream, or a loop that cannot watch a descriptor (``add_reader`` raises
+    NotImplementedError, as a proactor loop does). Its connections then use the loop's own."""
+    if _stream is None:
+        return None
+    try:
+        return _stream.Poller(loop)
+    except NotImplementedError:
+        return None
 
 
 class StreamServer:

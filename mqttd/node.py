@@ -72,6 +72,7 @@ class Node:
         #: every listener opened: (its configuration, its server, its TLS context or None)
         self.servers: list[tuple[ListenerConfig, Any, ssl.SSLContext | None]] = []
         #: the epoll set of its plain TCP connections (mqttd._stream), made with the first
+        #: listener; False where the loop cannot watch a descriptor
         self._poller: Any = None
         self.listener_states: list[ListenerState] = []
         #: the listener being opened while start() runs (start_error names it)
@@ -241,10 +242,11 @@ class Node:
             os.chmod(listener.socket, listener.socket_mode)
         else:
             host = listener.host if listener.host is not None else cfg.host
-            if OWN_STREAMS and ctx is None and listener.protocol != "websockets":
+            plain = ctx is None and listener.protocol != "websockets"
+            if plain and OWN_STREAMS and self._poller is None:
+                self._poller = open_poller(loop) or False  # (False: this loop cannot)
+            if plain and self._poller:
                 # plain TCP: through the node's own epoll set (mqttd._stream says why)
-                if self._poller is None:
-                    self._poller = open_poller(loop)
                 server = serve_streams(self._poller, factory, host, listener.port, 1024)
             else:
                 server = await loop.create_server(
@@ -478,10 +480,10 @@ class Node:
             if listener.socket:
                 with contextlib.suppress(OSError):
                     os.unlink(listener.socket)
-        if self._poller is not None:
+        if self._poller:
             await asyncio.sleep(0)  # (the connection_lost of those just aborted)
             self._poller.close()
-            self._poller = None
+        self._poller = None
         if self.persistence is not None:
             # Every connection has ended: the sessions are as they will be at the next start
             persistence, self.persistence = self.persistence, None

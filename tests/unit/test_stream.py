@@ -373,3 +373,68 @@ def test_a_taken_port_is_eaddrinuse() -> None:
         asyncio.run(main())
     finally:
         taken.close()
+
+
+# -- the node -------------------------------------------------------------------------------------
+_CONNECT = bytes([0x10, 13, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 1]) + b"c"
+_CONNACK = bytes([0x20, 2, 0, 0])
+
+
+async def _connected_transport(node: Any) -> Any:
+    """Connect a client to the node, CONNECT, and give back the broker side's transport."""
+    host, port = node.addresses[0]
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(_CONNECT)
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == _CONNACK
+    (conn,) = node.broker.connections
+    writer.close()
+    return conn.transport
+
+
+def test_a_nodes_plain_tcp_connections_are_streams_and_its_set_closes_with_it() -> None:
+    from mqttd.broker import BrokerConfig
+    from mqttd.node import Node
+
+    async def main() -> None:
+        node = Node(BrokerConfig(host="127.0.0.1", port=0, sys_interval=0))
+        await node.start()
+        try:
+            poller = node._poller
+            transport = await _connected_transport(node)
+            assert isinstance(transport, _stream.Stream)
+            assert node.broker.connections.copy().pop().peer == transport.get_extra_info("peername")
+        finally:
+            await node.shutdown()
+        assert node._poller is None
+        with pytest.raises(Exception):  # noqa: B017 (closed: the loop watches it no more)
+            poller.serve(socket.socket(), asyncio.Protocol)
+
+    asyncio.run(main())
+
+
+class _NoReaderLoop(asyncio.SelectorEventLoop):
+    """A loop that cannot watch a descriptor for its user (as a proactor loop)."""
+
+    def add_reader(self, *args: Any) -> None:
+        raise NotImplementedError
+
+
+def test_a_loop_that_cannot_watch_a_descriptor_gets_the_loops_own_transports() -> None:
+    from mqttd.broker import BrokerConfig
+    from mqttd.node import Node
+
+    async def main() -> None:
+        node = Node(BrokerConfig(host="127.0.0.1", port=0, sys_interval=0))
+        await node.start()
+        try:
+            transport = await _connected_transport(node)
+            assert not isinstance(transport, _stream.Stream)
+            assert node._poller is False
+        finally:
+            await node.shutdown()
+
+    loop = _NoReaderLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
