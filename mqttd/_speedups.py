@@ -22,7 +22,6 @@ from urllib.parse import unquote, urlsplit
 log = logging.getLogger("mqttd")
 
 FORCED_PURE = os.environ.get("MQTTD_NO_EXTENSIONS", "") == "1"
-NAMES = ("_codec", "_match", "_route")
 #: this package's directory: a compiled module is used only from here
 HERE = os.path.dirname(os.path.realpath(__file__))
 
