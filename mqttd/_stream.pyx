@@ -34,7 +34,6 @@ from libc.errno cimport (
 )
 
 import os
-import socket as _socket
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -426,8 +425,11 @@ cdef class Stream(_Watched):
         self._resume_writing()
         return 0
 
+    cdef inline Py_ssize_t _buffered(self):
+        return PyByteArray_GET_SIZE(self.wbuf) if self.wbuf is not None else 0
+
     cdef inline void _resume_writing(self):
-        if self.write_paused and self.get_write_buffer_size() <= self.low:
+        if self.write_paused and self._buffered() <= self.low:
             self.write_paused = False
             try:
                 self.protocol.resume_writing()
@@ -541,7 +543,7 @@ cdef class Stream(_Watched):
         return self.reading != 0 and self.closing == 0
 
     def get_write_buffer_size(self):
-        return PyByteArray_GET_SIZE(self.wbuf) if self.wbuf is not None else 0
+        return self._buffered()
 
     def get_write_buffer_limits(self):
         return (self.low, self.high)

@@ -48,10 +48,6 @@ def stream_protocol(broker: Broker, listener: ListenerState | None = None) -> Co
     return core
 
 
-#: True where plain TCP listeners accept through mqttd._stream's epoll set (Linux, compiled)
-OWN_STREAMS = _stream is not None
-
-
 def open_poller(loop: Any) -> Any:
     """The epoll set of a node's plain TCP connections, polled by ``loop`` (an
     mqttd._stream.Poller; its ``close()`` when the node stops), or None where there is none: no

@@ -31,7 +31,7 @@ from typing import Any
 from mqttd import redis as redis_wing
 from mqttd import systopics
 from mqttd.broker import Broker, BrokerConfig, ListenerConfig, tls_context
-from mqttd.listener import OWN_STREAMS, ListenerState, open_poller, serve_streams, stream_protocol
+from mqttd.listener import ListenerState, open_poller, serve_streams, stream_protocol
 from mqttd.logs import reopen_log_files
 from mqttd.redis import RedisUnavailable, open_bridge
 from mqttd.security import Security, client_tls_settings
@@ -243,7 +243,7 @@ class Node:
         else:
             host = listener.host if listener.host is not None else cfg.host
             plain = ctx is None and listener.protocol != "websockets"
-            if plain and OWN_STREAMS and self._poller is None:
+            if plain and self._poller is None:
                 self._poller = open_poller(loop) or False  # (False: this loop cannot)
             if plain and self._poller:
                 # plain TCP: through the node's own epoll set (mqttd._stream says why)
@@ -481,7 +481,7 @@ class Node:
                 with contextlib.suppress(OSError):
                     os.unlink(listener.socket)
         if self._poller:
-            await asyncio.sleep(0)  # (the connection_lost of those just aborted)
+            # (its set is closed once the connection_lost of those just aborted has run)
             self._poller.close()
         self._poller = None
         if self.persistence is not None:
